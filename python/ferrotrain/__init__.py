@@ -1,0 +1,1 @@
+"""ferrotrain: Lightning's Trainer API with a native loop core."""

@@ -1,0 +1,34 @@
+"""The exceptions ferrotrain raises. Each subclasses the standard exception users already catch
+(`ValueError` for bad settings, `TypeError` for wrong types, `RuntimeError` for failures at run
+time), and the native core raises these same classes by name."""
+
+from __future__ import annotations
+
+
+class FerrotrainError(Exception):
+    """Base of every ferrotrain exception."""
+
+
+class MisconfigurationException(FerrotrainError, ValueError):
+    """A setting or a combination of settings is invalid. Same name as Lightning's, so
+    `except MisconfigurationException` keeps working."""
+
+
+class ConfigTypeError(FerrotrainError, TypeError):
+    """A setting has the wrong type."""
+
+
+class NotSupportedYetError(MisconfigurationException, NotImplementedError):
+    """A valid setting whose behaviour ferrotrain does not implement yet."""
+
+
+class LoopStateError(FerrotrainError, RuntimeError):
+    """The loop was driven out of order: a bug in ferrotrain, reported instead of crashing."""
+
+
+class CheckpointError(FerrotrainError, RuntimeError):
+    """A checkpoint could not be written or read; the message names the file."""
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """A checkpoint file is damaged or malformed; the message names the file and what is wrong."""

@@ -1,0 +1,6 @@
+//! Placeholder: the checkpoint bindings.
+use pyo3::prelude::*;
+
+pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The PyO3 layer: `ferrotrain._core`. One file per area, each with a `register` function;
+//! inputs are converted into owned Rust values, the GIL is released for real work, and every
+//! core error becomes a typed Python exception (see `errors.rs`). A panic never reaches the user.
+
+use pyo3::prelude::*;
+
+mod checkpoint;
+mod clip;
+mod errors;
+mod metrics;
+mod prefetch;
+mod schedule;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    schedule::register(m)?;
+    metrics::register(m)?;
+    clip::register(m)?;
+    checkpoint::register(m)?;
+    prefetch::register(m)?;
+    Ok(())
+}

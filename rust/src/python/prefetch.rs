@@ -1,0 +1,6 @@
+//! Placeholder: the prefetch bindings.
+use pyo3::prelude::*;
+
+pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}

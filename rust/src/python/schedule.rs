@@ -1,0 +1,231 @@
+//! Bindings for the loop schedule and the batch runner that drives a training epoch.
+//!
+//! `run_train_epoch` is the per-batch loop: it fetches each batch, asks the schedule what to do,
+//! and calls back into Python only for the work that needs torch (the batch's step, logging,
+//! validation). Python exceptions raised in those callbacks propagate unchanged.
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::errors::ferro_err;
+use crate::schedule::{BatchPlan, Progress, Schedule, ScheduleConfig, ScheduleError};
+
+fn to_py_err(py: Python<'_>, e: ScheduleError) -> PyErr {
+    match e {
+        ScheduleError::InvalidSetting(..) => ferro_err(py, "MisconfigurationException", e.to_string()),
+        ScheduleError::OutOfOrder(_) => ferro_err(py, "LoopStateError", e.to_string()),
+    }
+}
+
+fn opt_limit(v: i64) -> Option<u64> {
+    u64::try_from(v).ok()
+}
+
+/// Flags of a `BatchPlan`, packed for the Python side (bit 0: zero_grad, bit 1: step, bit 2: last).
+pub const ZERO_GRAD: u8 = 1;
+pub const STEP: u8 = 2;
+pub const LAST: u8 = 4;
+
+fn pack(plan: &BatchPlan) -> u8 {
+    (if plan.zero_grad { ZERO_GRAD } else { 0 })
+        | (if plan.step_optimizer { STEP } else { 0 })
+        | (if plan.is_last { LAST } else { 0 })
+}
+
+#[pyclass(name = "Schedule", module = "ferrotrain._core")]
+pub struct PySchedule {
+    inner: Schedule,
+}
+
+#[pymethods]
+impl PySchedule {
+    /// Limits use -1 for "none", as the Trainer arguments do.
+    #[new]
+    #[pyo3(signature = (*, max_epochs, max_steps, min_epochs, min_steps, accumulate_grad_batches,
+        log_every_n_steps, check_val_every_n_epoch, val_check_batch, has_validation,
+        automatic_optimization))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        max_epochs: i64,
+        max_steps: i64,
+        min_epochs: u64,
+        min_steps: u64,
+        accumulate_grad_batches: u64,
+        log_every_n_steps: u64,
+        check_val_every_n_epoch: Option<u64>,
+        val_check_batch: Option<u64>,
+        has_validation: bool,
+        automatic_optimization: bool,
+    ) -> PyResult<Self> {
+        let cfg = ScheduleConfig {
+            max_epochs: opt_limit(max_epochs),
+            max_steps: opt_limit(max_steps),
+            min_epochs,
+            min_steps,
+            accumulate_grad_batches,
+            log_every_n_steps,
+            check_val_every_n_epoch,
+            val_check_batch,
+            has_validation,
+            automatic_optimization,
+        };
+        Schedule::new(cfg).map(|inner| Self { inner }).map_err(|e| to_py_err(py, e))
+    }
+
+    #[getter]
+    fn should_stop(&self) -> bool {
+        self.inner.should_stop()
+    }
+
+    #[setter]
+    fn set_should_stop(&mut self, value: bool) {
+        self.inner.set_should_stop(value);
+    }
+
+    #[getter]
+    fn global_step(&self) -> u64 {
+        self.inner.progress().global_step
+    }
+
+    #[getter]
+    fn current_epoch(&self) -> u64 {
+        self.inner.progress().epoch
+    }
+
+    #[getter]
+    fn batches_in_epoch(&self) -> u64 {
+        self.inner.progress().batches_in_epoch
+    }
+
+    #[getter]
+    fn batches_that_stepped(&self) -> u64 {
+        self.inner.progress().batches_that_stepped
+    }
+
+    /// The loop progress as a flat dict, for checkpoints.
+    fn state_dict(&self) -> [(&'static str, u64); 6] {
+        let p = self.inner.progress();
+        [
+            ("epoch", p.epoch),
+            ("epochs_processed", p.epochs_processed),
+            ("batches_in_epoch", p.batches_in_epoch),
+            ("total_batches", p.total_batches),
+            ("global_step", p.global_step),
+            ("batches_that_stepped", p.batches_that_stepped),
+        ]
+    }
+
+    #[pyo3(signature = (*, epoch, epochs_processed, batches_in_epoch, total_batches, global_step, batches_that_stepped))]
+    fn load_state_dict(
+        &mut self,
+        epoch: u64,
+        epochs_processed: u64,
+        batches_in_epoch: u64,
+        total_batches: u64,
+        global_step: u64,
+        batches_that_stepped: u64,
+    ) {
+        self.inner.restore(Progress {
+            epoch,
+            epochs_processed,
+            batches_in_epoch,
+            total_batches,
+            global_step,
+            batches_that_stepped,
+        });
+    }
+
+    fn set_val_check_batch(&mut self, val_check_batch: Option<u64>, has_validation: bool) {
+        self.inner.set_val_check_batch(val_check_batch, has_validation);
+    }
+
+    fn fit_done(&self) -> bool {
+        self.inner.fit_done()
+    }
+
+    fn max_steps_reached(&self) -> bool {
+        self.inner.max_steps_reached()
+    }
+
+    fn can_stop_early(&self) -> bool {
+        self.inner.can_stop_early()
+    }
+
+    fn begin_epoch(&mut self, py: Python<'_>, epoch_len: Option<u64>) -> PyResult<()> {
+        self.inner.begin_epoch(epoch_len).map_err(|e| to_py_err(py, e))
+    }
+
+    fn end_epoch(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.inner.end_epoch().map_err(|e| to_py_err(py, e))
+    }
+
+    fn complete_epoch(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.inner.complete_epoch().map_err(|e| to_py_err(py, e))
+    }
+
+    fn count_optimizer_step(&mut self) {
+        self.inner.count_optimizer_step();
+    }
+
+    fn estimated_stepping_batches(&self, batches_per_epoch: Option<u64>) -> Option<u64> {
+        self.inner.estimated_stepping_batches(batches_per_epoch)
+    }
+}
+
+/// Drive one training epoch.
+///
+/// - `fetch()` returns `(batch, is_last)` or `None` when the loader is exhausted;
+/// - `train_batch(batch, batch_idx, flags)` runs the batch (transfer hooks, `on_train_batch_start`,
+///   the optimization step, `on_train_batch_end`) and returns False when
+///   `on_train_batch_start` returned -1, which ends the epoch as in Lightning;
+/// - `after_batch(log, log_step, validate)` is called only when there is logging or validation
+///   to do.
+///
+/// Returns the number of batches run.
+#[pyfunction]
+pub fn run_train_epoch(
+    py: Python<'_>,
+    schedule: &Bound<'_, PySchedule>,
+    fetch: &Bound<'_, PyAny>,
+    train_batch: &Bound<'_, PyAny>,
+    after_batch: &Bound<'_, PyAny>,
+) -> PyResult<u64> {
+    let mut ran = 0u64;
+    loop {
+        if schedule.borrow().inner.epoch_done() {
+            break;
+        }
+        let item = fetch.call0()?;
+        if item.is_none() {
+            break;
+        }
+        let pair = item.cast_into::<PyTuple>()?;
+        let batch = pair.get_item(0)?;
+        let is_last: bool = pair.get_item(1)?.extract()?;
+        let plan = schedule.borrow_mut().inner.begin_batch(is_last).map_err(|e| to_py_err(py, e))?;
+        ran += 1;
+        let proceed = train_batch.call1((batch, plan.batch_idx, pack(&plan)))?;
+        if proceed.is(&*pyo3::types::PyBool::new(py, false)) {
+            schedule.borrow_mut().inner.abort_batch().map_err(|e| to_py_err(py, e))?;
+            break;
+        }
+        let out = schedule.borrow_mut().inner.end_batch().map_err(|e| to_py_err(py, e))?;
+        if out.log || out.validate {
+            after_batch.call1((out.log, out.log_step, out.validate))?;
+        }
+        if out.epoch_done {
+            break;
+        }
+    }
+    Ok(ran)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySchedule>()?;
+    m.add_function(wrap_pyfunction!(run_train_epoch, m)?)?;
+    m.add("FLAG_ZERO_GRAD", ZERO_GRAD)?;
+    m.add("FLAG_STEP", STEP)?;
+    m.add("FLAG_LAST", LAST)?;
+    Ok(())
+}
