@@ -1,0 +1,83 @@
+"""The `Logger` base class that every logger, ours or a user's, subclasses (Lightning 2.x API),
+and `rank_zero_experiment`. Loggers receive already-reduced Python floats: the Trainer turns
+logged tensors into numbers only when it flushes them to loggers."""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from argparse import Namespace
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+from ferrotrain.utilities.rank_zero import rank_zero_only
+
+
+class Logger(ABC):
+    @property
+    @abstractmethod
+    def name(self) -> Optional[str]:
+        """Experiment name."""
+
+    @property
+    @abstractmethod
+    def version(self) -> Optional[Union[int, str]]:
+        """Experiment version."""
+
+    @property
+    def root_dir(self) -> Optional[str]:
+        return None
+
+    @property
+    def log_dir(self) -> Optional[str]:
+        return None
+
+    @property
+    def save_dir(self) -> Optional[str]:
+        return None
+
+    @property
+    def group_separator(self) -> str:
+        return "/"
+
+    @abstractmethod
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        """Record metrics at `step`."""
+
+    @abstractmethod
+    def log_hyperparams(self, params: Union[Dict[str, Any], Namespace], *args: Any, **kwargs: Any) -> None:
+        """Record hyperparameters."""
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        pass
+
+
+def rank_zero_experiment(fn: Callable) -> Callable:
+    """Return a dummy object on non-zero ranks so logger experiments are only created on rank 0."""
+
+    @functools.wraps(fn)
+    def experiment(self: Any) -> Any:
+        if rank_zero_only.rank > 0:
+            return _DummyExperiment()
+        return fn(self)
+
+    return experiment
+
+
+class _DummyExperiment:
+    def nop(self, *args: Any, **kw: Any) -> None:
+        pass
+
+    def __getattr__(self, _: Any) -> Callable:
+        return self.nop
+
+    def __getitem__(self, idx: int) -> "_DummyExperiment":
+        return self

@@ -1,0 +1,44 @@
+"""Rank-zero helpers: functions decorated with `rank_zero_only` run on global rank 0 only.
+The rank is read once from the launcher's environment and updated by the strategy."""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any, Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+def _rank_from_env() -> int:
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            try:
+                return int(os.environ[key])
+            except ValueError:
+                pass
+    return 0
+
+
+def rank_zero_only(fn: Callable[..., T], default: Optional[T] = None) -> Callable[..., Optional[T]]:
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Optional[T]:
+        if rank_zero_only.rank == 0:
+            return fn(*args, **kwargs)
+        return default
+
+    return wrapped
+
+
+rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
+
+
+@rank_zero_only
+def rank_zero_info(msg: str) -> None:
+    print(msg)
+
+
+@rank_zero_only
+def rank_zero_warn(msg: str, category: type = UserWarning, stacklevel: int = 3) -> None:
+    warnings.warn(msg, category, stacklevel=stacklevel)
