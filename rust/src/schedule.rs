@@ -18,6 +18,7 @@ pub struct ScheduleConfig {
     pub min_epochs: u64,
     pub min_steps: u64,
     pub accumulate_grad_batches: u64,
+    /// 0: never send step-level metrics to the loggers.
     pub log_every_n_steps: u64,
     /// `None`: validation is counted in batches across epochs (`check_val_every_n_epoch=None`).
     pub check_val_every_n_epoch: Option<u64>,
@@ -133,13 +134,6 @@ impl Schedule {
         if cfg.accumulate_grad_batches == 0 {
             return Err(ScheduleError::InvalidSetting(
                 "accumulate_grad_batches",
-                "0".into(),
-                "an int >= 1",
-            ));
-        }
-        if cfg.log_every_n_steps == 0 {
-            return Err(ScheduleError::InvalidSetting(
-                "log_every_n_steps",
                 "0".into(),
                 "an int >= 1",
             ));
@@ -286,9 +280,11 @@ impl Schedule {
         // Lightning logs at the batch that makes the n-th stepping batch (`+ 1` because the
         // counter is increased after logging), or whenever a stop was requested.
         let stepped = plan.step_optimizer;
+        // `log_every_n_steps=0` turns step-level logging off entirely.
+        let every = self.cfg.log_every_n_steps;
         let log = stepped
-            && ((self.progress.batches_that_stepped + 1) % self.cfg.log_every_n_steps == 0
-                || self.should_stop);
+            && every > 0
+            && ((self.progress.batches_that_stepped + 1) % every == 0 || self.should_stop);
         let log_step = self.progress.batches_that_stepped;
         let validate = self.should_validate(&plan);
         if stepped {

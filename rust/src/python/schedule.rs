@@ -179,8 +179,9 @@ impl PySchedule {
 /// - `train_batch(batch, batch_idx, flags)` runs the batch (transfer hooks, `on_train_batch_start`,
 ///   the optimization step, `on_train_batch_end`) and returns False when
 ///   `on_train_batch_start` returned -1, which ends the epoch as in Lightning;
-/// - `after_batch(log, log_step, validate)` is called only when there is logging or validation
-///   to do.
+/// - `after_batch(log, log_step, validate, stepped)` is called only when there is logging or
+///   validation to do, or after every batch when `after_every_batch` is set (plateau schedulers
+///   stepping per batch).
 ///
 /// Returns the number of batches run.
 #[pyfunction]
@@ -190,6 +191,7 @@ pub fn run_train_epoch(
     fetch: &Bound<'_, PyAny>,
     train_batch: &Bound<'_, PyAny>,
     after_batch: &Bound<'_, PyAny>,
+    after_every_batch: bool,
 ) -> PyResult<u64> {
     let mut ran = 0u64;
     loop {
@@ -206,13 +208,14 @@ pub fn run_train_epoch(
         let plan = schedule.borrow_mut().inner.begin_batch(is_last).map_err(|e| to_py_err(py, e))?;
         ran += 1;
         let proceed = train_batch.call1((batch, plan.batch_idx, pack(&plan)))?;
+        // Only an explicit False ends the epoch (on_train_batch_start returned -1).
         if proceed.is(&*pyo3::types::PyBool::new(py, false)) {
             schedule.borrow_mut().inner.abort_batch().map_err(|e| to_py_err(py, e))?;
             break;
         }
         let out = schedule.borrow_mut().inner.end_batch().map_err(|e| to_py_err(py, e))?;
-        if out.log || out.validate {
-            after_batch.call1((out.log, out.log_step, out.validate))?;
+        if out.log || out.validate || after_every_batch {
+            after_batch.call1((out.log, out.log_step, out.validate, plan.step_optimizer))?;
         }
         if out.epoch_done {
             break;

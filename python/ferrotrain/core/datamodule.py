@@ -1,0 +1,81 @@
+"""`LightningDataModule`: the data side of an experiment (download, split, loaders, transfer
+hooks), as in Lightning 2.x. The Trainer calls its hooks; it runs nothing itself."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Optional, Sequence, Union
+
+from ferrotrain.core.module import _DataHooks
+from ferrotrain.utilities.parsing import AttributeDict, save_hyperparameters as _save_hparams
+
+
+class LightningDataModule(_DataHooks):
+    name: Optional[str] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainer: Any = None
+        self.prepare_data_per_node = True
+        self._hparams: AttributeDict = AttributeDict()
+        self._hparams_initial: AttributeDict = AttributeDict()
+        self._log_hyperparams = True
+
+    @property
+    def hparams(self) -> AttributeDict:
+        return getattr(self, "_hparams", AttributeDict())
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        return AttributeDict(dict(getattr(self, "_hparams_initial", {})))
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Optional[Union[Sequence[str], str]] = None,
+        frame: Any = None,
+        logger: bool = True,
+    ) -> None:
+        self._log_hyperparams = logger
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        _save_hparams(self, args, ignore, frame)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None: ...
+
+    def on_exception(self, exception: BaseException) -> None: ...
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train_dataset: Any = None,
+        val_dataset: Any = None,
+        test_dataset: Any = None,
+        predict_dataset: Any = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        **datamodule_kwargs: Any,
+    ) -> "LightningDataModule":
+        from torch.utils.data import DataLoader
+
+        def loaders(ds: Any, shuffle: bool) -> Any:
+            if isinstance(ds, dict):
+                return {k: DataLoader(v, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers) for k, v in ds.items()}
+            if isinstance(ds, (list, tuple)):
+                return [DataLoader(v, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers) for v in ds]
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+
+        dm = cls(**datamodule_kwargs)
+        if train_dataset is not None:
+            dm.train_dataloader = lambda: loaders(train_dataset, True)  # type: ignore[method-assign]
+        if val_dataset is not None:
+            dm.val_dataloader = lambda: loaders(val_dataset, False)  # type: ignore[method-assign]
+        if test_dataset is not None:
+            dm.test_dataloader = lambda: loaders(test_dataset, False)  # type: ignore[method-assign]
+        if predict_dataset is not None:
+            dm.predict_dataloader = lambda: loaders(predict_dataset, False)  # type: ignore[method-assign]
+        return dm

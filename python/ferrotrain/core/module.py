@@ -1,0 +1,414 @@
+"""`LightningModule`: the user's model with its steps, optimizers and hooks (Lightning 2.x API).
+
+It owns the user-facing surface (`self.log`, `self.optimizers()`, `save_hyperparameters`, the hook
+defaults). It does not run anything: the Trainer's loops call its hooks, and only the ones the
+user overrode (see `ferrotrain.trainer.hooks`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ferrotrain.errors import MisconfigurationException
+from ferrotrain.utilities.apply_func import move_data_to_device
+from ferrotrain.utilities.parsing import AttributeDict, save_hyperparameters as _save_hparams
+
+if TYPE_CHECKING:
+    from ferrotrain.trainer.trainer import Trainer
+
+
+class _DataHooks:
+    """Data hooks shared by `LightningModule` and `LightningDataModule`."""
+
+    def prepare_data(self) -> None: ...
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+
+    def train_dataloader(self) -> Any:
+        raise MisconfigurationException("`train_dataloader` must be implemented to be used with the Trainer")
+
+    def val_dataloader(self) -> Any:
+        raise MisconfigurationException("`val_dataloader` must be implemented to be used with the Trainer")
+
+    def test_dataloader(self) -> Any:
+        raise MisconfigurationException("`test_dataloader` must be implemented to be used with the Trainer")
+
+    def predict_dataloader(self) -> Any:
+        raise MisconfigurationException("`predict_dataloader` must be implemented to be used with the Trainer")
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+
+class LightningModule(_DataHooks, nn.Module):
+    # Attributes that `nn.Module.__setattr__`/`__getattr__` must not route into submodules.
+    _trainer: Optional["Trainer"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer = None
+        self._current_fx_name: Optional[str] = None
+        self._results: Any = None
+        self._automatic_optimization = True
+        self._device = torch.device("cpu")
+        self._hparams: AttributeDict = AttributeDict()
+        self._hparams_initial: AttributeDict = AttributeDict()
+        self._example_input_array: Any = None
+        self._log_hyperparams = True
+        self.prepare_data_per_node = True
+        self.allow_zero_length_dataloader_with_multiple_devices = False
+
+    # ------------------------------------------------------------------ trainer-linked state
+    @property
+    def trainer(self) -> "Trainer":
+        if self._trainer is None:
+            raise RuntimeError(f"{self.__class__.__qualname__} is not attached to a `Trainer`.")
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Optional["Trainer"]) -> None:
+        self._trainer = trainer
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._device.type == "cuda"
+
+    @property
+    def logger(self) -> Any:
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> List[Any]:
+        return self._trainer.loggers if self._trainer is not None else []
+
+    @property
+    def automatic_optimization(self) -> bool:
+        return self._automatic_optimization
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = bool(value)
+
+    @property
+    def example_input_array(self) -> Any:
+        return self._example_input_array
+
+    @example_input_array.setter
+    def example_input_array(self, value: Any) -> None:
+        self._example_input_array = value
+
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        return AttributeDict(dict(self._hparams_initial))
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Optional[Union[Sequence[str], str]] = None,
+        frame: Any = None,
+        logger: bool = True,
+    ) -> None:
+        self._log_hyperparams = logger
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        _save_hparams(self, args, ignore, frame)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "LightningModule":
+        # Track the device as `.to()`/`.cuda()`/`.cpu()` move the parameters.
+        result = super()._apply(fn, *args, **kwargs)
+        for p in self.parameters():
+            self._device = p.device
+            break
+        else:
+            for b in self.buffers():
+                self._device = b.device
+                break
+        return result
+
+    # ------------------------------------------------------------------ logging
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: Optional[bool] = None,
+        on_step: Optional[bool] = None,
+        on_epoch: Optional[bool] = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Optional[Any] = None,
+        add_dataloader_idx: bool = True,
+        batch_size: Optional[int] = None,
+        metric_attribute: Optional[str] = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        results = self._results
+        if results is None:
+            if self._trainer is None:
+                # Lightning warns and ignores a log call on a module with no Trainer.
+                return
+            raise MisconfigurationException(
+                f"You can't `self.log({name!r}, ...)` here: logging is only possible inside the steps "
+                "and the hooks that the Trainer calls during fit/validate/test"
+            )
+        results.log(
+            self._current_fx_name, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
+            add_dataloader_idx, batch_size, sync_dist,
+        )
+
+    def log_dict(
+        self,
+        dictionary: Mapping[str, Any],
+        prog_bar: bool = False,
+        logger: Optional[bool] = None,
+        on_step: Optional[bool] = None,
+        on_epoch: Optional[bool] = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Optional[Any] = None,
+        add_dataloader_idx: bool = True,
+        batch_size: Optional[int] = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        if not isinstance(dictionary, Mapping):
+            raise TypeError(f"`log_dict` expects a mapping of names to values, got {type(dictionary).__name__}")
+        for k, v in dictionary.items():
+            self.log(
+                k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                reduce_fx=reduce_fx, sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx,
+                batch_size=batch_size, rank_zero_only=rank_zero_only,
+            )
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """Print from global rank zero only."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            progress_bar = self._trainer.progress_bar_callback if self._trainer is not None else None
+            if progress_bar is not None and hasattr(progress_bar, "print"):
+                progress_bar.print(*args, **kwargs)
+            else:
+                print(*args, **kwargs)
+
+    # ------------------------------------------------------------------ optimization API
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        opts = self.trainer.strategy_optimizers(use_pl_optimizer)
+        if isinstance(opts, list) and len(opts) == 1:
+            return opts[0]
+        return opts
+
+    def lr_schedulers(self) -> Any:
+        configs = self.trainer.lr_scheduler_configs
+        if not configs:
+            return None
+        scheds = [c.scheduler for c in configs]
+        return scheds[0] if len(scheds) == 1 else scheds
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._automatic_optimization:
+            raise MisconfigurationException("`manual_backward` requires `self.automatic_optimization = False`")
+        self.trainer._manual_backward(loss, *args, **kwargs)
+
+    def clip_gradients(
+        self,
+        optimizer: Any,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        from ferrotrain.trainer.optimization import clip_gradients
+
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        opt = getattr(optimizer, "optimizer", optimizer)
+        own = {id(p) for g in opt.param_groups for p in g["params"]}
+        self._toggled = {}
+        for o in self.trainer.optimizers:
+            for g in o.param_groups:
+                for p in g["params"]:
+                    if id(p) not in own and p.requires_grad:
+                        self._toggled[id(p)] = p
+                        p.requires_grad_(False)
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        for p in getattr(self, "_toggled", {}).values():
+            p.requires_grad_(True)
+        self._toggled = {}
+
+    def all_gather(self, data: Any, group: Optional[Any] = None, sync_grads: bool = False) -> Any:
+        if self._trainer is None:
+            return data
+        return self._trainer._all_gather(data, group, sync_grads)
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad = True
+        self.train()
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(*args, **kwargs)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise MisconfigurationException("`training_step` must be implemented to be used with the Trainer")
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        batch = kwargs.get("batch", args[0] if args else None)
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise MisconfigurationException(
+            "`configure_optimizers` must be implemented to be used with the Trainer: return an "
+            "optimizer, a list of optimizers, or a dict with 'optimizer' and 'lr_scheduler'"
+        )
+
+    def configure_callbacks(self) -> Any:
+        return []
+
+    def configure_model(self) -> None: ...
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Optional[int]: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_before_zero_grad(self, optimizer: Any) -> None: ...
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: Any) -> None: ...
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None: ...
+
+    def on_validation_model_zero_grad(self) -> None:
+        self.zero_grad(set_to_none=True)
+
+    def on_validation_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def on_validation_model_train(self) -> None:
+        self.trainer.model.train()
+
+    def on_test_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def on_test_model_train(self) -> None:
+        self.trainer.model.train()
+
+    def on_predict_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        loss.backward(*args, **kwargs)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        optimizer.zero_grad()
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Any,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> "LightningModule":
+        from ferrotrain.trainer.checkpointing import load_module_from_checkpoint
+
+        return load_module_from_checkpoint(cls, checkpoint_path, map_location, strict, kwargs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)

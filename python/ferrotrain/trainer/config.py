@@ -1,0 +1,433 @@
+"""Checking and resolving the Trainer's constructor arguments.
+
+Every argument is checked here, when the Trainer is built, before anything runs: a wrong type is a
+`ConfigTypeError` (a `TypeError`), a wrong value a `MisconfigurationException` (a `ValueError`), and
+each message names the parameter, the value given and what is allowed. Valid settings whose
+behaviour is not implemented yet raise `NotSupportedYetError`. The result is a frozen
+`TrainerConfig` of plain values the loops read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NotSupportedYetError
+
+
+class _DefaultInt(int):
+    """An int that remembers it is a constructor default.
+
+    The reference API documents `max_epochs=1000` and `min_epochs=1`, while Lightning's real
+    defaults are `None` and resolve to "1000 unless max_steps is set" and "no minimum". Marking the
+    defaults keeps both: the signature shows the documented numbers, and a default left untouched
+    behaves as in Lightning."""
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+DEFAULT_MAX_EPOCHS = _DefaultInt(1000)
+DEFAULT_MIN_EPOCHS = _DefaultInt(1)
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = (
+    "auto",
+    "single_device",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false",
+    "fsdp",
+    "deepspeed",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+)
+SUPPORTED_STRATEGIES = ("auto", "single_device")
+PRECISIONS = {
+    "64": "64-true", "64-true": "64-true", "32": "32-true", "32-true": "32-true",
+    "16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+    "16-true": "16-true", "bf16-true": "bf16-true",
+}
+SUPPORTED_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
+CLIP_ALGORITHMS = ("norm", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    max_epochs: int  # -1: no limit
+    max_steps: int  # -1: no limit
+    min_epochs: int
+    min_steps: int
+    max_time: Optional[datetime.timedelta]
+    accelerator: str
+    devices: Any
+    strategy: str
+    precision: str
+    log_every_n_steps: int
+    enable_progress_bar: bool
+    enable_model_summary: bool
+    accumulate_grad_batches: int
+    gradient_clip_val: Optional[float]
+    gradient_clip_algorithm: str
+    val_check_interval: Union[int, float]
+    check_val_every_n_epoch: Optional[int]
+    num_sanity_val_steps: int
+    enable_checkpointing: bool
+    default_root_dir: str
+    deterministic: Union[bool, str]
+    limit_train_batches: Union[int, float]
+    limit_val_batches: Union[int, float]
+    limit_test_batches: Union[int, float]
+    limit_predict_batches: Union[int, float]
+    fast_dev_run: int
+    num_nodes: int
+    inference_mode: bool
+    detect_anomaly: bool
+    benchmark: Optional[bool]
+    reload_dataloaders_every_n_epochs: int
+    barebones: bool
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _fail_type(name: str, value: Any, allowed: str) -> ConfigTypeError:
+    return ConfigTypeError(f"`Trainer({name}=...)` must be {allowed}, got {value!r} ({_type_name(value)})")
+
+
+def _fail_value(name: str, value: Any, allowed: str) -> MisconfigurationException:
+    return MisconfigurationException(f"`Trainer({name}=...)` must be {allowed}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> Optional[int]:
+    allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
+    if value is None and allow_none:
+        return None
+    if not _is_int(value):
+        raise _fail_type(name, value, allowed)
+    if value < minimum:
+        raise _fail_value(name, value, allowed)
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail_type(name, value, "True or False")
+    return value
+
+
+def check_limit(name: str, value: Any) -> Union[int, float]:
+    """`limit_*_batches`: a fraction in [0.0, 1.0] or a number of batches."""
+    allowed = "a float in [0.0, 1.0] (fraction of the batches) or an int >= 0 (number of batches)"
+    if value is None:
+        return 1.0
+    if _is_int(value):
+        if value < 0:
+            raise _fail_value(name, value, allowed)
+        return int(value)
+    if isinstance(value, float):
+        if not 0.0 <= value <= 1.0:
+            raise _fail_value(name, value, allowed)
+        return value
+    raise _fail_type(name, value, allowed)
+
+
+def _check_accelerator(value: Any) -> str:
+    allowed = "one of " + ", ".join(repr(a) for a in ACCELERATORS)
+    if not isinstance(value, str):
+        raise _fail_type("accelerator", value, allowed)
+    if value.lower() not in ACCELERATORS:
+        raise _fail_value("accelerator", value, allowed)
+    return value.lower()
+
+
+def _check_devices(value: Any) -> Union[int, str, List[int]]:
+    allowed = "an int >= 1, -1 or 'auto' (all), a str like '2' or '0,1', or a list of device indices"
+    if isinstance(value, bool):
+        raise _fail_type("devices", value, allowed)
+    if _is_int(value):
+        if value == 0 or value < -1:
+            raise _fail_value("devices", value, allowed)
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return "auto"
+        if text == "-1":
+            return -1
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) == 1:
+            if not parts[0].isdigit() or int(parts[0]) == 0:
+                raise _fail_value("devices", value, allowed)
+            return int(parts[0])
+        indices = [p for p in parts if p != ""]
+        if not indices or not all(p.isdigit() for p in indices):
+            raise _fail_value("devices", value, allowed)
+        return [int(p) for p in indices]
+    if isinstance(value, (list, tuple)):
+        if not value or not all(_is_int(v) and v >= 0 for v in value):
+            raise _fail_value("devices", value, allowed)
+        if len(set(value)) != len(value):
+            raise _fail_value("devices", value, allowed + " without repeats")
+        return [int(v) for v in value]
+    raise _fail_type("devices", value, allowed)
+
+
+def _check_strategy(value: Any) -> str:
+    allowed = "one of " + ", ".join(repr(s) for s in STRATEGIES)
+    if not isinstance(value, str):
+        # Strategy objects (DDPStrategy(...)) belong to the distributed work.
+        raise NotSupportedYetError(
+            f"`Trainer(strategy={value!r})`: strategy objects are not supported yet; "
+            f"ferrotrain currently runs {SUPPORTED_STRATEGIES}"
+        )
+    name = value.lower()
+    if name not in STRATEGIES:
+        raise _fail_value("strategy", value, allowed)
+    if name.startswith("deepspeed"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise MisconfigurationException(
+                f"`Trainer(strategy={value!r})` needs the `deepspeed` package, which is not installed "
+                "(`pip install deepspeed`)"
+            )
+    if name not in SUPPORTED_STRATEGIES:
+        raise NotSupportedYetError(
+            f"`Trainer(strategy={value!r})` is valid but not supported yet by ferrotrain; "
+            f"supported now: {', '.join(repr(s) for s in SUPPORTED_STRATEGIES)}"
+        )
+    return name
+
+
+def _check_precision(value: Any) -> str:
+    allowed = "one of 64, 32, 16, 'bf16', '64-true', '32-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true'"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _fail_type("precision", value, allowed)
+    key = str(value)
+    if key not in PRECISIONS:
+        raise _fail_value("precision", value, allowed)
+    resolved = PRECISIONS[key]
+    if resolved not in SUPPORTED_PRECISIONS:
+        raise NotSupportedYetError(
+            f"`Trainer(precision={value!r})` is valid but not supported yet by ferrotrain; supported now: "
+            + ", ".join(repr(p) for p in SUPPORTED_PRECISIONS)
+        )
+    return resolved
+
+
+def _check_val_check_interval(value: Any) -> Union[int, float]:
+    allowed = "a float in (0.0, 1.0] (fraction of an epoch) or an int >= 1 (number of batches)"
+    if _is_int(value):
+        if value < 1:
+            raise _fail_value("val_check_interval", value, allowed)
+        return int(value)
+    if isinstance(value, float):
+        if not 0.0 < value <= 1.0:
+            raise _fail_value("val_check_interval", value, allowed)
+        return value
+    raise _fail_type("val_check_interval", value, allowed)
+
+
+def _check_max_time(value: Any) -> Optional[datetime.timedelta]:
+    allowed = "None, a 'DD:HH:MM:SS' string, a datetime.timedelta or a dict of timedelta arguments"
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        return value
+    if isinstance(value, dict):
+        try:
+            return datetime.timedelta(**value)
+        except TypeError as exc:
+            raise _fail_value("max_time", value, allowed) from exc
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            raise _fail_value("max_time", value, allowed)
+        d, h, m, s = (int(p) for p in parts)
+        return datetime.timedelta(days=d, hours=h, minutes=m, seconds=s)
+    raise _fail_type("max_time", value, allowed)
+
+
+def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
+    k = kwargs
+    max_steps = check_int("max_steps", k["max_steps"], -1)
+    min_steps = check_int("min_steps", k["min_steps"], 0, allow_none=True)
+
+    raw_max_epochs = k["max_epochs"]
+    if raw_max_epochs is None or raw_max_epochs is DEFAULT_MAX_EPOCHS:
+        # Lightning: 1000 epochs unless a step limit or a time limit is set.
+        max_epochs = 1000 if (max_steps == -1 and k["max_time"] is None) else -1
+    else:
+        max_epochs = check_int("max_epochs", raw_max_epochs, -1)
+    raw_min_epochs = k["min_epochs"]
+    if raw_min_epochs is None or raw_min_epochs is DEFAULT_MIN_EPOCHS:
+        min_epochs = 1 if min_steps is not None else 0
+    else:
+        min_epochs = check_int("min_epochs", raw_min_epochs, 0)
+    if max_epochs != -1 and min_epochs > max_epochs:
+        raise MisconfigurationException(
+            f"`Trainer(min_epochs={min_epochs})` must not exceed `max_epochs={max_epochs}`"
+        )
+
+    accelerator = _check_accelerator(k["accelerator"])
+    devices = _check_devices(k["devices"])
+    strategy = _check_strategy(k["strategy"])
+    precision = _check_precision(k["precision"])
+
+    log_every_n_steps = check_int("log_every_n_steps", k["log_every_n_steps"], 0)
+    accumulate = check_int("accumulate_grad_batches", k["accumulate_grad_batches"], 1)
+
+    clip_val = k["gradient_clip_val"]
+    if clip_val is not None:
+        if not _is_number(clip_val):
+            raise _fail_type("gradient_clip_val", clip_val, "None or a number >= 0")
+        if clip_val < 0 or clip_val != clip_val:
+            raise _fail_value("gradient_clip_val", clip_val, "None or a number >= 0")
+        clip_val = float(clip_val)
+    algo = k["gradient_clip_algorithm"]
+    if not isinstance(algo, str):
+        raise _fail_type("gradient_clip_algorithm", algo, "'norm' or 'value'")
+    if algo.lower() not in CLIP_ALGORITHMS:
+        raise _fail_value("gradient_clip_algorithm", algo, "'norm' or 'value'")
+
+    val_check_interval = _check_val_check_interval(k["val_check_interval"])
+    check_val_every_n_epoch = check_int("check_val_every_n_epoch", k["check_val_every_n_epoch"], 1, allow_none=True)
+    if check_val_every_n_epoch is None and isinstance(val_check_interval, float) and val_check_interval != 1.0:
+        raise MisconfigurationException(
+            "`Trainer(val_check_interval=...)` must be an int (a number of batches) when "
+            f"`check_val_every_n_epoch=None`, got {val_check_interval!r}"
+        )
+    num_sanity_val_steps = check_int("num_sanity_val_steps", k["num_sanity_val_steps"], -1)
+
+    root = k["default_root_dir"]
+    if root is None:
+        root = os.getcwd()
+    elif isinstance(root, (str, os.PathLike)):
+        root = os.fspath(root)
+    else:
+        raise _fail_type("default_root_dir", root, "None, a str or an os.PathLike path")
+
+    deterministic = k["deterministic"]
+    if not (isinstance(deterministic, bool) or deterministic == "warn" or deterministic is None):
+        raise _fail_value("deterministic", deterministic, "True, False, None or 'warn'")
+
+    fast_dev_run = k["fast_dev_run"]
+    if isinstance(fast_dev_run, bool):
+        fast_dev_run = int(fast_dev_run)
+    else:
+        fast_dev_run = check_int("fast_dev_run", fast_dev_run, 0)
+
+    num_nodes = check_int("num_nodes", k["num_nodes"], 1)
+    if num_nodes != 1:
+        raise NotSupportedYetError(f"`Trainer(num_nodes={num_nodes})`: multi-node training is not supported yet")
+    benchmark = k["benchmark"]
+    if benchmark is not None:
+        check_bool("benchmark", benchmark)
+    reload_every = check_int("reload_dataloaders_every_n_epochs", k["reload_dataloaders_every_n_epochs"], 0)
+
+    return TrainerConfig(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        min_epochs=min_epochs,
+        min_steps=min_steps or 0,
+        max_time=_check_max_time(k["max_time"]),
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        log_every_n_steps=log_every_n_steps,
+        enable_progress_bar=check_bool("enable_progress_bar", k["enable_progress_bar"]),
+        enable_model_summary=check_bool("enable_model_summary", k["enable_model_summary"]),
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=clip_val,
+        gradient_clip_algorithm=algo.lower(),
+        val_check_interval=val_check_interval,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        num_sanity_val_steps=num_sanity_val_steps,
+        enable_checkpointing=check_bool("enable_checkpointing", k["enable_checkpointing"]),
+        default_root_dir=root,
+        deterministic=deterministic if deterministic is not None else False,
+        limit_train_batches=check_limit("limit_train_batches", k["limit_train_batches"]),
+        limit_val_batches=check_limit("limit_val_batches", k["limit_val_batches"]),
+        limit_test_batches=check_limit("limit_test_batches", k["limit_test_batches"]),
+        limit_predict_batches=check_limit("limit_predict_batches", k["limit_predict_batches"]),
+        fast_dev_run=fast_dev_run,
+        num_nodes=num_nodes,
+        inference_mode=check_bool("inference_mode", k["inference_mode"]),
+        detect_anomaly=check_bool("detect_anomaly", k["detect_anomaly"]),
+        benchmark=benchmark,
+        reload_dataloaders_every_n_epochs=reload_every,
+        barebones=check_bool("barebones", k["barebones"]),
+    )
+
+
+def check_callbacks(value: Any) -> List[Any]:
+    from ferrotrain.callbacks.callback import Callback
+
+    allowed = "None, a Callback, or a list of Callback instances"
+    if value is None:
+        return []
+    if isinstance(value, Callback):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        for i, cb in enumerate(value):
+            if not isinstance(cb, Callback):
+                raise ConfigTypeError(
+                    f"`Trainer(callbacks=...)` must be {allowed}; item {i} is {cb!r} ({_type_name(cb)})"
+                )
+        return list(value)
+    raise _fail_type("callbacks", value, allowed)
+
+
+def check_logger(value: Any) -> Union[bool, List[Any]]:
+    """True/None: the default logger; False: none; else the given loggers."""
+    from ferrotrain.loggers.logger import Logger
+
+    allowed = "None, True, False, a Logger, or a list of Logger instances"
+    if value is None or value is True:
+        return True
+    if value is False:
+        return []
+    if isinstance(value, Logger):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        for i, lg in enumerate(value):
+            if not isinstance(lg, Logger):
+                raise ConfigTypeError(f"`Trainer(logger=...)` must be {allowed}; item {i} is {lg!r} ({_type_name(lg)})")
+        return list(value)
+    raise _fail_type("logger", value, allowed)
+
+
+def check_profiler(value: Any) -> Optional[str]:
+    allowed = "None, 'simple', 'advanced' or 'pytorch'"
+    if value is None:
+        return None
+    if isinstance(value, str) and value in ("simple", "advanced", "pytorch"):
+        raise NotSupportedYetError(f"`Trainer(profiler={value!r})` is valid but not supported yet by ferrotrain")
+    if isinstance(value, str):
+        raise _fail_value("profiler", value, allowed)
+    raise NotSupportedYetError(f"`Trainer(profiler={value!r})`: profiler objects are not supported yet")
+
+
+def reject_unsupported(name: str, value: Any, default: Any) -> None:
+    """Arguments accepted for compatibility whose non-default values are not implemented yet."""
+    if value is not default and value != default:
+        raise NotSupportedYetError(f"`Trainer({name}={value!r})` is not supported yet by ferrotrain (only {default!r})")

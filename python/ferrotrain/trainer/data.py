@@ -1,0 +1,129 @@
+"""Where each loop's data comes from and how many batches it yields.
+
+It resolves loaders from the arguments of fit/validate/test/predict, the datamodule, or the
+module's `*_dataloader` hooks (in Lightning's order of precedence), applies `limit_*_batches`,
+and hands the loops a fetcher that yields `(batch, is_last)`. It does not move batches to a
+device: the loops call the transfer hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ferrotrain.callbacks.callback import is_overridden
+from ferrotrain.core.datamodule import LightningDataModule
+from ferrotrain.core.module import LightningModule
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException
+
+INF = float("inf")
+
+
+def _check_iterable(source: Any, what: str) -> None:
+    if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+        raise ConfigTypeError(
+            f"`{what}` must be a DataLoader or another iterable of batches, got {source!r} ({type(source).__name__})"
+        )
+
+
+def as_loader_list(source: Any, what: str) -> List[Any]:
+    """Validation/test/predict accept one loader, a list/tuple, or a dict of loaders."""
+    if isinstance(source, dict):
+        loaders = list(source.values())
+    elif isinstance(source, (list, tuple)) and source and all(_is_loader_like(s) for s in source):
+        loaders = list(source)
+    else:
+        loaders = [source]
+    for loader in loaders:
+        _check_iterable(loader, what)
+    return loaders
+
+
+def _is_loader_like(obj: Any) -> bool:
+    from torch.utils.data import DataLoader
+
+    return isinstance(obj, DataLoader)
+
+
+def resolve_loaders(stage: str, given: Any, datamodule: Optional[LightningDataModule],
+                    module: LightningModule) -> Optional[Any]:
+    """The loader(s) for `stage` ('train', 'val', 'test', 'predict'): the argument, else the
+    datamodule's hook, else the module's hook; None when nobody provides one."""
+    if given is not None:
+        return given
+    hook = f"{stage}_dataloader"
+    if datamodule is not None and is_overridden(datamodule, LightningDataModule, hook):
+        return getattr(datamodule, hook)()
+    if is_overridden(module, LightningModule, hook):
+        return getattr(module, hook)()
+    return None
+
+
+def sized_len(loader: Any) -> Union[int, float]:
+    """`len(loader)`, or inf when the loader has no length."""
+    try:
+        return len(loader)
+    except (TypeError, NotImplementedError):
+        return INF
+
+
+def limited_batches(loader: Any, limit: Union[int, float], name: str) -> Union[int, float]:
+    n = sized_len(loader)
+    if isinstance(limit, int):
+        return min(n, limit)
+    if n == INF:
+        if limit not in (0.0, 1.0):
+            raise MisconfigurationException(
+                f"`Trainer({name}={limit})` must be 1.0 or an int when the loader has no length"
+            )
+        return 0 if limit == 0.0 else INF
+    return int(n * limit)
+
+
+class Fetcher:
+    """Yields `(batch, is_last)` from a loader, at most `limit` batches.
+
+    With a known count the last batch is known from the count; without one, the fetcher reads
+    one batch ahead (order unchanged) to learn whether the current batch is the last.
+    """
+
+    __slots__ = ("_it", "_remaining", "_sized", "_next", "_exhausted")
+
+    def __init__(self, loader: Iterable[Any], num_batches: Union[int, float]) -> None:
+        self._it: Iterator[Any] = iter(loader)
+        self._sized = num_batches != INF
+        self._remaining = num_batches
+        self._exhausted = False
+        self._next: Any = _MISSING
+        if not self._sized:
+            self._advance()
+
+    def _advance(self) -> None:
+        try:
+            self._next = next(self._it)
+        except StopIteration:
+            self._next = _MISSING
+            self._exhausted = True
+
+    def fetch(self) -> Optional[Tuple[Any, bool]]:
+        if self._remaining <= 0:
+            return None
+        if self._sized:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                return None
+            self._remaining -= 1
+            return batch, self._remaining == 0
+        if self._next is _MISSING:
+            return None
+        batch = self._next
+        self._advance()
+        return batch, self._exhausted
+
+    def close(self) -> None:
+        self._remaining = 0
+        self._next = _MISSING
+
+
+_MISSING = object()

@@ -1,0 +1,166 @@
+"""The validation, test and sanity-check loops, and the predict loop.
+
+Each runs its dataloaders one after another under `torch.inference_mode` (or `no_grad`), calls
+the stage's hooks in Lightning's order, and leaves the epoch-level metrics in the stage's
+`Results`. Hook order for a stage S (validation, test):
+
+    on_S_model_eval, on_S_start, on_S_epoch_start,
+      per batch: transfer hooks, on_S_batch_start, S_step, on_S_batch_end
+    on_S_epoch_end, (metrics reduced and logged), on_S_end, on_S_model_train
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ferrotrain.trainer.data import INF, Fetcher
+from ferrotrain.trainer.results import Results
+
+
+def _no_grad(trainer: Any) -> Any:
+    return torch.inference_mode() if trainer._config.inference_mode else torch.no_grad()
+
+
+def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],
+                   results: Results) -> List[Dict[str, float]]:
+    """Run the 'validation' or 'test' loop over `loaders`; return per-dataloader epoch metrics."""
+    module = trainer.lightning_module
+    hooks = trainer._hooks
+    mod = hooks.mod
+    set_fx = module.__dict__.__setitem__
+    multi = len(loaders) > 1
+    results.num_dataloaders = len(loaders)
+    results.reset()
+    step_fn = getattr(module, f"{stage}_step")
+    cb_batch_start = hooks.cb[f"on_{stage}_batch_start"]
+    cb_batch_end = hooks.cb[f"on_{stage}_batch_end"]
+    m_batch_start = mod[f"on_{stage}_batch_start"]
+    m_batch_end = mod[f"on_{stage}_batch_end"]
+    transfer = trainer._transfer_batch
+    precision = trainer._precision
+    prev_results = trainer._active_results
+    trainer._active_results = results
+    module._results = results
+
+    with _no_grad(trainer):
+        _model_mode_hook(trainer, f"on_{stage}_model_eval")
+        _call_fx(trainer, f"on_{stage}_start", hooks)
+        _call_fx(trainer, f"on_{stage}_epoch_start", hooks)
+        for dl_idx, (loader, n) in enumerate(zip(loaders, num_batches)):
+            if n == 0:
+                continue
+            extra = (dl_idx,) if multi else ()
+            step_kwargs = {"dataloader_idx": dl_idx} if multi else {}
+            fetcher = Fetcher(loader, n)
+            trainer._eval_fetchers.append(fetcher)
+            batch_idx = 0
+            try:
+                while True:
+                    item = fetcher.fetch()
+                    if item is None:
+                        break
+                    batch = transfer(item[0], dl_idx)
+                    results.batch = batch
+                    results._batch_size = None
+                    results.dataloader_idx = dl_idx if multi else None
+                    if cb_batch_start or m_batch_start is not None:
+                        set_fx("_current_fx_name", f"on_{stage}_batch_start")
+                        for f in cb_batch_start:
+                            f(trainer, module, batch, batch_idx, *extra)
+                        if m_batch_start is not None:
+                            m_batch_start(batch, batch_idx, *extra)
+                    set_fx("_current_fx_name", f"{stage}_step")
+                    with precision.step_context():
+                        out = step_fn(batch, batch_idx, **step_kwargs)
+                    if cb_batch_end or m_batch_end is not None:
+                        set_fx("_current_fx_name", f"on_{stage}_batch_end")
+                        for f in cb_batch_end:
+                            f(trainer, module, out, batch, batch_idx, *extra)
+                        if m_batch_end is not None:
+                            m_batch_end(out, batch, batch_idx, *extra)
+                    batch_idx += 1
+                    trainer._progress_eval_batch(stage, dl_idx, batch_idx)
+            finally:
+                fetcher.close()
+                trainer._eval_fetchers.remove(fetcher)
+        results.epoch_end_reached = True
+        _call_fx(trainer, f"on_{stage}_epoch_end", hooks)
+        metrics = results.dataloader_metrics()
+        trainer._on_eval_epoch_end(stage, results)
+        _call_fx(trainer, f"on_{stage}_end", hooks)
+        _model_mode_hook(trainer, f"on_{stage}_model_train")
+    module._results = prev_results
+    trainer._active_results = prev_results
+    return metrics
+
+
+def _call_fx(trainer: Any, name: str, hooks: Any) -> None:
+    if hooks.has(name):
+        trainer.lightning_module.__dict__["_current_fx_name"] = name
+        hooks.callbacks_then_module(name, trainer)
+
+
+def _model_mode_hook(trainer: Any, name: str) -> None:
+    """`on_*_model_eval`/`on_*_model_train`: the module's override, else its default inline."""
+    hooks = trainer._hooks
+    if hooks.overridden.get(name):
+        getattr(trainer.lightning_module, name)()
+    elif name.endswith("_eval"):
+        trainer.model.eval()
+    elif name.endswith("_train"):
+        trainer.model.train()
+
+
+def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],
+                return_predictions: bool) -> Optional[List[Any]]:
+    module = trainer.lightning_module
+    hooks = trainer._hooks
+    mod = hooks.mod
+    multi = len(loaders) > 1
+    cb_start, cb_end = hooks.cb["on_predict_batch_start"], hooks.cb["on_predict_batch_end"]
+    m_start, m_end = mod["on_predict_batch_start"], mod["on_predict_batch_end"]
+    transfer = trainer._transfer_batch
+    all_preds: List[List[Any]] = []
+    with _no_grad(trainer):
+        _model_mode_hook(trainer, "on_predict_model_eval")
+        _call_fx(trainer, "on_predict_start", hooks)
+        _call_fx(trainer, "on_predict_epoch_start", hooks)
+        for dl_idx, (loader, n) in enumerate(zip(loaders, num_batches)):
+            preds: List[Any] = []
+            all_preds.append(preds)
+            if n == 0:
+                continue
+            extra = (dl_idx,) if multi else ()
+            kwargs = {"dataloader_idx": dl_idx} if multi else {}
+            fetcher = Fetcher(loader, n)
+            batch_idx = 0
+            while True:
+                item = fetcher.fetch()
+                if item is None:
+                    break
+                batch = transfer(item[0], dl_idx)
+                module.__dict__["_current_fx_name"] = "on_predict_batch_start"
+                for f in cb_start:
+                    f(trainer, module, batch, batch_idx, *extra)
+                if m_start is not None:
+                    m_start(batch, batch_idx, *extra)
+                module.__dict__["_current_fx_name"] = "predict_step"
+                with trainer._precision.step_context():
+                    out = module.predict_step(batch, batch_idx, **kwargs)
+                module.__dict__["_current_fx_name"] = "on_predict_batch_end"
+                for f in cb_end:
+                    f(trainer, module, out, batch, batch_idx, *extra)
+                if m_end is not None:
+                    m_end(out, batch, batch_idx, *extra)
+                if return_predictions:
+                    preds.append(out)
+                batch_idx += 1
+                trainer._progress_eval_batch("predict", dl_idx, batch_idx)
+        _call_fx(trainer, "on_predict_epoch_end", hooks)
+        _call_fx(trainer, "on_predict_end", hooks)
+    if not return_predictions:
+        return None
+    return all_preds[0] if len(all_preds) == 1 else all_preds

@@ -1,0 +1,155 @@
+"""The fit loop: epochs, and the Python side of each training batch.
+
+The batch loop itself runs in the native core (`_core.run_train_epoch`): it fetches each batch,
+asks the schedule what to do, and calls back here for the batch's work (`train_batch`) and, only
+when there is some, logging and validation (`after_batch`). Epoch boundaries are here:
+
+    on_train_start
+    per epoch: on_train_epoch_start, [native batch loop], on_train_epoch_end
+               (plain callbacks, module, monitoring callbacks), plateau schedulers, epoch metrics
+    on_train_end
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ferrotrain import _core
+from ferrotrain.trainer.data import INF
+from ferrotrain.trainer.optimization import step_schedulers
+from ferrotrain.trainer.states import RunningStage
+from ferrotrain.trainer.training_step import AutomaticStep, ManualStep
+
+STEP = _core.FLAG_STEP
+LAST = _core.FLAG_LAST
+
+
+class FitLoop:
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        module = trainer.lightning_module
+        self.step = AutomaticStep(trainer) if module.automatic_optimization else ManualStep(trainer)
+        configs = trainer.lr_scheduler_configs
+        self.step_scheds = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
+        self.epoch_scheds = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
+        self.plateau_step_scheds = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
+        self.plateau_epoch_scheds = [c for c in configs if c.interval == "epoch" and c.reduce_on_plateau]
+        self._last_batch_reached = False
+        self.train_batch = self._build_train_batch()
+
+    # ------------------------------------------------------------------ epochs
+    def run(self) -> None:
+        trainer = self.trainer
+        schedule = trainer._schedule
+        trainer._call_hooks("on_train_start")
+        while not schedule.fit_done():
+            if trainer.num_training_batches == 0:
+                break
+            self._run_epoch()
+        trainer._call_hooks("on_train_end")
+
+    def _run_epoch(self) -> None:
+        trainer = self.trainer
+        schedule = trainer._schedule
+        results = trainer._train_results
+        loader = trainer._train_dataloader_for_epoch()
+        n = trainer.num_training_batches
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(trainer.current_epoch)
+        schedule.begin_epoch(None if n == INF else int(n))
+        results.reset()
+        trainer._active_results = results
+        trainer.lightning_module._results = results
+        trainer.state.stage = RunningStage.TRAINING
+        self._last_batch_reached = False
+        trainer._call_hooks("on_train_epoch_start")
+        fetcher = trainer._make_train_fetcher(loader, n)
+        try:
+            _core.run_train_epoch(
+                schedule, fetcher.fetch, self.train_batch, self._after_batch, bool(self.plateau_step_scheds)
+            )
+        finally:
+            fetcher.close()
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        trainer = self.trainer
+        schedule = trainer._schedule
+        results = trainer._train_results
+        results.epoch_end_reached = True
+        schedule.end_epoch()
+        hooks = trainer._hooks
+        module = trainer.lightning_module
+        module.__dict__["_current_fx_name"] = "on_train_epoch_end"
+        for f in hooks.cb_train_epoch_end_first:
+            f(trainer, module)
+        if hooks.mod["on_train_epoch_end"] is not None:
+            hooks.mod["on_train_epoch_end"]()
+        for f in hooks.cb_train_epoch_end_last:
+            f(trainer, module)
+        if self._last_batch_reached and self.plateau_epoch_scheds:
+            step_schedulers(trainer, self.plateau_epoch_scheds, "epoch", True, trainer.current_epoch)
+        # Lightning logs epoch metrics at the step of the epoch's last stepping batch.
+        trainer._log_epoch_metrics(results, max(schedule.batches_that_stepped - 1, 0))
+        schedule.complete_epoch()
+
+    # ------------------------------------------------------------------ batches
+    def _build_train_batch(self) -> Any:
+        trainer = self.trainer
+        module = trainer.lightning_module
+        hooks = trainer._hooks
+        fx = module.__dict__
+        results = trainer._train_results
+        cb_start, m_start = hooks.cb["on_train_batch_start"], hooks.mod["on_train_batch_start"]
+        cb_end, m_end = hooks.cb["on_train_batch_end"], hooks.mod["on_train_batch_end"]
+        has_start = bool(cb_start) or m_start is not None
+        has_end = bool(cb_end) or m_end is not None
+        needs_transfer = trainer._needs_transfer()
+        transfer = trainer._transfer_batch
+        run_step = self.step.run
+        step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds
+        progress = trainer._progress_train_batch
+
+        def train_batch(batch: Any, batch_idx: int, flags: int) -> Optional[bool]:
+            if needs_transfer:
+                batch = transfer(batch, 0)
+            results.batch = batch
+            results._batch_size = None
+            if has_start:
+                fx["_current_fx_name"] = "on_train_batch_start"
+                for f in cb_start:
+                    f(trainer, module, batch, batch_idx)
+                if m_start is not None and m_start(batch, batch_idx) == -1:
+                    # Lightning: the batch counts, epoch schedulers step, and the epoch ends.
+                    self._last_batch_reached = True
+                    if epoch_scheds:
+                        step_schedulers(trainer, epoch_scheds, "epoch", False, trainer.current_epoch)
+                    return False
+            out = run_step(batch, batch_idx, flags)
+            if step_scheds and flags & STEP:
+                step_schedulers(trainer, step_scheds, "step", False, batch_idx)
+            if flags & LAST:
+                self._last_batch_reached = True
+                if epoch_scheds:
+                    step_schedulers(trainer, epoch_scheds, "epoch", False, trainer.current_epoch)
+            if has_end:
+                fx["_current_fx_name"] = "on_train_batch_end"
+                for f in cb_end:
+                    f(trainer, module, out, batch, batch_idx)
+                if m_end is not None:
+                    m_end(out, batch, batch_idx)
+            if progress is not None:
+                progress(batch_idx)
+            return None
+
+        return train_batch
+
+    def _after_batch(self, log: bool, log_step: int, validate: bool, stepped: bool) -> None:
+        trainer = self.trainer
+        if log:
+            trainer._log_step_metrics(trainer._train_results, log_step)
+        if validate:
+            trainer._run_validation_in_fit(log_step, stepped)
+        if self.plateau_step_scheds and stepped:
+            step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)

@@ -1,0 +1,296 @@
+"""What `self.log` records, per loop: one entry per (hook, name), reduced in the native
+`MetricStore`, and the views the Trainer exposes (`callback_metrics`, `logged_metrics`,
+`progress_bar_metrics`).
+
+Per call, `log` does a dict lookup and hands the value to the native store: a CPU tensor is read
+in place through its data pointer (no `.item()`, no copy), a number is passed as is. Tensors on an
+accelerator are accumulated on their device with torch ops and copied to the host only when the
+metrics are flushed. Options are checked the first time a (hook, name) pair is logged.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ferrotrain import _core
+from ferrotrain.errors import MisconfigurationException
+from ferrotrain.utilities.apply_func import extract_batch_size
+
+# dtype codes of the native reader (`rust/src/python/metrics.rs`).
+_DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float64: 1,
+    torch.float16: 2,
+    torch.bfloat16: 3,
+    torch.int64: 4,
+    torch.int32: 5,
+    torch.bool: 6,
+}
+
+_REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
+
+
+def _reduce_name(reduce_fx: Any) -> str:
+    if isinstance(reduce_fx, str):
+        name = _REDUCE_NAMES.get(reduce_fx.lower())
+    else:
+        name = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
+                sum: "sum", max: "max", min: "min"}.get(reduce_fx)
+    if name is None:
+        raise MisconfigurationException(
+            f"`self.log(reduce_fx={reduce_fx!r})` must be one of 'mean', 'sum', 'max', 'min' "
+            "(or torch.mean, torch.sum, torch.max, torch.min)"
+        )
+    return name
+
+
+# Per-hook defaults and what is allowed, as Lightning's `_FxValidator`: (on_step default,
+# on_epoch default, on_step allowed values, on_epoch allowed values). Hooks not listed cannot log.
+_STEP = ((True, False), (False, True))
+_EPOCH_ONLY = ((False,), (True,))
+_EVAL = ((False, True), (True, False))
+FX_DEFAULTS: Dict[str, Tuple[bool, bool, Tuple[bool, ...], Tuple[bool, ...]]] = {}
+for _fx in ("training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward",
+            "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
+            "optimizer_step", "lr_scheduler_step", "backward", "optimizer_zero_grad",
+            "configure_gradient_clipping", "clip_gradients"):
+    FX_DEFAULTS[_fx] = (True, False) + _STEP
+for _fx in ("on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_validation_start",
+            "on_validation_epoch_start", "on_validation_epoch_end", "on_test_start",
+            "on_test_epoch_start", "on_test_epoch_end", "on_fit_start", "on_validation_end"):
+    FX_DEFAULTS[_fx] = (False, True) + _EPOCH_ONLY
+for _fx in ("validation_step", "on_validation_batch_start", "on_validation_batch_end",
+            "test_step", "on_test_batch_start", "on_test_batch_end"):
+    FX_DEFAULTS[_fx] = (False, True) + _EVAL
+
+
+class _Entry:
+    __slots__ = ("fx", "name", "options", "on_step", "on_epoch", "prog_bar", "logger", "reduce",
+                 "slot", "dl_idx", "key", "device_acc", "device_weight", "device_last")
+
+    def __init__(self, fx: str, name: str, key: str, options: tuple, on_step: bool, on_epoch: bool,
+                 prog_bar: bool, logger: bool, reduce: str, slot: int, dl_idx: Optional[int]) -> None:
+        self.fx = fx
+        self.name = name
+        self.key = key
+        self.options = options
+        self.on_step = on_step
+        self.on_epoch = on_epoch
+        self.prog_bar = prog_bar
+        self.logger = logger
+        self.reduce = reduce
+        self.slot = slot
+        self.dl_idx = dl_idx
+        self.device_acc: Optional[torch.Tensor] = None
+        self.device_weight = 0.0
+        self.device_last: Optional[torch.Tensor] = None
+
+
+class Results:
+    """The metrics of one loop (training, validation, test). The loop tells it the current batch
+    and dataloader index; `self.log` calls go to `log`."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+        # True once the epoch's batches are done: reads then see epoch-level values.
+        self.epoch_end_reached = False
+        self._store = _core.MetricStore()
+        self._entries: Dict[Tuple[str, str, Optional[int]], _Entry] = {}
+        self.batch: Any = None
+        self._batch_size: Optional[int] = None
+        self.dataloader_idx: Optional[int] = None
+        self.num_dataloaders = 1
+
+    # ---------------------------------------------------------------- per-batch state
+    def set_batch(self, batch: Any, dataloader_idx: Optional[int] = None) -> None:
+        self.batch = batch
+        self._batch_size = None
+        self.dataloader_idx = dataloader_idx
+
+    def _current_batch_size(self) -> float:
+        if self._batch_size is None:
+            size = extract_batch_size(self.batch) if self.batch is not None else None
+            self._batch_size = size if size is not None else 1
+        return float(self._batch_size)
+
+    # ---------------------------------------------------------------- logging
+    def log(self, fx: Optional[str], name: str, value: Any, prog_bar: bool, logger: Optional[bool],
+            on_step: Optional[bool], on_epoch: Optional[bool], reduce_fx: Any, add_dataloader_idx: bool,
+            batch_size: Optional[int], sync_dist: bool) -> None:
+        dl_idx = self.dataloader_idx if add_dataloader_idx and self.num_dataloaders > 1 else None
+        entry = self._entries.get((fx, name, dl_idx))  # type: ignore[arg-type]
+        options = (prog_bar, logger, on_step, on_epoch, reduce_fx)
+        if entry is None or entry.options != options:
+            entry = self._register(fx, name, options, dl_idx)
+        if entry.on_epoch and entry.reduce == "mean":
+            weight = float(batch_size) if batch_size is not None else self._current_batch_size()
+        else:
+            weight = 1.0
+        self._update(entry, value, weight)
+
+    def _register(self, fx: Optional[str], name: str, options: tuple, dl_idx: Optional[int]) -> _Entry:
+        prog_bar, logger, on_step, on_epoch, reduce_fx = options
+        if not isinstance(name, str) or not name:
+            raise MisconfigurationException(f"`self.log` needs a non-empty str name, got {name!r}")
+        if fx is None or fx not in FX_DEFAULTS:
+            raise MisconfigurationException(f"You can't `self.log({name!r}, ...)` inside `{fx}`")
+        d_step, d_epoch, allowed_step, allowed_epoch = FX_DEFAULTS[fx]
+        on_step = d_step if on_step is None else bool(on_step)
+        on_epoch = d_epoch if on_epoch is None else bool(on_epoch)
+        if on_step not in allowed_step or on_epoch not in allowed_epoch:
+            raise MisconfigurationException(
+                f"You can't `self.log({name!r}, on_step={on_step}, on_epoch={on_epoch})` inside `{fx}`: "
+                f"allowed on_step={list(allowed_step)}, on_epoch={list(allowed_epoch)}"
+            )
+        if not on_step and not on_epoch:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, on_step=False, on_epoch=False)` logs nothing: set one of them to True"
+            )
+        reduce = _reduce_name(reduce_fx)
+        old = self._entries.get((fx, name, dl_idx))  # type: ignore[arg-type]
+        if old is not None:
+            raise MisconfigurationException(
+                f"You called `self.log({name!r}, ...)` twice in `{fx}` with different arguments "
+                f"(before: {old.options}, now: {options}); this is not allowed"
+            )
+        key = f"{name}/dataloader_idx_{dl_idx}" if dl_idx is not None else name
+        slot = self._store.register(reduce)
+        entry = _Entry(fx, name, key, options, on_step, on_epoch, bool(prog_bar),
+                       True if logger is None else bool(logger), reduce, slot, dl_idx)
+        self._entries[(fx, name, dl_idx)] = entry  # type: ignore[index]
+        return entry
+
+    def _update(self, entry: _Entry, value: Any, weight: float) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise MisconfigurationException(
+                    f"`self.log({entry.name!r}, value)` needs a scalar (one-element) tensor, got shape {tuple(value.shape)}"
+                )
+            if value.device.type == "cpu":
+                code = _DTYPE_CODES.get(value.dtype)
+                if code is not None:
+                    self._store.update_from_ptr(entry.slot, value.data_ptr(), code, weight)
+                    return
+                self._store.update(entry.slot, float(value), weight)
+                return
+            self._update_on_device(entry, value.detach(), weight)
+            return
+        if isinstance(value, numbers.Number) and not isinstance(value, complex):
+            self._store.update(entry.slot, float(value), weight)
+            return
+        compute = getattr(value, "compute", None)
+        if callable(compute):  # a torchmetrics Metric: log its current value
+            self._update(entry, compute(), weight)
+            return
+        raise MisconfigurationException(
+            f"`self.log({entry.name!r}, value)` was called with a value of type {type(value).__name__}; "
+            "allowed: a number, a scalar torch.Tensor, or a torchmetrics Metric"
+        )
+
+    def _update_on_device(self, entry: _Entry, value: torch.Tensor, weight: float) -> None:
+        # Accumulate on the device: no host copy until the metrics are flushed.
+        v = value.reshape(()).to(torch.float64 if value.dtype == torch.float64 else torch.float32)
+        entry.device_last = v
+        acc = entry.device_acc
+        if entry.reduce == "mean":
+            entry.device_acc = v * weight if acc is None else acc + v * weight
+            entry.device_weight += weight
+        elif entry.reduce == "sum":
+            entry.device_acc = v if acc is None else acc + v
+        elif entry.reduce == "max":
+            entry.device_acc = v if acc is None else torch.maximum(acc, v)
+        else:
+            entry.device_acc = v if acc is None else torch.minimum(acc, v)
+        # Count in the native store too, so "was it logged" has one answer.
+        self._store.update(entry.slot, math.nan, 0.0)
+
+    # ---------------------------------------------------------------- reading
+    def _last(self, entry: _Entry) -> Optional[float]:
+        if entry.device_last is not None:
+            return float(entry.device_last.item())  # host sync: only when metrics are read
+        return self._store.last(entry.slot)
+
+    def _reduced(self, entry: _Entry) -> Optional[float]:
+        if entry.device_acc is not None:
+            acc = float(entry.device_acc.item())  # host sync: only at epoch end
+            return acc / entry.device_weight if entry.reduce == "mean" and entry.device_weight else acc
+        return self._store.compute(entry.slot)
+
+    def step_metrics(self) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
+        """(logger, progress bar, callback) views of the latest step-level values."""
+        log: Dict[str, float] = {}
+        bar: Dict[str, float] = {}
+        cb: Dict[str, float] = {}
+        for e in self._entries.values():
+            if not e.on_step or self._store.count(e.slot) == 0:
+                continue
+            v = self._last(e)
+            if v is None:
+                continue
+            name = f"{e.key}_step" if e.on_epoch else e.key
+            if e.logger:
+                log[name] = v
+            if e.prog_bar:
+                bar[name] = v
+            cb[name] = v
+            cb[e.key] = v
+        return log, bar, cb
+
+    def epoch_metrics(self) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
+        """(logger, progress bar, callback) views of the epoch-level reduced values."""
+        log: Dict[str, float] = {}
+        bar: Dict[str, float] = {}
+        cb: Dict[str, float] = {}
+        for e in self._entries.values():
+            if not e.on_epoch or self._store.count(e.slot) == 0:
+                continue
+            v = self._reduced(e)
+            if v is None:
+                continue
+            name = f"{e.key}_epoch" if e.on_step else e.key
+            if e.logger:
+                log[name] = v
+            if e.prog_bar:
+                bar[name] = v
+            cb[name] = v
+            cb[e.key] = v
+        return log, bar, cb
+
+    def reset(self) -> None:
+        """Start a new epoch: reductions restart, entries (and their checked options) stay."""
+        self._store.reset_all()
+        self.epoch_end_reached = False
+        for e in self._entries.values():
+            e.device_acc = None
+            e.device_weight = 0.0
+            e.device_last = None
+
+    def callback_view(self) -> Dict[str, float]:
+        return self.epoch_metrics()[2] if self.epoch_end_reached else self.step_metrics()[2]
+
+    def progress_bar_view(self) -> Dict[str, float]:
+        return self.epoch_metrics()[1] if self.epoch_end_reached else self.step_metrics()[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._store = _core.MetricStore()
+
+    def dataloader_metrics(self) -> List[Dict[str, float]]:
+        """Epoch-level values per dataloader, for the return value of validate/test."""
+        per: Dict[Optional[int], Dict[str, float]] = {}
+        for e in self._entries.values():
+            if not e.on_epoch or self._store.count(e.slot) == 0:
+                continue
+            v = self._reduced(e)
+            if v is None:
+                continue
+            name = f"{e.key}_epoch" if e.on_step else e.key
+            per.setdefault(e.dl_idx, {})[name] = v
+        if self.num_dataloaders <= 1:
+            return [per.get(None, {})]
+        shared = per.get(None, {})
+        return [{**shared, **per.get(i, {})} for i in range(self.num_dataloaders)]

@@ -1,0 +1,1100 @@
+"""`Trainer`: the public API (constructor, fit/validate/test/predict, the attributes user code
+reads). It checks arguments, wires the run together, and delegates: argument checking to
+`config`, the hook table to `hooks`, the training loop to `fit_loop` (whose batch loop is
+native), evaluation to `evaluation_loop`, optimizers to `optimization`, metrics to `results`, and
+checkpoint contents to `checkpointing`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+import torch
+
+from ferrotrain import _core
+from ferrotrain.callbacks.callback import Callback, is_overridden
+from ferrotrain.core.datamodule import LightningDataModule
+from ferrotrain.core.module import LightningModule
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException
+from ferrotrain.trainer import config as cfg
+from ferrotrain.trainer.data import INF, Fetcher, as_loader_list, limited_batches, resolve_loaders
+from ferrotrain.trainer.hooks import HookTable
+from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
+from ferrotrain.trainer.precision import Precision
+from ferrotrain.trainer.results import Results
+from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
+from ferrotrain.utilities.apply_func import move_data_to_device
+from ferrotrain.utilities.rank_zero import rank_zero_info
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: Any = "auto",
+        devices: Union[int, str, List[int]] = "auto",
+        num_nodes: int = 1,
+        precision: Union[int, str] = 32,
+        logger: Any = None,
+        callbacks: Any = None,
+        fast_dev_run: Union[int, bool] = False,
+        max_epochs: Optional[int] = cfg.DEFAULT_MAX_EPOCHS,
+        min_epochs: Optional[int] = cfg.DEFAULT_MIN_EPOCHS,
+        max_steps: int = -1,
+        min_steps: Optional[int] = None,
+        max_time: Any = None,
+        limit_train_batches: Union[int, float, None] = None,
+        limit_val_batches: Union[int, float, None] = None,
+        limit_test_batches: Union[int, float, None] = None,
+        limit_predict_batches: Union[int, float, None] = None,
+        overfit_batches: Union[int, float] = 0.0,
+        val_check_interval: Union[int, float] = 1.0,
+        check_val_every_n_epoch: Optional[int] = 1,
+        num_sanity_val_steps: int = 2,
+        log_every_n_steps: int = 50,
+        enable_checkpointing: bool = True,
+        enable_progress_bar: bool = True,
+        enable_model_summary: bool = True,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: str = "norm",
+        deterministic: Union[bool, str, None] = False,
+        benchmark: Optional[bool] = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Any = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
+        default_root_dir: Optional[Union[str, os.PathLike]] = None,
+    ) -> None:
+        self._config = cfg.resolve(dict(locals()))
+        cfg.check_profiler(profiler)
+        cfg.reject_unsupported("overfit_batches", overfit_batches, 0.0)
+        cfg.reject_unsupported("plugins", plugins, None)
+        cfg.reject_unsupported("sync_batchnorm", sync_batchnorm, False)
+        check_bool = cfg.check_bool
+        check_bool("use_distributed_sampler", use_distributed_sampler)
+        c = self._config
+        user_callbacks = cfg.check_callbacks(callbacks)
+        logger_setting = cfg.check_logger(logger)
+        if c.barebones:
+            self._check_barebones(user_callbacks, logger_setting)
+        self.accelerator_name, self._device = _select_device(c.accelerator, c.devices)
+        self._precision = Precision(c.precision, self._device)
+        self.state = TrainerState()
+        self.callbacks: List[Callback] = self._build_callbacks(user_callbacks)
+        self._logger_setting = logger_setting
+        self._loggers: Optional[List[Any]] = None if logger_setting is True else list(logger_setting)
+        self._apply_determinism()
+
+        self.should_stop_default = False
+        self.lightning_module: Optional[LightningModule] = None
+        self.datamodule: Optional[LightningDataModule] = None
+        self.optimizers: List[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: List[LRSchedulerConfig] = []
+        self._schedule: Any = None
+        self._hooks: Optional[HookTable] = None
+        self._train_results = Results(training=True)
+        self._val_results = Results(training=False)
+        self._test_results = Results(training=False)
+        self._active_results: Optional[Results] = None
+        self._callback_metrics: Dict[str, Any] = {}
+        self._logged_metrics: Dict[str, Any] = {}
+        self._progress_bar_metrics: Dict[str, Any] = {}
+        self._train_loader: Any = None
+        self._val_loaders: List[Any] = []
+        self.num_training_batches: Union[int, float] = INF
+        self.num_val_batches: List[Union[int, float]] = []
+        self.num_test_batches: List[Union[int, float]] = []
+        self.num_predict_batches: List[Union[int, float]] = []
+        self.num_sanity_val_batches: List[Union[int, float]] = []
+        self._eval_fetchers: List[Fetcher] = []
+        self._ckpt_path: Optional[str] = None
+        self._fit_loop: Any = None
+        self._progress_train_batch: Any = None
+        self._should_stop = False
+        self._new_schedule(has_validation=False, automatic=True)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _check_barebones(self, callbacks: List[Callback], logger_setting: Any) -> None:
+        c = self._config
+        for name, value in (("enable_checkpointing", c.enable_checkpointing), ("enable_progress_bar", c.enable_progress_bar),
+                            ("enable_model_summary", c.enable_model_summary)):
+            if value:
+                raise MisconfigurationException(
+                    f"`Trainer(barebones=True)` turns off extra features; pass `{name}=False` as well (got True)"
+                )
+        if logger_setting:
+            raise MisconfigurationException("`Trainer(barebones=True)` runs without a logger; pass `logger=False`")
+
+    def _build_callbacks(self, user: List[Callback]) -> List[Callback]:
+        from ferrotrain.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
+        from ferrotrain.callbacks.checkpoint import Checkpoint
+
+        c = self._config
+        callbacks = list(user)
+        bars = [cb for cb in callbacks if isinstance(cb, ProgressBar)]
+        if len(bars) > 1:
+            raise MisconfigurationException("You added multiple progress bar callbacks; only one is allowed")
+        if not c.enable_progress_bar and bars:
+            raise MisconfigurationException(
+                f"Trainer was configured with `enable_progress_bar=False` but found `{type(bars[0]).__name__}` in callbacks"
+            )
+        if c.enable_progress_bar and not bars:
+            callbacks.append(TQDMProgressBar())
+        checkpoints = [cb for cb in callbacks if isinstance(cb, Checkpoint)]
+        if not c.enable_checkpointing and checkpoints:
+            raise MisconfigurationException(
+                "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in callbacks"
+            )
+        if c.enable_checkpointing and not checkpoints:
+            callbacks.append(ModelCheckpoint())
+        if c.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in callbacks):
+            callbacks.append(ModelSummary())
+        return _checkpoints_last(callbacks)
+
+    def _apply_determinism(self) -> None:
+        d = self._config.deterministic
+        if d:
+            torch.use_deterministic_algorithms(True, warn_only=(d == "warn"))
+        if self._config.benchmark is not None and torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = self._config.benchmark
+
+    def _new_schedule(self, has_validation: bool, automatic: bool) -> None:
+        c = self._config
+        old = self._schedule
+        self._schedule = _core.Schedule(
+            max_epochs=c.max_epochs,
+            max_steps=c.max_steps,
+            min_epochs=c.min_epochs,
+            min_steps=c.min_steps,
+            accumulate_grad_batches=self.accumulate_grad_batches if hasattr(self, "_accumulate") else c.accumulate_grad_batches,
+            log_every_n_steps=c.log_every_n_steps,
+            check_val_every_n_epoch=c.check_val_every_n_epoch,
+            val_check_batch=None,
+            has_validation=has_validation,
+            automatic_optimization=automatic,
+        )
+        if old is not None:
+            self._schedule.load_state_dict(**dict(old.state_dict()))
+            self._schedule.should_stop = old.should_stop
+
+    # ------------------------------------------------------------------ simple attributes
+    @property
+    def max_epochs(self) -> int:
+        return self._config.max_epochs
+
+    @property
+    def min_epochs(self) -> int:
+        return self._config.min_epochs
+
+    @property
+    def max_steps(self) -> int:
+        return self._config.max_steps
+
+    @property
+    def min_steps(self) -> int:
+        return self._config.min_steps
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        return getattr(self, "_accumulate", self._config.accumulate_grad_batches)
+
+    @accumulate_grad_batches.setter
+    def accumulate_grad_batches(self, value: int) -> None:
+        self._accumulate = cfg.check_int("accumulate_grad_batches", value, 1)
+
+    @property
+    def gradient_clip_val(self) -> Optional[float]:
+        return self._config.gradient_clip_val
+
+    @property
+    def gradient_clip_algorithm(self) -> str:
+        return self._config.gradient_clip_algorithm
+
+    @property
+    def val_check_interval(self) -> Union[int, float]:
+        return self._config.val_check_interval
+
+    @property
+    def check_val_every_n_epoch(self) -> Optional[int]:
+        return self._config.check_val_every_n_epoch
+
+    @property
+    def num_sanity_val_steps(self) -> int:
+        return self._config.num_sanity_val_steps
+
+    @property
+    def log_every_n_steps(self) -> int:
+        return self._config.log_every_n_steps
+
+    @property
+    def precision(self) -> str:
+        return self._config.precision
+
+    @property
+    def default_root_dir(self) -> str:
+        return self._config.default_root_dir
+
+    @property
+    def fast_dev_run(self) -> int:
+        return self._config.fast_dev_run
+
+    @property
+    def limit_train_batches(self) -> Union[int, float]:
+        return self._config.limit_train_batches
+
+    @property
+    def limit_val_batches(self) -> Union[int, float]:
+        return self._config.limit_val_batches
+
+    @property
+    def limit_test_batches(self) -> Union[int, float]:
+        return self._config.limit_test_batches
+
+    @property
+    def limit_predict_batches(self) -> Union[int, float]:
+        return self._config.limit_predict_batches
+
+    @property
+    def device_ids(self) -> List[int]:
+        return [self._device.index or 0]
+
+    @property
+    def num_devices(self) -> int:
+        return 1
+
+    @property
+    def num_nodes(self) -> int:
+        return 1
+
+    @property
+    def strategy(self) -> Any:
+        return _SingleDeviceStrategy(self)
+
+    @property
+    def accelerator(self) -> str:
+        return self.accelerator_name
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def is_global_zero(self) -> bool:
+        return True
+
+    @property
+    def model(self) -> Optional[torch.nn.Module]:
+        return self.lightning_module
+
+    @property
+    def global_step(self) -> int:
+        return self._schedule.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        return self._schedule.current_epoch
+
+    @property
+    def should_stop(self) -> bool:
+        return self._schedule.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self._schedule.should_stop = bool(value)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == TrainerStatus.INTERRUPTED
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == RunningStage.TRAINING
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        if value:
+            self.state.stage = RunningStage.TRAINING
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == RunningStage.SANITY_CHECKING
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == RunningStage.VALIDATING
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == RunningStage.TESTING
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == RunningStage.PREDICTING
+
+    @property
+    def evaluating(self) -> bool:
+        return self.state.stage is not None and self.state.stage.evaluating
+
+    @property
+    def estimated_stepping_batches(self) -> Union[int, float]:
+        """Optimizer steps the fit will take, as Lightning estimates it."""
+        n = self.num_training_batches
+        if self.lightning_module is not None and self._train_loader is None and self.state.fn == TrainerFn.FITTING:
+            pass
+        est = self._schedule.estimated_stepping_batches(None if n == INF else int(n))
+        return INF if est is None else est
+
+    # ------------------------------------------------------------------ loggers
+    @property
+    def loggers(self) -> List[Any]:
+        if self._loggers is None:
+            self._loggers = [_default_logger(self.default_root_dir)]
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: Optional[List[Any]]) -> None:
+        self._loggers = list(loggers) if loggers else []
+
+    @property
+    def logger(self) -> Any:
+        loggers = self.loggers
+        return loggers[0] if loggers else None
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self._loggers = [] if logger is None else [logger]
+
+    @property
+    def log_dir(self) -> str:
+        lg = self.logger
+        if lg is not None:
+            d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
+            if d is not None:
+                return str(d)
+        return self.default_root_dir
+
+    # ------------------------------------------------------------------ callbacks
+    @property
+    def progress_bar_callback(self) -> Any:
+        from ferrotrain.callbacks import ProgressBar
+
+        for cb in self.callbacks:
+            if isinstance(cb, ProgressBar):
+                return cb
+        return None
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def checkpoint_callbacks(self) -> List[Any]:
+        from ferrotrain.callbacks.checkpoint import Checkpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, Checkpoint)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        from ferrotrain.callbacks import EarlyStopping
+
+        for cb in self.callbacks:
+            if isinstance(cb, EarlyStopping):
+                return cb
+        return None
+
+    @property
+    def ckpt_path(self) -> Optional[str]:
+        return self._ckpt_path
+
+    # ------------------------------------------------------------------ metrics views
+    @property
+    def callback_metrics(self) -> Dict[str, Any]:
+        r = self._active_results
+        if r is not None and not self.sanity_checking:
+            self._callback_metrics.update(_as_tensors(r.callback_view()))
+        return self._callback_metrics
+
+    @property
+    def logged_metrics(self) -> Dict[str, Any]:
+        return self._logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> Dict[str, float]:
+        r = self._active_results
+        if r is not None:
+            self._progress_bar_metrics.update(r.progress_bar_view())
+        return self._progress_bar_metrics
+
+    def _log_to_loggers(self, metrics: Dict[str, float], step: int) -> None:
+        if not metrics:
+            return
+        loggers = self.loggers
+        if not loggers:
+            return
+        metrics = dict(metrics)
+        metrics.setdefault("epoch", self.current_epoch)
+        self._logged_metrics.update(_as_tensors(metrics))
+        for lg in loggers:
+            lg.log_metrics(metrics, step=step)
+            lg.save()
+
+    def _log_step_metrics(self, results: Results, step: int) -> None:
+        log, bar, cb = results.step_metrics()
+        self._log_to_loggers(log, step)
+
+    def _log_epoch_metrics(self, results: Results, step: int) -> None:
+        log, bar, cb = results.epoch_metrics()
+        self._callback_metrics.update(_as_tensors(cb))
+        self._progress_bar_metrics.update(bar)
+        self._log_to_loggers(log, step)
+
+    def _on_eval_epoch_end(self, stage: str, results: Results) -> None:
+        if self.sanity_checking:
+            return
+        log, bar, cb = results.epoch_metrics()
+        self._callback_metrics.update(_as_tensors(cb))
+        self._progress_bar_metrics.update(bar)
+        step = self._eval_log_step if self.state.fn == TrainerFn.FITTING else self._schedule.batches_that_stepped
+        self._log_to_loggers(log, step)
+
+    # ------------------------------------------------------------------ entry points
+    def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            datamodule: Optional[LightningDataModule] = None, ckpt_path: Optional[str] = None) -> None:
+        self._check_model(model, "fit")
+        if train_dataloaders is not None and isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
+        self.state.fn = TrainerFn.FITTING
+        self._run_guarded(lambda: self._fit_impl(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), model)
+
+    def validate(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
+                 verbose: bool = True, datamodule: Optional[LightningDataModule] = None) -> List[Dict[str, float]]:
+        return self._evaluate_entry("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
+             verbose: bool = True, datamodule: Optional[LightningDataModule] = None) -> List[Dict[str, float]]:
+        return self._evaluate_entry("test", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(self, model: Optional[LightningModule] = None, dataloaders: Any = None,
+                datamodule: Optional[LightningDataModule] = None, return_predictions: Optional[bool] = None,
+                ckpt_path: Optional[str] = None) -> Optional[List[Any]]:
+        model = self._model_for_eval(model, "predict")
+        if dataloaders is not None and isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
+        self.state.fn = TrainerFn.PREDICTING
+        keep = True if return_predictions is None else cfg.check_bool("return_predictions", return_predictions)
+        return self._run_guarded(lambda: self._predict_impl(model, dataloaders, datamodule, keep, ckpt_path), model)
+
+    def _evaluate_entry(self, stage_fn: str, model: Optional[LightningModule], dataloaders: Any,
+                        ckpt_path: Optional[str], verbose: bool, datamodule: Optional[LightningDataModule]) -> List[Dict[str, float]]:
+        model = self._model_for_eval(model, stage_fn)
+        if dataloaders is not None and isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
+        self.state.fn = TrainerFn.VALIDATING if stage_fn == "validate" else TrainerFn.TESTING
+        return self._run_guarded(
+            lambda: self._evaluate_impl(stage_fn, model, dataloaders, datamodule, ckpt_path, verbose), model
+        )
+
+    # ------------------------------------------------------------------ argument checks
+    def _check_model(self, model: Any, fn: str) -> None:
+        if not isinstance(model, LightningModule):
+            raise ConfigTypeError(
+                f"`Trainer.{fn}()` requires a `LightningModule`, got {model!r} ({type(model).__name__})"
+            )
+
+    def _model_for_eval(self, model: Optional[LightningModule], fn: str) -> LightningModule:
+        if model is None:
+            if self.lightning_module is None:
+                raise MisconfigurationException(
+                    f"`Trainer.{fn}()` requires a `LightningModule` when it hasn't been passed in a previous run"
+                )
+            return self.lightning_module
+        self._check_model(model, fn)
+        return model
+
+    def _check_datamodule(self, datamodule: Any, loaders: Any, val_loaders: Any, name: str) -> None:
+        if datamodule is None:
+            return
+        if not isinstance(datamodule, LightningDataModule):
+            raise ConfigTypeError(
+                f"`datamodule` must be a `LightningDataModule`, got {datamodule!r} ({type(datamodule).__name__})"
+            )
+        if loaders is not None or val_loaders is not None:
+            raise MisconfigurationException(
+                f"You cannot pass `{name}` or `val_dataloaders` together with `datamodule`: pass one or the other"
+            )
+
+    # ------------------------------------------------------------------ run scaffolding
+    def _run_guarded(self, fn: Any, model: LightningModule) -> Any:
+        """Lightning's `_call_and_handle_interrupt`: on an exception, `on_exception` hooks run,
+        loggers are finalized, and the exception reaches the user unchanged."""
+        self.state.status = TrainerStatus.RUNNING
+        try:
+            result = fn()
+        except KeyboardInterrupt as exc:
+            rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
+            self._interrupt(exc)
+            self._teardown()
+            return None
+        except BaseException as exc:
+            self._interrupt(exc)
+            self._teardown()
+            self.state.stage = None
+            raise
+        self.state.status = TrainerStatus.FINISHED
+        self._teardown()
+        self.state.stage = None
+        return result
+
+    def _interrupt(self, exc: BaseException) -> None:
+        self.state.status = TrainerStatus.INTERRUPTED
+        module = self.lightning_module
+        for cb in self.callbacks:
+            if is_overridden(cb, Callback, "on_exception"):
+                cb.on_exception(self, module, exc)
+        if self.datamodule is not None and hasattr(self.datamodule, "on_exception"):
+            self.datamodule.on_exception(exc)
+        for lg in self._loggers or []:
+            try:
+                lg.finalize("failed")
+            except Exception:  # a logger failing to close must not hide the original error
+                pass
+
+    def _teardown(self) -> None:
+        for f in list(self._eval_fetchers):
+            f.close()
+        self._eval_fetchers.clear()
+        writer = getattr(self, "_checkpoint_writer", None)
+        if writer is not None:
+            self._checkpoint_writer = None
+            writer.close()
+        bar = self.progress_bar_callback
+        if bar is not None and hasattr(bar, "_close_all"):
+            bar._close_all()
+
+    def _attach(self, model: LightningModule, datamodule: Optional[LightningDataModule]) -> None:
+        self.lightning_module = model
+        model.trainer = self
+        self.datamodule = datamodule
+        if datamodule is not None:
+            datamodule.trainer = self
+
+    def _setup_run(self, model: LightningModule, datamodule: Optional[LightningDataModule], stage: str) -> None:
+        """configure_callbacks, prepare_data, setup (callbacks, then module), configure_model, hook table."""
+        self._attach(model, datamodule)
+        self._merge_model_callbacks(model)
+        self._hooks = HookTable(model, self.callbacks, datamodule)
+        if datamodule is not None:
+            datamodule.prepare_data()
+        if is_overridden(model, LightningModule, "prepare_data"):
+            model.prepare_data()
+        if datamodule is not None:
+            datamodule.setup(stage=stage)
+        for cb in self.callbacks:
+            if is_overridden(cb, Callback, "setup"):
+                cb.setup(self, model, stage)
+        if is_overridden(model, LightningModule, "setup"):
+            model.__dict__["_current_fx_name"] = "setup"
+            model.setup(stage)
+        if is_overridden(model, LightningModule, "configure_model"):
+            model.configure_model()
+        model.to(self._device)
+
+    def _merge_model_callbacks(self, model: LightningModule) -> None:
+        if not is_overridden(model, LightningModule, "configure_callbacks"):
+            return
+        extra = model.configure_callbacks()
+        if isinstance(extra, Callback):
+            extra = [extra]
+        extra = cfg.check_callbacks(list(extra) if extra else [])
+        types = {type(cb) for cb in extra}
+        # Callbacks from the model replace the trainer's callbacks of the same type (Lightning).
+        self.callbacks = _checkpoints_last([cb for cb in self.callbacks if type(cb) not in types] + extra)
+
+    def _finish_run(self, stage: str) -> None:
+        model = self.lightning_module
+        for cb in self.callbacks:
+            if is_overridden(cb, Callback, "teardown"):
+                cb.teardown(self, model, stage)
+        if model is not None and is_overridden(model, LightningModule, "teardown"):
+            model.teardown(stage)
+        if self.datamodule is not None:
+            self.datamodule.teardown(stage=stage)
+
+    def _call_hooks(self, name: str, *args: Any) -> None:
+        hooks = self._hooks
+        if hooks is not None and hooks.has(name):
+            self.lightning_module.__dict__["_current_fx_name"] = name
+            hooks.callbacks_then_module(name, self, *args)
+
+    # ------------------------------------------------------------------ fit
+    def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
+                  datamodule: Optional[LightningDataModule], ckpt_path: Optional[str]) -> None:
+        from ferrotrain.trainer.fit_loop import FitLoop
+        from ferrotrain.trainer import checkpointing
+
+        self._fit_sources = (train_dataloaders, val_dataloaders)
+        self._setup_run(model, datamodule, "fit")
+        self._configure_optimizers(model)
+        self._setup_train_data(model, datamodule, train_dataloaders)
+        self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
+        self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
+        self._configure_val_check()
+        if not model.automatic_optimization and self.accumulate_grad_batches != 1:
+            raise MisconfigurationException(
+                "Automatic gradient accumulation is not supported for manual optimization: remove "
+                f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` or accumulate in `training_step`"
+            )
+        self._train_results = Results(training=True)
+        self._val_results = Results(training=False)
+        self._fit_loop = FitLoop(self)
+        if ckpt_path is not None:
+            checkpointing.restore_for_fit(self, ckpt_path)
+        self._log_hyperparams()
+        self._call_hooks("on_fit_start")
+        self._run_sanity_check()
+        self.state.stage = RunningStage.TRAINING
+        self._fit_loop.run()
+        self._call_hooks("on_fit_end")
+        writer = getattr(self, "_checkpoint_writer", None)
+        if writer is not None:
+            writer.wait()
+        for lg in self.loggers:
+            lg.finalize("success")
+        self._finish_run("fit")
+
+    def _configure_optimizers(self, model: LightningModule) -> None:
+        model.__dict__["_current_fx_name"] = "configure_optimizers"
+        out = model.configure_optimizers()
+        self.optimizers, self.lr_scheduler_configs = parse_configure_optimizers(out)
+        if model.automatic_optimization and len(self.optimizers) > 1:
+            raise MisconfigurationException(
+                "Training with multiple optimizers is only supported with manual optimization: set "
+                "`self.automatic_optimization = False` and call the optimizers in `training_step`"
+            )
+        model.__dict__["_current_fx_name"] = None
+
+    def strategy_optimizers(self, use_pl_optimizer: bool) -> List[Any]:
+        if not use_pl_optimizer:
+            return list(self.optimizers)
+        if not hasattr(self, "_lightning_optimizers") or [o.optimizer for o in self._lightning_optimizers] != self.optimizers:
+            self._lightning_optimizers = [LightningOptimizer(o, self) for o in self.optimizers]
+        return list(self._lightning_optimizers)
+
+    def _setup_train_data(self, model: LightningModule, datamodule: Optional[LightningDataModule], given: Any) -> None:
+        loader = resolve_loaders("train", given, datamodule, model)
+        if loader is None:
+            raise MisconfigurationException(
+                "No training data: pass `train_dataloaders` to `fit`, a `datamodule` with `train_dataloader()`, "
+                "or implement `train_dataloader()` on the LightningModule"
+            )
+        if isinstance(loader, (list, tuple, dict)) and loader and not hasattr(loader, "dataset"):
+            if isinstance(loader, dict) or all(hasattr(l, "__iter__") and not _is_batch_like(l) for l in loader):
+                from ferrotrain.trainer.combined import CombinedLoader
+
+                loader = CombinedLoader(loader, "max_size_cycle")
+        self._train_loader = loader
+        self._count_train_batches()
+
+    def _count_train_batches(self) -> None:
+        c = self._config
+        limit = c.fast_dev_run if c.fast_dev_run else c.limit_train_batches
+        self.num_training_batches = limited_batches(self._train_loader, limit, "limit_train_batches")
+        if self.num_training_batches == 0:
+            rank_zero_info("`Trainer.fit` stopped: No training batches.")
+
+    def _train_dataloader_for_epoch(self) -> Any:
+        every = self._config.reload_dataloaders_every_n_epochs
+        if every and self.current_epoch > 0 and self.current_epoch % every == 0:
+            given = self._fit_sources[0]
+            if given is None:
+                self._setup_train_data(self.lightning_module, self.datamodule, None)
+        return self._train_loader
+
+    def _make_train_fetcher(self, loader: Any, n: Union[int, float]) -> Any:
+        return Fetcher(loader, n)
+
+    def _setup_val_data(self, model: LightningModule, datamodule: Optional[LightningDataModule], given: Any,
+                        for_fit: bool) -> None:
+        has_step = is_overridden(model, LightningModule, "validation_step")
+        loaders = None
+        if has_step and (self._config.limit_val_batches != 0):
+            loaders = resolve_loaders("val", given, datamodule, model)
+        if loaders is None:
+            self._val_loaders, self.num_val_batches = [], []
+        else:
+            self._val_loaders = as_loader_list(loaders, "val_dataloaders")
+            c = self._config
+            limit = c.fast_dev_run if c.fast_dev_run else c.limit_val_batches
+            self.num_val_batches = [limited_batches(l, limit, "limit_val_batches") for l in self._val_loaders]
+        self._has_validation = bool(self._val_loaders) and sum(self.num_val_batches) > 0
+
+    def _configure_val_check(self) -> None:
+        """Lightning's `val_check_batch`: validate every N batches, or at the epoch's end."""
+        interval = self._config.val_check_interval
+        n = self.num_training_batches
+        if isinstance(interval, int):
+            if n != INF and interval > n and self._config.check_val_every_n_epoch is not None:
+                raise MisconfigurationException(
+                    f"`val_check_interval` ({interval}) must be less than or equal to the number of the training "
+                    f"batches ({n}). If you want to disable validation set `limit_val_batches` to 0.0 instead. If you "
+                    "want to validate based on the total training batches, set `check_val_every_n_epoch=None`."
+                )
+            every: Optional[int] = interval
+        elif n == INF:
+            if interval != 1.0:
+                raise MisconfigurationException(
+                    "When the training loader has no length, `Trainer(val_check_interval)` must be `1.0` or an int, "
+                    f"got {interval!r}"
+                )
+            every = None
+        else:
+            every = max(1, int(n * interval))
+        self._schedule.set_val_check_batch(every, self._has_validation)
+
+    def _run_sanity_check(self) -> None:
+        steps = self._config.num_sanity_val_steps
+        if self._config.fast_dev_run or steps == 0 or not self._has_validation:
+            self.num_sanity_val_batches = []
+            return
+        limit = INF if steps == -1 else steps
+        self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
+        from ferrotrain.trainer.evaluation_loop import run_evaluation
+
+        self.state.stage = RunningStage.SANITY_CHECKING
+        self._call_hooks("on_sanity_check_start")
+        results = Results(training=False)
+        run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
+        self.state.stage = RunningStage.SANITY_CHECKING
+        self._call_hooks("on_sanity_check_end")
+        self._callback_metrics.clear()
+        self._logged_metrics.clear()
+        self._progress_bar_metrics.clear()
+
+    def _run_validation_in_fit(self, log_step: int, stepped: bool) -> None:
+        from ferrotrain.trainer.evaluation_loop import run_evaluation
+
+        module = self.lightning_module
+        if stepped:
+            if self._hooks.overridden["on_validation_model_zero_grad"]:
+                module.on_validation_model_zero_grad()
+            else:
+                module.zero_grad(set_to_none=True)
+        self._eval_log_step = log_step
+        self.state.stage = RunningStage.VALIDATING
+        run_evaluation(self, "validation", self._val_loaders, self.num_val_batches, self._val_results)
+        self.state.stage = RunningStage.TRAINING
+        self._active_results = self._train_results
+        module._results = self._train_results
+
+    # ------------------------------------------------------------------ validate / test / predict
+    def _evaluate_impl(self, stage_fn: str, model: LightningModule, dataloaders: Any,
+                       datamodule: Optional[LightningDataModule], ckpt_path: Optional[str],
+                       verbose: bool) -> List[Dict[str, float]]:
+        from ferrotrain.trainer import checkpointing
+        from ferrotrain.trainer.evaluation_loop import run_evaluation
+
+        stage = "validation" if stage_fn == "validate" else "test"
+        prefix = "val" if stage_fn == "validate" else "test"
+        step_name = f"{stage}_step"
+        setup_stage = "validate" if stage_fn == "validate" else "test"
+        self._setup_run(model, datamodule, setup_stage)
+        if ckpt_path is not None:
+            checkpointing.restore_weights(self, ckpt_path)
+        if not is_overridden(model, LightningModule, step_name):
+            raise MisconfigurationException(f"No `{step_name}()` method defined to run `Trainer.{stage_fn}`")
+        loaders = resolve_loaders(prefix, dataloaders, datamodule, model)
+        if loaders is None:
+            raise MisconfigurationException(
+                f"No {prefix} data: pass `dataloaders` to `{stage_fn}`, a `datamodule` with `{prefix}_dataloader()`, "
+                f"or implement `{prefix}_dataloader()` on the LightningModule"
+            )
+        loaders = as_loader_list(loaders, "dataloaders")
+        c = self._config
+        limit = c.fast_dev_run if c.fast_dev_run else (c.limit_val_batches if prefix == "val" else c.limit_test_batches)
+        counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
+        if prefix == "val":
+            self.num_val_batches = counts
+        else:
+            self.num_test_batches = counts
+        results = Results(training=False)
+        self.state.stage = RunningStage.VALIDATING if prefix == "val" else RunningStage.TESTING
+        metrics = run_evaluation(self, stage, loaders, counts, results)
+        for lg in self.loggers:
+            lg.finalize("success")
+        if verbose:
+            _print_results(metrics, stage_fn)
+        self._finish_run(setup_stage)
+        return metrics
+
+    def _predict_impl(self, model: LightningModule, dataloaders: Any, datamodule: Optional[LightningDataModule],
+                      return_predictions: bool, ckpt_path: Optional[str]) -> Optional[List[Any]]:
+        from ferrotrain.trainer import checkpointing
+        from ferrotrain.trainer.evaluation_loop import run_predict
+
+        self._setup_run(model, datamodule, "predict")
+        if ckpt_path is not None:
+            checkpointing.restore_weights(self, ckpt_path)
+        loaders = resolve_loaders("predict", dataloaders, datamodule, model)
+        if loaders is None:
+            raise MisconfigurationException(
+                "No predict data: pass `dataloaders` to `predict`, a `datamodule` with `predict_dataloader()`, "
+                "or implement `predict_dataloader()` on the LightningModule"
+            )
+        loaders = as_loader_list(loaders, "dataloaders")
+        c = self._config
+        limit = c.fast_dev_run if c.fast_dev_run else c.limit_predict_batches
+        self.num_predict_batches = [limited_batches(l, limit, "limit_predict_batches") for l in loaders]
+        self.state.stage = RunningStage.PREDICTING
+        out = run_predict(self, loaders, self.num_predict_batches, return_predictions)
+        self._finish_run("predict")
+        return out
+
+    # ------------------------------------------------------------------ batches and devices
+    def _needs_transfer(self) -> bool:
+        t = self._hooks.transfer if self._hooks else {}
+        return any(v is not None for v in t.values()) or self._device.type != "cpu"
+
+    def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
+        t = self._hooks.transfer
+        module = self.lightning_module
+        f = t["on_before_batch_transfer"]
+        if f is not None:
+            module.__dict__["_current_fx_name"] = "on_before_batch_transfer"
+            batch = f(batch, dataloader_idx)
+        f = t["transfer_batch_to_device"]
+        if f is not None:
+            module.__dict__["_current_fx_name"] = "transfer_batch_to_device"
+            batch = f(batch, self._device, dataloader_idx)
+        elif self._device.type != "cpu":
+            batch = move_data_to_device(batch, self._device)
+        f = t["on_after_batch_transfer"]
+        if f is not None:
+            module.__dict__["_current_fx_name"] = "on_after_batch_transfer"
+            batch = f(batch, dataloader_idx)
+        return batch
+
+    def _progress_eval_batch(self, stage: str, dl_idx: int, batch_idx: int) -> None:
+        pass
+
+    # ------------------------------------------------------------------ manual optimization support
+    def _step_optimizer(self, optimizer: Any, closure: Any, kwargs: Dict[str, Any]) -> Any:
+        fit_loop = self._fit_loop
+        step = getattr(fit_loop, "step", None)
+        after = getattr(step, "after_closure", None)
+        if after is None:
+            after = lambda: self._before_optimizer_step_hooks(optimizer)  # noqa: E731
+        if closure is None:
+            closure = _do_nothing
+        return self._precision.optimizer_step(optimizer, closure, after, **kwargs)
+
+    def _before_optimizer_step_hooks(self, optimizer: Any) -> None:
+        hooks = self._hooks
+        module = self.lightning_module
+        if hooks is None:
+            return
+        module.__dict__["_current_fx_name"] = "on_before_optimizer_step"
+        for f in hooks.cb["on_before_optimizer_step"]:
+            f(self, module, optimizer)
+        m = hooks.mod["on_before_optimizer_step"]
+        if m is not None:
+            m(optimizer)
+
+    def _count_manual_step(self) -> None:
+        module = self.lightning_module
+        if module is not None and not module.automatic_optimization:
+            self._schedule.count_optimizer_step()
+
+    def _manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        hooks = self._hooks
+        module = self.lightning_module
+        module.__dict__["_current_fx_name"] = "on_before_backward"
+        for f in hooks.cb["on_before_backward"]:
+            f(self, module, loss)
+        if hooks.mod["on_before_backward"] is not None:
+            hooks.mod["on_before_backward"](loss)
+        scaled = self._precision.backward_loss(loss)
+        if hooks.overridden["backward"]:
+            module.backward(scaled, *args, **kwargs)
+        else:
+            scaled.backward(*args, **kwargs)
+        module.__dict__["_current_fx_name"] = "on_after_backward"
+        for f in hooks.cb["on_after_backward"]:
+            f(self, module)
+        if hooks.mod["on_after_backward"] is not None:
+            hooks.mod["on_after_backward"]()
+        module.__dict__["_current_fx_name"] = "training_step"
+
+    def _all_gather(self, data: Any, group: Any, sync_grads: bool) -> Any:
+        return data
+
+    # ------------------------------------------------------------------ hyperparameters and checkpoints
+    def _log_hyperparams(self) -> None:
+        model = self.lightning_module
+        hp: Dict[str, Any] = {}
+        if model is not None and model._log_hyperparams:
+            hp.update(model.hparams)
+        if self.datamodule is not None and getattr(self.datamodule, "_log_hyperparams", False):
+            hp.update(self.datamodule.hparams)
+        for lg in self.loggers:
+            if hp:
+                lg.log_hyperparams(hp)
+            if hasattr(lg, "log_graph"):
+                lg.log_graph(model)
+            lg.save()
+
+    def save_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = False,
+                        storage_options: Optional[Any] = None) -> None:
+        from ferrotrain.trainer import checkpointing
+
+        if self.lightning_module is None:
+            raise MisconfigurationException("`Trainer.save_checkpoint()` needs a model: call `fit`, `validate`, `test` or `predict` first")
+        checkpointing.save(self, os.fspath(filepath), weights_only, sync=True)
+
+
+# ---------------------------------------------------------------------- helpers
+class _SingleDeviceStrategy:
+    """The strategy object user code may read (`trainer.strategy.root_device`)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    @property
+    def root_device(self) -> torch.device:
+        return self._trainer._device
+
+    @property
+    def model(self) -> Any:
+        return self._trainer.lightning_module
+
+    @property
+    def lightning_module(self) -> Any:
+        return self._trainer.lightning_module
+
+    @property
+    def optimizers(self) -> List[Any]:
+        return self._trainer.optimizers
+
+    def barrier(self, name: Optional[str] = None) -> None:
+        pass
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+
+def _do_nothing() -> None:
+    return None
+
+
+def _is_batch_like(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor)
+
+
+def _checkpoints_last(callbacks: List[Callback]) -> List[Callback]:
+    from ferrotrain.callbacks.checkpoint import Checkpoint
+
+    return [c for c in callbacks if not isinstance(c, Checkpoint)] + [c for c in callbacks if isinstance(c, Checkpoint)]
+
+
+def _as_tensors(metrics: Dict[str, float]) -> Dict[str, torch.Tensor]:
+    # Lightning exposes callback/logged metrics as tensors.
+    return {k: torch.tensor(v) for k, v in metrics.items()}
+
+
+def _default_logger(root: str) -> Any:
+    if importlib.util.find_spec("tensorboard") is not None:
+        from ferrotrain.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=root)
+    from ferrotrain.loggers import CSVLogger
+
+    return CSVLogger(save_dir=root)
+
+
+def _select_device(accelerator: str, devices: Any) -> Any:
+    def _count_ok(available: int, what: str) -> None:
+        if isinstance(devices, int) and devices > 1 or isinstance(devices, list) and len(devices) > 1:
+            raise cfg.NotSupportedYetError(
+                f"`Trainer(devices={devices!r})` selects several devices, which needs a distributed strategy; "
+                "not supported yet by ferrotrain"
+            )
+        if isinstance(devices, list) and devices and devices[0] >= available:
+            raise MisconfigurationException(
+                f"`Trainer(devices={devices!r})` asks for {what} device {devices[0]}, but only {available} are available"
+            )
+
+    if accelerator == "auto":
+        if torch.cuda.is_available():
+            accelerator = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            accelerator = "mps"
+        else:
+            accelerator = "cpu"
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise MisconfigurationException(
+                f"`Trainer(accelerator={accelerator!r})` needs a CUDA GPU, but `torch.cuda.is_available()` is False "
+                "(no NVIDIA driver or no GPU found); use accelerator='cpu' or 'auto'"
+            )
+        _count_ok(torch.cuda.device_count(), "CUDA")
+        index = devices[0] if isinstance(devices, list) else 0
+        return "cuda", torch.device("cuda", index)
+    if accelerator == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise MisconfigurationException("`Trainer(accelerator='mps')` needs Apple's Metal (MPS) backend, which is not available here")
+        _count_ok(1, "MPS")
+        return "mps", torch.device("mps")
+    if accelerator == "tpu":
+        if importlib.util.find_spec("torch_xla") is None:
+            raise MisconfigurationException(
+                "`Trainer(accelerator='tpu')` needs the `torch_xla` package, which is not installed"
+            )
+        raise cfg.NotSupportedYetError("`Trainer(accelerator='tpu')` is not supported yet by ferrotrain")
+    if isinstance(devices, int) and devices > 1 or isinstance(devices, list) and len(devices) > 1:
+        raise cfg.NotSupportedYetError(
+            f"`Trainer(accelerator='cpu', devices={devices!r})` runs several processes, which needs a distributed "
+            "strategy; not supported yet by ferrotrain"
+        )
+    return "cpu", torch.device("cpu")
+
+
+def _print_results(metrics: List[Dict[str, float]], stage_fn: str) -> None:
+    if not metrics or not any(metrics):
+        return
+    title = "Validate metric" if stage_fn == "validate" else "Test metric"
+    names = sorted({k for d in metrics for k in d})
+    cols = [f"DataLoader {i}" for i in range(len(metrics))]
+    w0 = max(len(title), *(len(n) for n in names)) + 2
+    wc = 20
+    line = "─" * (w0 + wc * len(cols))
+    out = [line, title.center(w0) + "".join(c.center(wc) for c in cols), line]
+    for n in names:
+        out.append(n.center(w0) + "".join((f"{d[n]:.6g}" if n in d else "").center(wc) for d in metrics))
+    out.append(line)
+    print("\n".join(out))

@@ -1,0 +1,218 @@
+"""One training batch: automatic optimization (closure, zero_grad, backward, before-step hooks,
+clipping, optimizer step) and manual optimization. This is the per-step path: everything that can
+be decided once is decided in `__init__`, and hooks nobody overrode are not called.
+
+Automatic order (Lightning's): optimizer_step( closure: training_step, on_before_zero_grad,
+optimizer_zero_grad (first batch of an accumulation window), on_before_backward, backward,
+on_after_backward ), on_before_optimizer_step, configure_gradient_clipping, the optimizer's step.
+A batch inside an accumulation window runs the closure alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from ferrotrain import _core
+from ferrotrain.errors import MisconfigurationException
+from ferrotrain.trainer.optimization import LightningOptimizer, clip_gradients
+
+STEP = _core.FLAG_STEP
+ZERO_GRAD = _core.FLAG_ZERO_GRAD
+
+_RETURN_HELP = (
+    "In automatic optimization, `training_step` must return a scalar loss Tensor, a dict with a "
+    "'loss' key, or None (to skip the batch)"
+)
+
+
+class MockOptimizer(torch.optim.Optimizer):
+    """Stands in when `configure_optimizers` returns None: backward still runs, steps do nothing."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(1)], {})
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+def _loss_from_output(out: Any) -> Optional[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        loss = out
+    elif out is None:
+        return None
+    elif isinstance(out, Mapping):
+        loss = out.get("loss")
+        if loss is None:
+            raise MisconfigurationException(
+                f"`training_step` returned a dict without a 'loss' key (keys: {sorted(map(str, out))}). {_RETURN_HELP}"
+            )
+        if not isinstance(loss, torch.Tensor):
+            raise MisconfigurationException(f"`training_step` returned 'loss' of type {type(loss).__name__}. {_RETURN_HELP}")
+    else:
+        raise MisconfigurationException(f"`training_step` returned a {type(out).__name__}. {_RETURN_HELP}")
+    if loss.numel() != 1:
+        raise MisconfigurationException(
+            f"`training_step` returned a loss of shape {tuple(loss.shape)}; it must be a scalar. {_RETURN_HELP}"
+        )
+    return loss
+
+
+class AutomaticStep:
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        module = trainer.lightning_module
+        hooks = trainer._hooks
+        self.module = module
+        self.fx = module.__dict__
+        self.training_step = module.training_step
+        self.optimizer = trainer.optimizers[0] if trainer.optimizers else MockOptimizer()
+        self.precision = trainer._precision
+        self.mixed = self.precision.mixed
+        self.scaler = self.precision.scaler
+        self.accumulate = trainer.accumulate_grad_batches
+        cb, mod, ov = hooks.cb, hooks.mod, hooks.overridden
+        self.cb_zero, self.m_zero = cb["on_before_zero_grad"], mod["on_before_zero_grad"]
+        self.cb_bb, self.m_bb = cb["on_before_backward"], mod["on_before_backward"]
+        self.cb_ab, self.m_ab = cb["on_after_backward"], mod["on_after_backward"]
+        self.cb_bos, self.m_bos = cb["on_before_optimizer_step"], mod["on_before_optimizer_step"]
+        self.ov_step = ov["optimizer_step"]
+        self.ov_zero = ov["optimizer_zero_grad"]
+        self.ov_backward = ov["backward"]
+        self.ov_clip = ov["configure_gradient_clipping"]
+        self.clip_val = trainer.gradient_clip_val
+        self.clip_algo = trainer.gradient_clip_algorithm
+        self.wants_outputs = bool(cb["on_train_batch_end"]) or mod["on_train_batch_end"] is not None
+        self._out: Any = None
+        self._loss: Optional[torch.Tensor] = None
+        self._batch: Any = None
+        self._batch_idx = 0
+        self._zero = False
+        self._lightning_optimizer = LightningOptimizer(self.optimizer, trainer) if self.ov_step else None
+
+    # The closure reads the batch from `self` so no new function object is made per step.
+    def closure(self) -> Optional[torch.Tensor]:
+        fx = self.fx
+        fx["_current_fx_name"] = "training_step"
+        if self.mixed:
+            with self.precision.step_context():
+                out = self.training_step(self._batch, self._batch_idx)
+        else:
+            out = self.training_step(self._batch, self._batch_idx)
+        self._out = out
+        loss = _loss_from_output(out)
+        if loss is not None and self.accumulate > 1:
+            loss = loss / self.accumulate
+        self._loss = loss
+        if self._zero:
+            self._zero_grad()
+        if loss is not None:
+            self._backward(loss)
+        return loss
+
+    def _zero_grad(self) -> None:
+        trainer, module, opt = self.trainer, self.module, self.optimizer
+        if self.cb_zero or self.m_zero is not None:
+            self.fx["_current_fx_name"] = "on_before_zero_grad"
+            for f in self.cb_zero:
+                f(trainer, module, opt)
+            if self.m_zero is not None:
+                self.m_zero(opt)
+        if self.ov_zero:
+            self.fx["_current_fx_name"] = "optimizer_zero_grad"
+            module.optimizer_zero_grad(trainer.current_epoch, self._batch_idx, opt)
+        else:
+            opt.zero_grad()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        trainer, module = self.trainer, self.module
+        if self.cb_bb or self.m_bb is not None:
+            self.fx["_current_fx_name"] = "on_before_backward"
+            for f in self.cb_bb:
+                f(trainer, module, loss)
+            if self.m_bb is not None:
+                self.m_bb(loss)
+        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+        if self.ov_backward:
+            self.fx["_current_fx_name"] = "backward"
+            module.backward(scaled)
+        else:
+            scaled.backward()
+        if self.cb_ab or self.m_ab is not None:
+            self.fx["_current_fx_name"] = "on_after_backward"
+            for f in self.cb_ab:
+                f(trainer, module)
+            if self.m_ab is not None:
+                self.m_ab()
+
+    def after_closure(self) -> None:
+        """Before-step hooks and clipping, on the (unscaled) accumulated gradients."""
+        trainer, module, opt = self.trainer, self.module, self.optimizer
+        if self.cb_bos or self.m_bos is not None:
+            self.fx["_current_fx_name"] = "on_before_optimizer_step"
+            for f in self.cb_bos:
+                f(trainer, module, opt)
+            if self.m_bos is not None:
+                self.m_bos(opt)
+        if self.ov_clip:
+            self.fx["_current_fx_name"] = "configure_gradient_clipping"
+            module.configure_gradient_clipping(
+                opt, gradient_clip_val=self.clip_val, gradient_clip_algorithm=self.clip_algo
+            )
+        elif self.clip_val:
+            clip_gradients(module, opt, None, None)
+
+    def run(self, batch: Any, batch_idx: int, flags: int) -> Any:
+        self._batch = batch
+        self._batch_idx = batch_idx
+        self._zero = bool(flags & ZERO_GRAD)
+        if flags & STEP:
+            if self.ov_step:
+                self.fx["_current_fx_name"] = "optimizer_step"
+                self.module.optimizer_step(
+                    self.trainer.current_epoch, batch_idx, self._lightning_optimizer, self.closure
+                )
+            else:
+                self.precision.optimizer_step(self.optimizer, self.closure, self.after_closure)
+        else:
+            self.closure()
+        self._batch = None
+        loss = self._loss
+        if not self.wants_outputs:
+            return None
+        if loss is None:
+            return {}
+        out = self._out
+        if isinstance(out, Mapping):
+            return {**{k: v for k, v in out.items() if k != "loss"}, "loss": loss.detach()}
+        return {"loss": loss.detach()}
+
+
+class ManualStep:
+    def __init__(self, trainer: Any) -> None:
+        module = trainer.lightning_module
+        self.fx = module.__dict__
+        self.training_step = module.training_step
+        self.precision = trainer._precision
+
+    def run(self, batch: Any, batch_idx: int, flags: int) -> Dict[str, Any]:
+        self.fx["_current_fx_name"] = "training_step"
+        with self.precision.step_context():
+            out = self.training_step(batch, batch_idx)
+        if isinstance(out, Mapping):
+            extra = dict(out)
+        elif isinstance(out, torch.Tensor):
+            extra = {"loss": out}
+        elif out is None:
+            extra = {}
+        else:
+            raise MisconfigurationException(
+                f"In manual optimization, `training_step` must return a Tensor, a dict, or nothing; got {type(out).__name__}"
+            )
+        if isinstance(extra.get("loss"), torch.Tensor):
+            extra["loss"] = extra["loss"].detach()
+        return extra
