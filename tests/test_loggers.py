@@ -1,0 +1,240 @@
+"""Loggers against the files they write: CSV content and header growth, version folders,
+hparams.yaml (with and without PyYAML), and TensorBoard event files read back with TensorBoard's
+own reader."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from argparse import Namespace
+
+import pytest
+
+import ferrotrain
+from ferrotrain.loggers import CSVLogger, TensorBoardLogger
+from ferrotrain.loggers.utilities import dump_yaml, save_hparams_to_yaml
+
+yaml = pytest.importorskip("yaml")
+
+
+def _rows(path):
+    with open(path, newline="") as fp:
+        reader = csv.DictReader(fp)
+        return reader.fieldnames, list(reader)
+
+
+# --- CSVLogger -----------------------------------------------------------------------------------
+
+
+def test_csv_version_folders_count_up(tmp_path):
+    first = CSVLogger(tmp_path)
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.finalize("success")
+    second = CSVLogger(tmp_path)
+    second.log_metrics({"loss": 1.0}, step=0)
+    second.finalize("success")
+    assert first.version == 0 and second.version == 1
+    assert first.log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_0")
+    assert os.path.isfile(os.path.join(tmp_path, "lightning_logs", "version_1", "metrics.csv"))
+
+
+def test_csv_next_version_after_gap_ignores_other_folders(tmp_path):
+    (tmp_path / "exp" / "version_3").mkdir(parents=True)
+    (tmp_path / "exp" / "version_x").mkdir()
+    (tmp_path / "exp" / "notes").mkdir()
+    assert CSVLogger(tmp_path, name="exp").version == 4
+
+
+def test_csv_without_name_and_with_string_version(tmp_path):
+    logger = CSVLogger(tmp_path, name=None, version="run-a")
+    assert logger.log_dir == os.path.join(str(tmp_path), "run-a")
+    assert CSVLogger(tmp_path, name="", version=2).log_dir == os.path.join(str(tmp_path), "version_2")
+
+
+def test_csv_metrics_file_has_step_column_and_grows_its_header(tmp_path):
+    logger = CSVLogger(tmp_path)
+    logger.log_metrics({"train_loss": 1.5}, step=0)
+    logger.log_metrics({"train_loss": 1.25}, step=1)
+    logger.save()
+    fields, rows = _rows(os.path.join(logger.log_dir, "metrics.csv"))
+    assert fields == ["step", "train_loss"]
+    assert [(r["step"], r["train_loss"]) for r in rows] == [("0", "1.5"), ("1", "1.25")]
+
+    logger.log_metrics({"val_loss": 0.75, "epoch": 0}, step=1)
+    logger.finalize("success")
+    fields, rows = _rows(os.path.join(logger.log_dir, "metrics.csv"))
+    assert fields == ["epoch", "step", "train_loss", "val_loss"]
+    assert len(rows) == 3
+    assert rows[0] == {"epoch": "", "step": "0", "train_loss": "1.5", "val_loss": ""}
+    assert rows[2] == {"epoch": "0", "step": "1", "train_loss": "", "val_loss": "0.75"}
+
+
+def test_csv_flushes_every_n_steps_and_on_finalize(tmp_path):
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=3)
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.log_metrics({"a": 2.0}, step=1)
+    assert not os.path.exists(path)
+    logger.log_metrics({"a": 3.0}, step=2)  # (step + 1) % 3 == 0
+    assert len(_rows(path)[1]) == 3
+    logger.log_metrics({"a": 4.0}, step=3)
+    logger.finalize("success")
+    assert [r["a"] for r in _rows(path)[1]] == ["1.0", "2.0", "3.0", "4.0"]
+
+
+def test_csv_prefix_and_tensor_values(tmp_path):
+    import torch
+
+    logger = CSVLogger(tmp_path, prefix="train")
+    logger.log_metrics({"loss": torch.tensor(0.5)}, step=7)
+    logger.save()
+    fields, rows = _rows(os.path.join(logger.log_dir, "metrics.csv"))
+    assert fields == ["step", "train-loss"]
+    assert rows == [{"step": "7", "train-loss": "0.5"}]
+
+
+def test_csv_finalize_without_logging_creates_nothing(tmp_path):
+    CSVLogger(tmp_path).finalize("success")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_hparams_yaml_round_trips(tmp_path):
+    logger = CSVLogger(tmp_path)
+    params = {
+        "lr": 0.001,
+        "layers": [64, 32],
+        "optimizer": {"name": "adam", "betas": [0.9, 0.999]},
+        "activation": "relu",
+        "use_bias": True,
+        "scheduler": None,
+    }
+    logger.log_hyperparams(Namespace(**params))
+    logger.log_hyperparams({"batch_size": 32})
+    with open(os.path.join(logger.log_dir, "hparams.yaml")) as fp:
+        assert yaml.safe_load(fp) == {**params, "batch_size": 32}
+
+
+# --- hparams.yaml without PyYAML -----------------------------------------------------------------
+
+_TRICKY = {
+    "plain": "relu",
+    "looks_bool": "true",
+    "looks_number": "1.5",
+    "colon": "a: b",
+    "empty": "",
+    "newline": "two\nlines",
+    "unicode": "naïve ü",
+    "quote": 'say "hi"',
+    "big": 10**20,
+    "neg": -3,
+    "small": 1e-8,
+    "inf": math.inf,
+    "ninf": -math.inf,
+    "flag": False,
+    "none": None,
+    "empty_list": [],
+    "empty_dict": {},
+    "tuple": (1, "two", 3.0),
+    "nested": {"deeper": {"x": 1, "ys": [1, 2]}, "b": "c"},
+    "list_of_dicts": [{"a": 1, "b": [1, 2]}, {"c": {"d": 2}}],
+    "list_of_lists": [[1, 2], [], ["x"]],
+    7: "int key",
+}
+
+
+def test_fallback_yaml_emitter_loads_back_with_pyyaml():
+    loaded = yaml.safe_load(dump_yaml(_TRICKY))
+    expected = {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in _TRICKY.items()}
+    assert loaded == expected
+
+
+def test_hparams_yaml_is_written_when_pyyaml_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
+    path = tmp_path / "hparams.yaml"
+    save_hparams_to_yaml(str(path), {"lr": 0.1, "dims": (3, 4), "cfg": {"act": "gelu"}, "obj": object})
+    monkeypatch.undo()
+    assert yaml.safe_load(path.read_text()) == {
+        "lr": 0.1,
+        "dims": [3, 4],
+        "cfg": {"act": "gelu"},
+        "obj": str(object),
+    }
+
+
+def test_hparams_yaml_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="Missing folder"):
+        save_hparams_to_yaml(str(tmp_path / "nope" / "hparams.yaml"), {"a": 1})
+
+
+# --- TensorBoardLogger ---------------------------------------------------------------------------
+
+
+def _accumulator(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(log_dir)
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_event_files_hold_the_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path)
+    for step, loss in enumerate([1.0, 0.5, 0.25]):
+        logger.log_metrics({"train_loss": loss, "epoch": 0}, step=step)
+    logger.finalize("success")
+    assert logger.version == 0
+    assert logger.log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_0")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(logger.log_dir))
+    events = _accumulator(logger.log_dir).Scalars("train_loss")
+    assert [(e.step, e.value) for e in events] == [(0, 1.0), (1, 0.5), (2, 0.25)]
+
+
+def test_tensorboard_hparams_hp_metric_and_yaml(tmp_path):
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path, name="exp")
+    logger.log_hyperparams({"lr": 0.01, "model": {"width": 8}, "layers": [1, 2]})
+    logger.log_metrics({"val_acc": 0.5}, step=3)
+    logger.finalize("success")
+    acc = _accumulator(logger.log_dir)
+    assert [(e.step, e.value) for e in acc.Scalars("hp_metric")] == [(0, -1.0)]
+    # The HPARAMS tab reads these three summaries.
+    assert set(acc.PluginTagToContent("hparams")) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+    with open(os.path.join(logger.log_dir, "hparams.yaml")) as fp:
+        assert yaml.safe_load(fp) == {"lr": 0.01, "model": {"width": 8}, "layers": [1, 2]}
+
+
+def test_tensorboard_no_hp_metric_when_disabled_and_prefix_and_sub_dir(tmp_path):
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path, default_hp_metric=False, prefix="p", sub_dir="sub", version=5)
+    logger.log_hyperparams({"lr": 0.01})
+    logger.log_metrics({"loss": 2.0}, step=1)
+    logger.finalize("success")
+    assert logger.log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_5", "sub")
+    acc = _accumulator(logger.log_dir)
+    assert acc.Tags()["scalars"] == ["p-loss"]
+
+
+def test_tensorboard_missing_package_names_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install tensorboard"):
+        TensorBoardLogger(tmp_path)
+
+
+def test_importing_ferrotrain_loggers_does_not_import_tensorboard_or_yaml():
+    code = (
+        "import sys, ferrotrain.loggers, ferrotrain.callbacks;"
+        "bad = [m for m in ('tensorboard', 'torch.utils.tensorboard', 'yaml') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(ferrotrain.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
