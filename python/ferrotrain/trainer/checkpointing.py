@@ -1,0 +1,235 @@
+"""What goes into a checkpoint and how a run is restored from one (Lightning's checkpoint dict:
+weights, optimizer and scheduler states, loop progress, callback states, hyperparameters, RNG
+states). The bytes are written and read by `ferrotrain.checkpoint` (the native format); this
+module only builds and applies the dict.
+
+Resuming is exact: the loop progress holds the position inside the epoch, and the RNG state at
+the epoch's start is kept so the resumed epoch draws the same shuffle order; the batches already
+trained on are skipped."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Dict, Optional
+
+import torch
+
+from ferrotrain.callbacks.callback import Callback, is_overridden
+from ferrotrain.core.module import LightningModule
+from ferrotrain.errors import CheckpointError, MisconfigurationException
+
+FORMAT_VERSION = 1
+
+
+def _version() -> str:
+    from ferrotrain import __version__
+
+    return __version__
+
+
+def rng_states() -> Dict[str, Any]:
+    states: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        states["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "python" in states:
+        py = states["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "numpy" in states:
+        try:
+            import numpy as np
+
+            np.random.set_state(tuple(states["numpy"]))
+        except ImportError:
+            pass
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+
+
+def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
+    """Lightning's `_CheckpointConnector.dump_checkpoint`."""
+    module: LightningModule = trainer.lightning_module
+    schedule = trainer._schedule
+    ckpt: Dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "pytorch-lightning_version": "2.5.0",
+        "ferrotrain_version": _version(),
+        "ferrotrain_format": FORMAT_VERSION,
+        "state_dict": module.state_dict(),
+        "loops": {"progress": dict(schedule.state_dict())},
+    }
+    if not weights_only:
+        callbacks: Dict[str, Any] = {}
+        for cb in trainer.callbacks:
+            state = cb.state_dict()
+            if state:
+                callbacks[cb.state_key] = state
+        ckpt["callbacks"] = callbacks
+        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        prec = trainer._precision.state_dict()
+        if prec:
+            ckpt["MixedPrecision"] = prec
+        ckpt["rng_states"] = rng_states()
+        epoch_rng = getattr(trainer, "_epoch_start_rng", None)
+        if epoch_rng is not None:
+            ckpt["epoch_start_rng_states"] = epoch_rng
+    if len(module.hparams):
+        ckpt["hyper_parameters"] = dict(module.hparams)
+        ckpt["hparams_name"] = "kwargs"
+    dm = trainer.datamodule
+    if dm is not None:
+        if len(dm.hparams):
+            ckpt["datamodule_hyper_parameters"] = dict(dm.hparams)
+        state = dm.state_dict()
+        if state:
+            ckpt[type(dm).__qualname__] = state
+    if not weights_only:
+        for cb in trainer.callbacks:
+            if is_overridden(cb, Callback, "on_save_checkpoint"):
+                cb.on_save_checkpoint(trainer, module, ckpt)
+    if is_overridden(module, LightningModule, "on_save_checkpoint"):
+        module.on_save_checkpoint(ckpt)
+    return ckpt
+
+
+def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
+    """Write a checkpoint of the trainer's state to `path`; asynchronous unless `sync`."""
+    from ferrotrain import checkpoint as io
+
+    ckpt = dump(trainer, weights_only)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    writer = getattr(trainer, "_checkpoint_writer", None)
+    if sync:
+        if writer is not None:
+            writer.wait()
+        io.save(path, ckpt)
+    else:
+        if writer is None:
+            writer = io.AsyncCheckpointWriter()
+            trainer._checkpoint_writer = writer
+        writer.submit(path, ckpt)
+    for lg in trainer.loggers:
+        if hasattr(lg, "after_save_checkpoint"):
+            lg.after_save_checkpoint(trainer.checkpoint_callback)
+
+
+def wait_for_writes(trainer: Any) -> None:
+    writer = getattr(trainer, "_checkpoint_writer", None)
+    if writer is not None:
+        writer.wait()
+
+
+def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
+    if ckpt_path in ("best", "last"):
+        cb = trainer.checkpoint_callback
+        if cb is None:
+            raise MisconfigurationException(
+                f'`{fn}(ckpt_path="{ckpt_path}")` needs a `ModelCheckpoint` callback, but the Trainer has none'
+            )
+        wait_for_writes(trainer)
+        path = cb.best_model_path if ckpt_path == "best" else cb.last_model_path or _latest_in(cb.dirpath)
+        if not path:
+            raise MisconfigurationException(
+                f'`{fn}(ckpt_path="{ckpt_path}")`: no {ckpt_path} checkpoint has been saved yet'
+            )
+        return path
+    path = os.fspath(ckpt_path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file not found: {path!r}")
+    return path
+
+
+def _latest_in(folder: Optional[str]) -> str:
+    if not folder or not os.path.isdir(folder):
+        return ""
+    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+    return max(files, key=os.path.getmtime) if files else ""
+
+
+def load(path: str, map_location: Any = None) -> Dict[str, Any]:
+    from ferrotrain import checkpoint as io
+
+    return io.load(path, map_location=map_location)
+
+
+def restore_weights(trainer: Any, ckpt_path: str) -> None:
+    fn = trainer.state.fn.value if trainer.state.fn is not None else "validate"
+    path = resolve_path(trainer, ckpt_path, fn)
+    module = trainer.lightning_module
+    ckpt = load(path, map_location=trainer._device)
+    if is_overridden(module, LightningModule, "on_load_checkpoint"):
+        module.on_load_checkpoint(ckpt)
+    module.load_state_dict(ckpt["state_dict"])
+    trainer._ckpt_path = path
+
+
+def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
+    """Restore model, optimizers, schedulers, precision, callbacks, RNG and loop progress."""
+    path = resolve_path(trainer, ckpt_path, "fit")
+    module = trainer.lightning_module
+    ckpt = load(path, map_location=trainer._device)
+    if is_overridden(module, LightningModule, "on_load_checkpoint"):
+        module.on_load_checkpoint(ckpt)
+    module.load_state_dict(ckpt["state_dict"])
+    if trainer.datamodule is not None:
+        state = ckpt.get(type(trainer.datamodule).__qualname__)
+        if state:
+            trainer.datamodule.load_state_dict(state)
+    states = ckpt.get("callbacks", {})
+    for cb in trainer.callbacks:
+        if is_overridden(cb, Callback, "on_load_checkpoint"):
+            cb.on_load_checkpoint(trainer, module, ckpt)
+        if cb.state_key in states:
+            cb.load_state_dict(states[cb.state_key])
+    opt_states = ckpt.get("optimizer_states")
+    if opt_states is None:
+        raise CheckpointError(f"{path!r} holds only weights (saved with weights_only=True); it cannot resume a fit")
+    if len(opt_states) != len(trainer.optimizers):
+        raise CheckpointError(
+            f"{path!r} has {len(opt_states)} optimizer states but the model configured {len(trainer.optimizers)} optimizers"
+        )
+    for opt, state in zip(trainer.optimizers, opt_states):
+        opt.load_state_dict(state)
+    for cfg, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
+        cfg.scheduler.load_state_dict(state)
+    if "MixedPrecision" in ckpt:
+        trainer._precision.load_state_dict(ckpt["MixedPrecision"])
+    progress = {k: int(v) for k, v in ckpt["loops"]["progress"].items()}
+    trainer._schedule.load_state_dict(**progress)
+    trainer._resume_rng = (ckpt.get("epoch_start_rng_states"), ckpt.get("rng_states"))
+    trainer._ckpt_path = path
+
+
+def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any, strict: Optional[bool],
+                                kwargs: Dict[str, Any]) -> LightningModule:
+    ckpt = load(os.fspath(checkpoint_path), map_location=map_location)
+    hparams = dict(ckpt.get("hyper_parameters", {}))
+    hparams.update(kwargs)
+    try:
+        model = cls(**hparams)
+    except TypeError as exc:
+        raise CheckpointError(
+            f"Could not build {cls.__name__} from the hyperparameters saved in {os.fspath(checkpoint_path)!r} "
+            f"({sorted(hparams)}): {exc}"
+        ) from exc
+    if is_overridden(model, LightningModule, "on_load_checkpoint"):
+        model.on_load_checkpoint(ckpt)
+    model.load_state_dict(ckpt["state_dict"], strict=True if strict is None else strict)
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+    return model
