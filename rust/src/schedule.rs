@@ -447,3 +447,11 @@ impl Schedule {
 #[cfg(test)]
 #[path = "schedule/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "schedule/reference.rs"]
+mod reference;
+
+#[cfg(test)]
+#[path = "schedule/proptests.rs"]
+mod proptests;
