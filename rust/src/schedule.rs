@@ -5,6 +5,28 @@
 //! them exactly.
 //!
 //! It owns no I/O and calls nothing: the batch runner asks it, batch by batch, what to do.
+//!
+//! The caller's protocol (what the Trainer and `run_train_epoch` do):
+//!
+//! ```text
+//! set_num_training_batches(len)            # after the train loader is set up
+//! while !fit_done():                       # true at once for a loader with no batches
+//!     begin_epoch(len)                     # on_train_epoch_start before, unless resuming_mid_epoch()
+//!     while !epoch_done():
+//!         plan = begin_batch(is_last)      # zero_grad / step flags for the batch
+//!         on_train_batch_start == -1  ->  abort_batch(); break
+//!         ... step, on_train_batch_end ...
+//!         out = end_batch()                # log at out.log_step, validate, epoch_done
+//!         if out.epoch_done: break
+//!     end_epoch(); on_train_epoch_end; complete_epoch()
+//! ```
+//!
+//! Resume: `restore(progress)` with the counters saved at a checkpoint taken after a batch that
+//! ran (`on_train_batch_end`, `on_validation_end`), in `on_train_epoch_end`, or between epochs.
+//! Inside an epoch, the next `begin_epoch` takes the epoch's full length and continues counting
+//! at `batches_in_epoch` (the loader must yield only the batches that remain); `fit_done` stays
+//! false until that epoch is finished. A checkpoint taken in `on_train_epoch_end` resumes at the
+//! next epoch.
 
 use std::fmt;
 
@@ -18,7 +40,7 @@ pub struct ScheduleConfig {
     pub min_epochs: u64,
     pub min_steps: u64,
     pub accumulate_grad_batches: u64,
-    /// 0: never send step-level metrics to the loggers.
+    /// 0: never send step metrics to the loggers (as in Lightning).
     pub log_every_n_steps: u64,
     /// `None`: validation is counted in batches across epochs (`check_val_every_n_epoch=None`).
     pub check_val_every_n_epoch: Option<u64>,
@@ -27,8 +49,9 @@ pub struct ScheduleConfig {
     pub val_check_batch: Option<u64>,
     /// False when there is no validation data or no `validation_step`.
     pub has_validation: bool,
-    /// False for manual optimization: every batch counts as a stepping batch for logging, and
-    /// the optimizer steps are counted by `count_optimizer_step`.
+    /// False for manual optimization: the plan never zeroes or steps, every batch counts as a
+    /// stepping batch for logging, and the user's optimizer steps are counted by
+    /// `count_optimizer_step`.
     pub automatic_optimization: bool,
 }
 
@@ -92,9 +115,11 @@ pub struct Progress {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchPlan {
     pub batch_idx: u64,
-    /// Zero the gradients before backward (first batch of an accumulation window).
+    /// Zero the gradients before backward (first batch of an accumulation window). Always
+    /// false with manual optimization.
     pub zero_grad: bool,
-    /// Step the optimizer after backward (end of a window, or the epoch's last batch).
+    /// Step the optimizer after backward (end of a window, or the epoch's last batch). Always
+    /// false with manual optimization.
     pub step_optimizer: bool,
     pub is_last: bool,
 }
@@ -123,8 +148,11 @@ enum Phase {
 pub struct Schedule {
     cfg: ScheduleConfig,
     progress: Progress,
-    /// Batches in the current epoch when the loader has a length.
-    epoch_len: Option<u64>,
+    /// The train loader's length (`trainer.num_training_batches`); `None`: unknown.
+    num_training_batches: Option<u64>,
+    /// The running (or just ended) batch is the epoch's last: from the data side, the length,
+    /// or an aborted batch (Lightning's `batch_progress.is_last_batch`).
+    is_last_batch: bool,
     should_stop: bool,
     phase: Phase,
 }
@@ -136,6 +164,13 @@ impl Schedule {
                 "accumulate_grad_batches",
                 "0".into(),
                 "an int >= 1",
+            ));
+        }
+        if !cfg.automatic_optimization && cfg.accumulate_grad_batches != 1 {
+            return Err(ScheduleError::InvalidSetting(
+                "accumulate_grad_batches",
+                cfg.accumulate_grad_batches.to_string(),
+                "1 with manual optimization (automatic gradient accumulation is not supported)",
             ));
         }
         if cfg.check_val_every_n_epoch == Some(0) {
@@ -155,7 +190,8 @@ impl Schedule {
         Ok(Self {
             cfg,
             progress: Progress::default(),
-            epoch_len: None,
+            num_training_batches: None,
+            is_last_batch: false,
             should_stop: false,
             phase: Phase::Idle,
         })
@@ -170,10 +206,24 @@ impl Schedule {
     }
 
     /// Restore counters from a checkpoint. The next `begin_epoch` resumes at
-    /// `progress.batches_in_epoch` inside `progress.epoch`.
+    /// `progress.batches_in_epoch` inside `progress.epoch`, or, for a checkpoint saved in
+    /// `on_train_epoch_end` (`epochs_processed > epoch`), at the start of the next epoch
+    /// (Lightning's `_FitLoop.on_run_start`: `current.completed = current.processed`).
     pub fn restore(&mut self, progress: Progress) {
+        let mut progress = progress;
+        if progress.epochs_processed > progress.epoch {
+            progress.epoch = progress.epochs_processed;
+            progress.batches_in_epoch = 0;
+        }
         self.progress = progress;
+        self.is_last_batch = false;
         self.phase = Phase::Idle;
+    }
+
+    /// True after `restore` from a checkpoint taken inside an epoch, until that epoch's
+    /// `begin_epoch`: the epoch continues (Lightning does not run `on_train_epoch_start` again).
+    pub fn resuming_mid_epoch(&self) -> bool {
+        matches!(self.phase, Phase::Idle) && self.progress.batches_in_epoch > 0
     }
 
     pub fn should_stop(&self) -> bool {
@@ -200,8 +250,29 @@ impl Schedule {
             && self.progress.global_step >= self.cfg.min_steps
     }
 
-    /// Checked before each epoch (Lightning's `FitLoop.done`).
+    /// The train loader's length, known once it is set up (Lightning's `_FitLoop.setup_data`
+    /// sets `max_batches`); `begin_epoch` records it too. With 0 batches the fit is done.
+    pub fn set_num_training_batches(&mut self, batches: Option<u64>) -> Result<(), ScheduleError> {
+        if !matches!(self.phase, Phase::Idle) {
+            return Err(ScheduleError::OutOfOrder(
+                "set_num_training_batches while an epoch is running",
+            ));
+        }
+        self.num_training_batches = batches;
+        Ok(())
+    }
+
+    /// Checked before each epoch (Lightning's `_FitLoop.done`; before the first epoch it is
+    /// `_FitLoop.skip`).
     pub fn fit_done(&self) -> bool {
+        // A restored epoch is finished first, whatever the limits say (the uninterrupted fit
+        // would finish it too).
+        if self.resuming_mid_epoch() {
+            return false;
+        }
+        if self.num_training_batches == Some(0) {
+            return true;
+        }
         if self.max_steps_reached() {
             return true;
         }
@@ -211,25 +282,38 @@ impl Schedule {
         self.should_stop && self.can_stop_early()
     }
 
-    /// Start an epoch whose loader yields `epoch_len` batches (`None`: unknown length).
+    /// Start an epoch whose loader yields `epoch_len` batches (`None`: unknown length). When
+    /// resuming inside an epoch, pass the epoch's full length: counting continues at
+    /// `batches_in_epoch`.
     pub fn begin_epoch(&mut self, epoch_len: Option<u64>) -> Result<(), ScheduleError> {
         if !matches!(self.phase, Phase::Idle) {
             return Err(ScheduleError::OutOfOrder("begin_epoch while an epoch is running"));
         }
-        self.epoch_len = epoch_len;
+        self.num_training_batches = epoch_len;
+        self.is_last_batch = false;
         self.phase = Phase::InEpoch;
         Ok(())
     }
 
     /// Checked before each batch (Lightning's `_TrainingEpochLoop.done`).
     pub fn epoch_done(&self) -> bool {
-        if self.max_steps_reached() {
-            return true;
-        }
-        if matches!(self.epoch_len, Some(n) if self.progress.batches_in_epoch >= n) {
+        if self.max_steps_reached() || self.num_ready_batches_reached() {
             return true;
         }
         self.should_stop && self.can_stop_early()
+    }
+
+    /// Lightning's `_num_ready_batches_reached`: the epoch's batches are all started.
+    fn num_ready_batches_reached(&self) -> bool {
+        matches!(self.num_training_batches, Some(n) if self.progress.batches_in_epoch >= n)
+            || self.is_last_batch
+    }
+
+    /// Lightning's `_should_accumulate`, once the batch has started: the window is still open
+    /// and this is not the epoch's last batch.
+    fn should_accumulate(&self) -> bool {
+        self.progress.batches_in_epoch % self.cfg.accumulate_grad_batches != 0
+            && !self.num_ready_batches_reached()
     }
 
     /// A batch starts. `is_last` comes from the data side (length or look-ahead); the loader's
@@ -239,16 +323,18 @@ impl Schedule {
             return Err(ScheduleError::OutOfOrder("begin_batch outside an epoch"));
         }
         let batch_idx = self.progress.batches_in_epoch;
-        let is_last = is_last || matches!(self.epoch_len, Some(n) if batch_idx + 1 >= n);
-        let acc = self.cfg.accumulate_grad_batches;
-        let plan = BatchPlan {
-            batch_idx,
-            zero_grad: batch_idx % acc == 0,
-            step_optimizer: !self.cfg.automatic_optimization || (batch_idx + 1) % acc == 0 || is_last,
-            is_last,
-        };
         self.progress.batches_in_epoch += 1;
         self.progress.total_batches += 1;
+        self.is_last_batch = is_last
+            || matches!(self.num_training_batches, Some(n) if self.progress.batches_in_epoch >= n);
+        // With manual optimization the user's `training_step` zeroes and steps.
+        let automatic = self.cfg.automatic_optimization;
+        let plan = BatchPlan {
+            batch_idx,
+            zero_grad: automatic && batch_idx % self.cfg.accumulate_grad_batches == 0,
+            step_optimizer: automatic && !self.should_accumulate(),
+            is_last: self.is_last_batch,
+        };
         self.phase = Phase::InBatch(plan);
         Ok(plan)
     }
@@ -260,7 +346,8 @@ impl Schedule {
             return Err(ScheduleError::OutOfOrder("abort_batch without begin_batch"));
         }
         self.phase = Phase::InEpoch;
-        self.epoch_len = Some(self.progress.batches_in_epoch);
+        // Lightning: `batch_progress.increment_by(0, is_last_batch=True)`.
+        self.is_last_batch = true;
         Ok(())
     }
 
@@ -274,24 +361,27 @@ impl Schedule {
         let Phase::InBatch(plan) = self.phase else {
             return Err(ScheduleError::OutOfOrder("end_batch without begin_batch"));
         };
-        if self.cfg.automatic_optimization && plan.step_optimizer {
+        if plan.step_optimizer {
             self.progress.global_step += 1;
         }
-        // Lightning logs at the batch that makes the n-th stepping batch (`+ 1` because the
-        // counter is increased after logging), or whenever a stop was requested.
-        let stepped = plan.step_optimizer;
-        // `log_every_n_steps=0` turns step-level logging off entirely.
-        let every = self.cfg.log_every_n_steps;
-        let log = stepped
-            && every > 0
-            && ((self.progress.batches_that_stepped + 1) % every == 0 || self.should_stop);
+        let accumulating = self.should_accumulate();
+        // `update_train_step_metrics`: nothing while automatic optimization accumulates.
+        let log = !(accumulating && self.cfg.automatic_optimization) && self.should_update_logs();
         let log_step = self.progress.batches_that_stepped;
         let validate = self.should_validate(&plan);
-        if stepped {
+        // `on_advance_end`: counted after logging and validation.
+        if !accumulating {
             self.progress.batches_that_stepped += 1;
         }
         self.phase = Phase::InEpoch;
-        Ok(BatchOutcome { log, log_step, validate, epoch_done: plan.is_last || self.epoch_done() })
+        Ok(BatchOutcome { log, log_step, validate, epoch_done: self.epoch_done() })
+    }
+
+    /// Lightning's `should_update_logs`: at the batch that makes the n-th stepping batch (`+ 1`
+    /// because the counter is increased after logging), or whenever a stop was requested.
+    fn should_update_logs(&self) -> bool {
+        let every = self.cfg.log_every_n_steps;
+        every != 0 && ((self.progress.batches_that_stepped + 1) % every == 0 || self.should_stop)
     }
 
     /// Lightning's `_should_check_val_fx`.
@@ -335,25 +425,33 @@ impl Schedule {
         }
         self.progress.epoch = self.progress.epochs_processed;
         self.progress.batches_in_epoch = 0;
+        self.is_last_batch = false;
         self.phase = Phase::Idle;
         Ok(())
     }
 
-    /// `trainer.estimated_stepping_batches` for a loader of `batches_per_epoch` batches.
+    /// `trainer.estimated_stepping_batches` for a loader of `batches_per_epoch` batches
+    /// (`None`: infinite, Lightning's `float("inf")`).
     pub fn estimated_stepping_batches(&self, batches_per_epoch: Option<u64>) -> Option<u64> {
-        let per_epoch = batches_per_epoch?;
-        let acc = self.cfg.accumulate_grad_batches;
-        let steps_per_epoch = per_epoch.div_ceil(acc);
-        let by_epochs = self.cfg.max_epochs.map(|e| e.saturating_mul(steps_per_epoch));
-        match (by_epochs, self.cfg.max_steps) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (Some(a), None) => Some(a),
-            (None, Some(b)) => Some(b),
-            (None, None) => None,
-        }
+        // No epoch limit, or an iterable: `max_steps` (inf when unset).
+        let (Some(max_epochs), Some(per_epoch)) = (self.cfg.max_epochs, batches_per_epoch) else {
+            return self.cfg.max_steps;
+        };
+        // `max(self.max_epochs, 1)`: Lightning estimates one epoch for `max_epochs=0`.
+        let estimate =
+            per_epoch.div_ceil(self.cfg.accumulate_grad_batches).saturating_mul(max_epochs.max(1));
+        Some(self.cfg.max_steps.map_or(estimate, |m| estimate.min(m)))
     }
 }
 
 #[cfg(test)]
 #[path = "schedule/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "schedule/reference.rs"]
+mod reference;
+
+#[cfg(test)]
+#[path = "schedule/proptests.rs"]
+mod proptests;

@@ -140,6 +140,17 @@ impl PySchedule {
         self.inner.set_val_check_batch(val_check_batch, has_validation);
     }
 
+    /// Once the train loader is set up: `None` for a loader without a length. An empty sized
+    /// loader ends the fit before it starts.
+    fn set_num_training_batches(&mut self, py: Python<'_>, n: Option<u64>) -> PyResult<()> {
+        self.inner.set_num_training_batches(n).map_err(|e| to_py_err(py, e))
+    }
+
+    /// True after restoring a checkpoint taken inside an epoch, until that epoch ends.
+    fn resuming_mid_epoch(&self) -> bool {
+        self.inner.resuming_mid_epoch()
+    }
+
     fn fit_done(&self) -> bool {
         self.inner.fit_done()
     }
@@ -194,6 +205,7 @@ pub fn run_train_epoch(
     after_every_batch: bool,
 ) -> PyResult<u64> {
     let mut ran = 0u64;
+    let automatic = schedule.borrow().inner.config().automatic_optimization;
     loop {
         if schedule.borrow().inner.epoch_done() {
             break;
@@ -215,7 +227,9 @@ pub fn run_train_epoch(
         }
         let out = schedule.borrow_mut().inner.end_batch().map_err(|e| to_py_err(py, e))?;
         if out.log || out.validate || after_every_batch {
-            after_batch.call1((out.log, out.log_step, out.validate, plan.step_optimizer))?;
+            // Manual optimization never accumulates: every batch counts as a stepping batch.
+            let stepped = plan.step_optimizer || !automatic;
+            after_batch.call1((out.log, out.log_step, out.validate, stepped))?;
         }
         if out.epoch_done {
             break;
