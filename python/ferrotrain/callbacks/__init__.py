@@ -12,8 +12,7 @@ from ferrotrain.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from ferrotrain.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
 from ferrotrain.callbacks.timer import Timer
 
-# ModelCheckpoint: the lead adds `from ferrotrain.callbacks.model_checkpoint import ModelCheckpoint`
-# here and "ModelCheckpoint" to __all__.
+from ferrotrain.callbacks.model_checkpoint import ModelCheckpoint
 
 __all__ = [
     "Callback",
@@ -22,6 +21,7 @@ __all__ = [
     "GradientAccumulationScheduler",
     "LambdaCallback",
     "LearningRateMonitor",
+    "ModelCheckpoint",
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",

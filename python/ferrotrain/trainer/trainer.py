@@ -135,7 +135,6 @@ class Trainer:
 
     def _build_callbacks(self, user: List[Callback]) -> List[Callback]:
         from ferrotrain.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
-        from ferrotrain.callbacks.checkpoint import Checkpoint
 
         c = self._config
         callbacks = list(user)
@@ -148,7 +147,7 @@ class Trainer:
             )
         if c.enable_progress_bar and not bars:
             callbacks.append(TQDMProgressBar())
-        checkpoints = [cb for cb in callbacks if isinstance(cb, Checkpoint)]
+        checkpoints = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
         if not c.enable_checkpointing and checkpoints:
             raise MisconfigurationException(
                 "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in callbacks"
@@ -410,9 +409,9 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> List[Any]:
-        from ferrotrain.callbacks.checkpoint import Checkpoint
+        from ferrotrain.callbacks import ModelCheckpoint
 
-        return [cb for cb in self.callbacks if isinstance(cb, Checkpoint)]
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
 
     @property
     def early_stopping_callback(self) -> Any:
@@ -449,12 +448,12 @@ class Trainer:
     def _log_to_loggers(self, metrics: Dict[str, float], step: int) -> None:
         if not metrics:
             return
+        self._logged_metrics.update(_as_tensors(metrics))
         loggers = self.loggers
         if not loggers:
             return
         metrics = dict(metrics)
         metrics.setdefault("epoch", self.current_epoch)
-        self._logged_metrics.update(_as_tensors(metrics))
         for lg in loggers:
             lg.log_metrics(metrics, step=step)
             lg.save()
@@ -464,6 +463,11 @@ class Trainer:
         self._log_to_loggers(log, step)
 
     def _log_epoch_metrics(self, results: Results, step: int) -> None:
+        # The latest step values stay visible after the epoch, as in Lightning.
+        s_log, s_bar, s_cb = results.step_metrics()
+        self._callback_metrics.update(_as_tensors(s_cb))
+        self._progress_bar_metrics.update(s_bar)
+        self._logged_metrics.update(_as_tensors(s_log))
         log, bar, cb = results.epoch_metrics()
         self._callback_metrics.update(_as_tensors(cb))
         self._progress_bar_metrics.update(bar)

@@ -1,0 +1,153 @@
+"""W1 — loop overhead on a tiny model (see the reference workloads).
+
+Runs, side by side in one process: the hand-written PyTorch loop, ferrotrain with defaults,
+ferrotrain quiet (no progress bar, logger or checkpointing), and Lightning when it is importable.
+Each configuration's cost per step is the slope between a short and a long run (start-up is
+reported apart). Prints a table of medians and ratios against the raw loop.
+
+    python benches/bench_w1.py [--repeats 3] [--short 3] [--long 13] [--only raw,ferro,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+N, DIM, BATCH = 4096, 32, 32
+
+
+def make_data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(N, DIM, generator=g), torch.randn(N, 1, generator=g))
+
+
+def make_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+
+
+def raw_loop(epochs: int, ds: TensorDataset) -> None:
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=False)
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = torch.nn.functional.mse_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def module_class(L):  # noqa: N803 - the framework module, as users import it
+    class W1(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_net()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return W1
+
+
+def trainer_run(L, quiet: bool) -> Callable[[int, TensorDataset], None]:  # noqa: N803
+    cls = module_class(L)
+
+    def run(epochs: int, ds: TensorDataset) -> None:
+        root = tempfile.mkdtemp(prefix="w1-")
+        kw = dict(max_epochs=epochs, default_root_dir=root, enable_model_summary=False, num_sanity_val_steps=0)
+        if quiet:
+            kw.update(enable_progress_bar=False, logger=False, enable_checkpointing=False)
+        if L.__name__ == "lightning":
+            kw["accelerator"] = "cpu"
+            kw["devices"] = 1
+        trainer = L.Trainer(**kw)
+        try:
+            trainer.fit(cls(), DataLoader(ds, batch_size=BATCH, shuffle=False))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    return run
+
+
+def time_run(fn: Callable[[int, TensorDataset], None], epochs: int, ds: TensorDataset, show: bool) -> float:
+    sink = contextlib.nullcontext() if show else contextlib.redirect_stdout(io.StringIO())
+    err = contextlib.nullcontext() if show else contextlib.redirect_stderr(io.StringIO())
+    with sink, err:
+        t0 = time.perf_counter()
+        fn(epochs, ds)
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--short", type=int, default=3)
+    ap.add_argument("--long", type=int, default=13)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--show", action="store_true", help="let progress bars print (run under a terminal)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import ferrotrain
+
+    configs: Dict[str, Callable[[int, TensorDataset], None]] = {
+        "raw loop": raw_loop,
+        "ferrotrain defaults": trainer_run(ferrotrain, quiet=False),
+        "ferrotrain quiet": trainer_run(ferrotrain, quiet=True),
+    }
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        import lightning
+
+        configs["lightning defaults"] = trainer_run(lightning, quiet=False)
+        configs["lightning quiet"] = trainer_run(lightning, quiet=True)
+    except ImportError:
+        print("lightning is not installed: its rows are skipped")
+    if args.only:
+        wanted = set(args.only.split(","))
+        configs = {k: v for k, v in configs.items() if any(w in k for w in wanted) or k == "raw loop"}
+    ds = make_data()
+    steps_per_epoch = N // BATCH
+    per_step: Dict[str, List[float]] = {k: [] for k in configs}
+    startup: Dict[str, List[float]] = {k: [] for k in configs}
+    for name, fn in configs.items():  # warm-up: imports, first allocations
+        time_run(fn, 1, ds, False)
+    for _ in range(args.repeats):
+        # Interleave configurations so drift on a shared machine hits all of them alike.
+        for name, fn in configs.items():
+            t_short = time_run(fn, args.short, ds, args.show)
+            t_long = time_run(fn, args.long, ds, args.show)
+            slope = (t_long - t_short) / ((args.long - args.short) * steps_per_epoch)
+            per_step[name].append(slope)
+            startup[name].append(t_short - slope * args.short * steps_per_epoch)
+    raw = statistics.median(per_step["raw loop"])
+    print(f"\nW1: {N} samples, batch {BATCH}, {steps_per_epoch} steps/epoch; slope between {args.short} and {args.long} epochs, "
+          f"median of {args.repeats}")
+    print(f"{'configuration':<22}{'us/step':>10}{'vs raw':>10}{'overhead':>10}{'start-up s':>12}")
+    for name in configs:
+        us = statistics.median(per_step[name]) * 1e6
+        ratio = statistics.median(per_step[name]) / raw
+        print(f"{name:<22}{us:>10.1f}{ratio:>10.3f}{(ratio - 1) * 100:>9.1f}%{statistics.median(startup[name]):>12.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
