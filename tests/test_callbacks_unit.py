@@ -621,3 +621,15 @@ def test_on_exception_checkpoint_saves_and_is_cleaned_after_success(tmp_path):
     assert not os.path.exists(cb.ckpt_path)
     with pytest.raises(ValueError, match="filename"):
         OnExceptionCheckpoint(tmp_path, filename="")
+
+
+def test_rich_progress_bar_needs_rich():
+    import importlib.util
+
+    from ferrotrain.callbacks import RichProgressBar
+
+    if importlib.util.find_spec("rich") is None:
+        with pytest.raises(ModuleNotFoundError, match="pip install rich"):
+            RichProgressBar()
+    else:
+        assert isinstance(RichProgressBar(refresh_rate=2), TQDMProgressBar)
