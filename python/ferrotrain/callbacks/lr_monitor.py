@@ -22,7 +22,8 @@ class LearningRateMonitor(Callback):
 
     Args:
         logging_interval: `"step"` or `"epoch"` to log every optimizer at that interval; `None`
-            follows each scheduler's own `interval` (optimizers without a scheduler: every epoch).
+            logs an optimizer with a scheduler at the scheduler's own `interval`, and one without a
+            scheduler at both (each logging step and each epoch start), as Lightning does.
         log_momentum: also log `<name>-momentum` (`betas[0]` for Adam-like optimizers).
         log_weight_decay: also log `<name>-weight_decay`.
     """

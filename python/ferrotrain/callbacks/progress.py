@@ -26,11 +26,12 @@ import re
 import shutil
 import sys
 import time
-from typing import Any, Dict, Optional, TextIO, Union
+from typing import Any, Dict, Optional, TextIO, Tuple, Union
 
 from ferrotrain.callbacks.callback import Callback
 from ferrotrain.utilities.rank_zero import rank_zero_warn
 
+_monotonic = time.monotonic
 _NEVER = sys.maxsize  # a "next batch to look at" that is never reached: the bar is off
 _REDRAW_INTERVAL_S = 0.1  # terminal: at most 10 redraws a second
 _LINE_INTERVAL_S = 30.0  # not a terminal: at least one line every 30 s while a bar runs
@@ -184,6 +185,13 @@ class _Bar:
         self.due = self.start if self.tty else self.start + _LINE_INTERVAL_S
         every = max(1, math.ceil(total * _LINE_EVERY_FRACTION)) if total else 0
         self.milestone = every if every and self.leave else _NEVER
+
+    @property
+    def force(self) -> float:
+        """The batch number at which the bar must be looked at whatever the clock says: the last
+        batch, or (log lines) the next 10% milestone."""
+        last = self.total if self.total is not None else _NEVER
+        return last if self.tty else min(last, self.milestone)
 
     def text(self) -> str:
         ncols = shutil.get_terminal_size((100, 20)).columns if self.tty else None
@@ -382,9 +390,13 @@ class TQDMProgressBar(ProgressBar):
         self._enabled = True
         self._train_bar: Optional[_Bar] = None
         self._eval_bar: Optional[_Bar] = None
-        # The next batch number (batch_idx + 1) at which a batch-end hook looks at the clock.
-        self._train_next = _NEVER
-        self._eval_next = _NEVER
+        # The gate of each bar, read by the batch-end hooks: `next` is the next batch number
+        # (batch_idx + 1) worth looking at (a multiple of refresh_rate); there the clock is read,
+        # and the bar is drawn only when `due` (a monotonic time) passed or `force` was reached.
+        self._train_next, self._train_force, self._train_due = _NEVER, _NEVER, 0.0
+        self._eval_next, self._eval_force, self._eval_due = _NEVER, _NEVER, 0.0
+        # The last stop passed without drawing, so end-of-epoch text shows the right count.
+        self._train_seen = self._eval_seen = 0
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
@@ -441,15 +453,16 @@ class TQDMProgressBar(ProgressBar):
 
     # -- the shared slow path --
 
-    def _first_stop(self, total: Optional[Union[int, float]]) -> int:
+    def _first_gate(self, bar: _Bar) -> Tuple[float, float, float]:
+        """(next, force, due) for a bar that was just reset."""
         if not self.is_enabled:
-            return _NEVER
-        rate = self._refresh_rate
-        return min(rate, int(total)) if total and not math.isinf(total) else rate
+            return _NEVER, _NEVER, 0.0
+        force = bar.force
+        return min(self._refresh_rate, force), force, bar.due
 
-    def _advance(self, bar: _Bar, n: int, trainer: Any, pl_module: Any, with_metrics: bool) -> int:
-        """Called at batch number `n` when `n` reached the precomputed stop: draw if due, return the
-        next stop (the next multiple of `refresh_rate`, or the last batch)."""
+    def _advance(self, bar: _Bar, n: int, trainer: Any, pl_module: Any, with_metrics: bool) -> Tuple[float, float, float]:
+        """The slow path, at batch number `n` when `force` was reached or `due` passed: draw (or
+        print a line), then return the new (next, force, due)."""
         now = time.monotonic()
         total = bar.total
         last = total is not None and n >= total
@@ -470,11 +483,11 @@ class TQDMProgressBar(ProgressBar):
             if with_metrics:
                 bar.postfix = format_postfix(self.get_metrics(trainer, pl_module))
             bar.draw()
-        rate = self._refresh_rate
-        nxt = (n // rate + 1) * rate
-        if total is not None and n < total < nxt:
-            nxt = int(total)
-        return nxt
+        if last:
+            return _NEVER, _NEVER, 0.0
+        force = bar.force
+        nxt = (n // self._refresh_rate + 1) * self._refresh_rate
+        return min(nxt, force), force, bar.due
 
     def _refresh_train_postfix(self, trainer: Any, pl_module: Any) -> None:
         bar = self._train_bar
@@ -504,25 +517,31 @@ class TQDMProgressBar(ProgressBar):
         if bar is None:
             self._train_next = _NEVER
             return
-        total = self.total_train_batches
-        bar.reset(total, f"Epoch {trainer.current_epoch}")
-        self._train_next = self._first_stop(bar.total)
+        bar.reset(self.total_train_batches, f"Epoch {trainer.current_epoch}")
+        self._train_seen = 0
+        self._train_next, self._train_force, self._train_due = self._first_gate(bar)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = batch_idx + 1
-        if n < self._train_next:  # the common case: one comparison, nothing else
+        if n < self._train_next:  # between refresh_rate stops: one comparison, nothing else
+            return
+        if n < self._train_force and _monotonic() < self._train_due:  # a stop, but drawn < 0.1 s ago
+            self._train_seen = n
+            nxt = n + self._refresh_rate
+            self._train_next = nxt if nxt < self._train_force else self._train_force
             return
         bar = self._train_bar
         if bar is None:
             self._train_next = _NEVER
             return
-        self._train_next = self._advance(bar, n, trainer, pl_module, with_metrics=True)
+        self._train_next, self._train_force, self._train_due = self._advance(bar, n, trainer, pl_module, True)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         bar = self._train_bar
         self._train_next = _NEVER
         if bar is None:
             return
+        bar.n = max(bar.n, self._train_seen)
         self._refresh_train_postfix(trainer, pl_module)
         if self._leave:
             bar.close()
@@ -556,17 +575,13 @@ class TQDMProgressBar(ProgressBar):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         n = batch_idx + 1
-        if n < self._eval_next:
-            return
-        bar = self._eval_bar
-        if bar is None:
-            self._eval_next = _NEVER
-            return
-        self._eval_next = self._advance(bar, n, trainer, pl_module, with_metrics=False)
+        if n >= self._eval_next:
+            self._eval_step(n, trainer, pl_module)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         bar = self._eval_bar
         if bar is not None and not trainer.sanity_checking:
+            bar.n = max(bar.n, self._eval_seen)
             bar.close()
             self._eval_bar = None
         self._eval_next = _NEVER
@@ -591,10 +606,8 @@ class TQDMProgressBar(ProgressBar):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         n = batch_idx + 1
-        if n < self._eval_next:
-            return
-        bar = self._eval_bar
-        self._eval_next = _NEVER if bar is None else self._advance(bar, n, trainer, pl_module, False)
+        if n >= self._eval_next:
+            self._eval_step(n, trainer, pl_module)
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         self._close_eval_bar()
@@ -614,26 +627,39 @@ class TQDMProgressBar(ProgressBar):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         n = batch_idx + 1
-        if n < self._eval_next:
-            return
-        bar = self._eval_bar
-        self._eval_next = _NEVER if bar is None else self._advance(bar, n, trainer, pl_module, False)
+        if n >= self._eval_next:
+            self._eval_step(n, trainer, pl_module)
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self._close_eval_bar()
+
+    def _eval_step(self, n: int, trainer: Any, pl_module: Any) -> None:
+        if n < self._eval_force and _monotonic() < self._eval_due:
+            self._eval_seen = n
+            nxt = n + self._refresh_rate
+            self._eval_next = nxt if nxt < self._eval_force else self._eval_force
+            return
+        bar = self._eval_bar
+        if bar is None:
+            self._eval_next = _NEVER
+            return
+        self._eval_next, self._eval_force, self._eval_due = self._advance(bar, n, trainer, pl_module, False)
 
     def _reset_eval_bar(self, total: Union[int, float], desc: str, dataloader_idx: int) -> None:
         bar = self._eval_bar
         if bar is None:
             self._eval_next = _NEVER
             return
+        bar.n = max(bar.n, self._eval_seen)
         if bar.n:
             bar.close()  # finish the previous dataloader's bar
         bar.reset(total, f"{desc} DataLoader {dataloader_idx}")
-        self._eval_next = self._first_stop(bar.total)
+        self._eval_seen = 0
+        self._eval_next, self._eval_force, self._eval_due = self._first_gate(bar)
 
     def _close_eval_bar(self) -> None:
         if self._eval_bar is not None:
+            self._eval_bar.n = max(self._eval_bar.n, self._eval_seen)
             self._eval_bar.close()
         self._eval_bar = None
         self._eval_next = _NEVER
