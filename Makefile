@@ -1,0 +1,38 @@
+# The handful of commands a newcomer needs; the README's two commands are `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: quickstart test dev rust-test py-test bench wheel clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+# Install the package (builds the native core) and run the quickstart.
+quickstart: $(PY)
+	$(PY) -m pip install ".[tensorboard]"
+	$(PY) examples/quickstart.py
+
+# Install in development mode with the test extras, then run every test: Rust core, then Python.
+dev: $(PY)
+	$(PY) -m pip install -e ".[test]"
+
+test: dev rust-test py-test
+
+rust-test:
+	cargo test --workspace
+
+py-test:
+	$(PY) -m pytest
+
+bench: dev
+	$(PY) -m pip install -e ".[test,bench]"
+	$(PY) benches/bench_w1.py
+
+wheel: $(PY)
+	$(PY) -m pip install "maturin>=1.9.4,<2"
+	$(VENV)/bin/maturin build --release --out dist
+
+clean:
+	rm -rf target dist $(VENV) python/ferrotrain/*.so

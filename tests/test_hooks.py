@@ -1,0 +1,234 @@
+"""The hook order, pinned by recording real calls (as Lightning's own test_hooks.py does).
+
+The expected sequences were recorded from Lightning 2.x running this same module; when
+`lightning` is importable the test records it again and compares directly."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, List
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import ferrotrain
+from tests.conftest import make_dataset
+
+MODULE_HOOKS = [
+    "prepare_data", "setup", "teardown", "configure_callbacks", "configure_model", "configure_optimizers",
+    "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end",
+    "on_train_batch_start", "on_train_batch_end", "on_validation_start", "on_validation_end",
+    "on_validation_epoch_start", "on_validation_epoch_end", "on_validation_batch_start", "on_validation_batch_end",
+    "on_validation_model_eval", "on_validation_model_train", "on_validation_model_zero_grad",
+    "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end", "on_test_batch_start",
+    "on_test_batch_end", "on_test_model_eval", "on_test_model_train", "on_predict_start", "on_predict_end",
+    "on_predict_epoch_start", "on_predict_epoch_end", "on_predict_batch_start", "on_predict_batch_end",
+    "on_predict_model_eval", "on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step",
+    "on_before_zero_grad", "optimizer_zero_grad", "optimizer_step", "configure_gradient_clipping",
+    "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
+    "on_save_checkpoint", "on_load_checkpoint", "training_step", "validation_step", "test_step", "predict_step",
+]
+
+
+def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
+    calls: List[str] = []
+
+    class Recorder(L.Callback):
+        pass
+
+    for name in [n for n in vars(L.Callback) if n.startswith("on_") or n in ("setup", "teardown")]:
+        base = getattr(L.Callback, name)
+
+        def make(name: str, base: Any) -> Any:
+            def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+                calls.append(f"Callback.{name}")
+                return base(self, *args, **kwargs)
+
+            return hook
+
+        setattr(Recorder, name, make(name, base))
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.layer(x)
+
+        def training_step(self, batch, batch_idx):
+            loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.nn.functional.mse_loss(self(batch[0]), batch[1]))
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_loss", torch.nn.functional.mse_loss(self(batch[0]), batch[1]))
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return DataLoader(make_dataset(8), batch_size=4)
+
+        val_dataloader = test_dataloader = predict_dataloader = train_dataloader
+
+    for name in MODULE_HOOKS:
+        own = Model.__dict__.get(name)
+        target = own if own is not None else getattr(L.LightningModule, name)
+
+        def make(name: str, target: Any) -> Any:
+            def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return target(self, *args, **kwargs)
+
+            return hook
+
+        setattr(Model, name, make(name, target))
+
+    import tempfile
+
+    trainer = L.Trainer(
+        default_root_dir=tempfile.mkdtemp(), max_epochs=1, callbacks=[Recorder()], enable_progress_bar=False,
+        logger=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=1,
+    )
+    out = {}
+    trainer.fit(Model())
+    out["fit"], calls[:] = list(calls), []
+    model = Model()
+    trainer.validate(model, verbose=False)
+    out["validate"], calls[:] = list(calls), []
+    trainer.test(model, verbose=False)
+    out["test"], calls[:] = list(calls), []
+    trainer.predict(model)
+    out["predict"] = list(calls)
+    return out
+
+
+def transfer() -> List[str]:
+    return ["on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"]
+
+
+def both(hook: str) -> List[str]:
+    return [f"Callback.{hook}", hook]
+
+
+def train_batch() -> List[str]:
+    return [
+        *transfer(), *both("on_train_batch_start"), "optimizer_step", "training_step",
+        *both("on_before_zero_grad"), "optimizer_zero_grad", *both("on_before_backward"), "backward",
+        *both("on_after_backward"), *both("on_before_optimizer_step"), "configure_gradient_clipping",
+        *both("on_train_batch_end"),
+    ]
+
+
+def eval_loop(stage: str, batches: int, model_train: bool = True) -> List[str]:
+    seq = [f"on_{stage}_model_eval", *both(f"on_{stage}_start"), *both(f"on_{stage}_epoch_start")]
+    for _ in range(batches):
+        seq += [*transfer(), *both(f"on_{stage}_batch_start"), f"{stage}_step", *both(f"on_{stage}_batch_end")]
+    seq += [*both(f"on_{stage}_epoch_end"), *both(f"on_{stage}_end")]
+    if model_train:
+        seq.append(f"on_{stage}_model_train")
+    return seq
+
+
+def setup(stage: str) -> List[str]:
+    return ["configure_callbacks", "prepare_data", *both("setup"), "configure_model"]
+
+
+EXPECTED_FIT = [
+    *setup("fit"), "configure_optimizers", *both("on_fit_start"),
+    "Callback.on_sanity_check_start", *eval_loop("validation", 1), "Callback.on_sanity_check_end",
+    *both("on_train_start"), *both("on_train_epoch_start"), *train_batch(), *train_batch(),
+    "on_validation_model_zero_grad", *eval_loop("validation", 2),
+    *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end"), *both("teardown"),
+]
+EXPECTED = {
+    "fit": EXPECTED_FIT,
+    "validate": [*setup("validate"), *eval_loop("validation", 2), *both("teardown")],
+    "test": [*setup("test"), *eval_loop("test", 2), *both("teardown")],
+    "predict": [*setup("predict"), *eval_loop("predict", 2, model_train=False), *both("teardown")],
+}
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    return record(ferrotrain)
+
+
+@pytest.mark.parametrize("entry", ["fit", "validate", "test", "predict"])
+def test_hook_order_matches_lightning(recorded: dict, entry: str) -> None:
+    assert recorded[entry] == EXPECTED[entry]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="lightning is not installed")
+def test_pinned_order_is_what_lightning_does() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import lightning
+
+        theirs = record(lightning)
+    assert theirs == EXPECTED
+
+
+def test_hooks_nobody_overrode_are_never_called(tmp_path) -> None:
+    """The hook table skips base-class no-ops: patching a default on the base class shows it."""
+    counted = []
+
+    class Plain(ferrotrain.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            counted.append("epoch_end")
+
+    original = ferrotrain.Callback.on_train_batch_end
+    ferrotrain.Callback.on_train_batch_end = lambda *a, **k: counted.append("batch_end")  # type: ignore[method-assign]
+    try:
+        from tests.conftest import BoringModel
+
+        trainer = ferrotrain.Trainer(
+            default_root_dir=str(tmp_path), max_epochs=1, callbacks=[Plain()], enable_progress_bar=False,
+            logger=False, enable_checkpointing=False, enable_model_summary=False,
+        )
+        trainer.fit(BoringModel(), DataLoader(make_dataset(16), batch_size=4))
+    finally:
+        ferrotrain.Callback.on_train_batch_end = original  # type: ignore[method-assign]
+    assert counted == ["epoch_end"]
+
+
+def test_exception_in_training_step_reaches_user_with_on_exception(tmp_path) -> None:
+    seen = []
+
+    class Watch(ferrotrain.Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            seen.append(type(exception).__name__)
+
+    class Boom(ferrotrain.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                raise KeyError("boom at batch 2")
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = ferrotrain.Trainer(
+        default_root_dir=str(tmp_path), max_epochs=1, callbacks=[Watch()], enable_progress_bar=False,
+        logger=False, enable_checkpointing=False, enable_model_summary=False,
+    )
+    with pytest.raises(KeyError, match="boom at batch 2") as info:
+        trainer.fit(Boom(), DataLoader(make_dataset(16), batch_size=4))
+    assert seen == ["KeyError"]
+    assert trainer.interrupted
+    # The user's frame is in the traceback, unchanged by the native loop.
+    assert any(tb.name == "training_step" for tb in info.traceback)
