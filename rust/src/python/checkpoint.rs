@@ -1,6 +1,217 @@
-//! Placeholder: the checkpoint bindings.
+//! The checkpoint bindings: `CheckpointLayout`, `checkpoint_write`, `checkpoint_read` and
+//! `AsyncWriter`. They convert arguments, release the GIL for every pass over tensor bytes, and
+//! map `CheckpointError` to `ferrotrain.errors.CheckpointError` / `CorruptCheckpointError`.
+//!
+//! Tensor memory arrives as `(data_ptr, nbytes)` integers from `ferrotrain.checkpoint` (the crate
+//! never links libtorch). That Python code is the only caller, and it guarantees what the
+//! `unsafe` blocks below rely on: each pointer addresses `nbytes` readable bytes of a contiguous
+//! CPU tensor it keeps alive (and does not resize) for the duration of the call, or, for the
+//! async writer's snapshot buffer, until `wait` has returned.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use super::errors::ferro_err;
+use crate::checkpoint::{
+    open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource, CheckpointError, Dtype, Layout,
+    TensorSpec,
+};
+
+fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
+    let class = if e.is_corrupt() { "CorruptCheckpointError" } else { "CheckpointError" };
+    ferro_err(py, class, e.to_string())
+}
+
+/// View `len` bytes at address `ptr` (an empty slice when `len` is 0, whatever `ptr` is).
+///
+/// # Safety
+/// When `len > 0`, `ptr` must address `len` readable bytes that stay valid and unwritten for `'a`.
+unsafe fn bytes_at<'a>(ptr: usize, len: usize) -> &'a [u8] {
+    if len == 0 {
+        &[]
+    } else {
+        // SAFETY: guaranteed by the caller (see the module docs).
+        unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }
+    }
+}
+
+/// Where each tensor of a checkpoint goes; built once per save from `(name, dtype, shape)`
+/// triples (dtype as safetensors names it, e.g. "BF16"), the tree JSON and extra metadata.
+#[pyclass(name = "CheckpointLayout", module = "ferrotrain._core", frozen)]
+pub struct PyLayout {
+    inner: Layout,
+}
+
+#[pymethods]
+impl PyLayout {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        specs: Vec<(String, String, Vec<u64>)>,
+        tree: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> PyResult<Self> {
+        let specs = specs
+            .into_iter()
+            .map(|(name, dtype, shape)| match Dtype::parse(&dtype) {
+                Some(dtype) => Ok(TensorSpec { name, dtype, shape }),
+                None => Err(CheckpointError::Invalid(format!("tensor '{name}' has unsupported dtype '{dtype}'"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| to_py(py, e))?;
+        let inner = Layout::new(specs, tree, metadata).map_err(|e| to_py(py, e))?;
+        Ok(Self { inner })
+    }
+
+    /// Start of each tensor relative to the data region, in the order the specs were given.
+    #[getter]
+    fn offsets(&self) -> Vec<u64> {
+        self.inner.offsets().to_vec()
+    }
+
+    /// Bytes of the data region: the size of a snapshot buffer for this checkpoint.
+    #[getter]
+    fn data_len(&self) -> u64 {
+        self.inner.data_len()
+    }
+
+    /// Size of the whole file.
+    #[getter]
+    fn file_len(&self) -> u64 {
+        self.inner.file_len()
+    }
+}
+
+/// Write a checkpoint atomically and durably from the tensors' own memory: `sources[i]` is the
+/// `(data_ptr, nbytes)` of the i-th spec's contiguous CPU tensor. The GIL is released.
+#[pyfunction]
+fn checkpoint_write(py: Python<'_>, path: PathBuf, layout: PyRef<'_, PyLayout>, sources: Vec<(usize, usize)>) -> PyResult<()> {
+    let layout = &layout.inner;
+    py.detach(|| {
+        // SAFETY: see the module docs; the caller holds the tensors for the whole call.
+        let slices: Vec<&[u8]> = sources.iter().map(|&(p, n)| unsafe { bytes_at(p, n) }).collect();
+        write_atomic(&path, layout, &slices)
+    })
+    .map_err(|e| to_py(py, e))
+}
+
+/// One tensor found in a file: name, dtype, shape, absolute byte offset, byte count.
+type EntryTuple = (String, &'static str, Vec<u64>, u64, u64);
+
+/// Validate the checkpoint open as file descriptor `fd` (`path` is for messages) and, when
+/// `verify`, check every tensor's checksum. Returns the entries and the metadata.
+#[pyfunction]
+fn checkpoint_read(
+    py: Python<'_>,
+    fd: i32,
+    path: PathBuf,
+    verify: bool,
+) -> PyResult<(Vec<EntryTuple>, BTreeMap<String, String>)> {
+    // SAFETY: the caller's file object keeps `fd` open during this call; we only duplicate it.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| to_py(py, CheckpointError::Io { path: path.clone(), what: "cannot open".into(), source: e }))?;
+    let file = std::fs::File::from(owned);
+    let header = py.detach(|| open_checkpoint(&file, &path, verify)).map_err(|e| to_py(py, e))?;
+    let entries = header
+        .entries
+        .into_iter()
+        .map(|e| (e.name, e.dtype.name(), e.shape, header.data_start + e.start, e.end - e.start))
+        .collect();
+    Ok((entries, header.metadata))
+}
+
+/// The snapshot buffer, owned by Python and kept alive by `PyAsyncWriter::buffer`.
+struct ForeignBuffer {
+    ptr: usize,
+    len: usize,
+}
+
+impl ByteSource for ForeignBuffer {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the buffer object is referenced by the writer until `wait` returns, and the
+        // Python writer does not write to it while a write is in flight (module docs).
+        unsafe { bytes_at(self.ptr, self.len) }
+    }
+}
+
+/// Writes checkpoints on a background thread from a snapshot buffer (see
+/// `ferrotrain.checkpoint.AsyncCheckpointWriter`, which drives it).
+#[pyclass(name = "AsyncWriter", module = "ferrotrain._core")]
+pub struct PyAsyncWriter {
+    // Dropped first: a dropped writer finishes its file before the buffer is released.
+    inner: AsyncWriter,
+    buffer: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl PyAsyncWriter {
+    #[new]
+    fn new() -> Self {
+        Self { inner: AsyncWriter::new(), buffer: None }
+    }
+
+    /// True while a write has been submitted and not yet waited for.
+    #[getter]
+    fn in_flight(&self) -> bool {
+        self.inner.in_flight()
+    }
+
+    /// Block (GIL released) until the write in flight is durable; raise its error if it failed.
+    fn wait(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        let result = py.detach(|| inner.wait());
+        self.buffer = None;
+        result.map_err(|e| to_py(py, e))
+    }
+
+    /// Await the previous write (raising its error), copy the CPU tensors `(data_ptr, nbytes,
+    /// offset)` into `buffer` (address `buffer_ptr`, `buffer_len` bytes) in parallel, then start
+    /// writing the buffer to `path` in the background and return.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        py: Python<'_>,
+        path: PathBuf,
+        layout: PyRef<'_, PyLayout>,
+        buffer: Py<PyAny>,
+        buffer_ptr: usize,
+        buffer_len: usize,
+        copies: Vec<(usize, usize, u64)>,
+    ) -> PyResult<()> {
+        self.wait(py)?;
+        let layout = layout.inner.clone();
+        if (buffer_len as u64) < layout.data_len() || (buffer_ptr == 0 && buffer_len > 0) {
+            return Err(to_py(py, CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into())));
+        }
+        let inner = &mut self.inner;
+        py.detach(|| {
+            let mut empty = [0u8; 0];
+            let dst: &mut [u8] = if buffer_len == 0 {
+                &mut empty
+            } else {
+                // SAFETY: the buffer is a live Python-owned allocation of `buffer_len` bytes that
+                // nothing else reads or writes during this call (no write is in flight).
+                unsafe { std::slice::from_raw_parts_mut(buffer_ptr as *mut u8, buffer_len) }
+            };
+            // SAFETY: see the module docs; the caller holds the source tensors for the call.
+            let srcs: Vec<(&[u8], u64)> = copies.iter().map(|&(p, n, off)| (unsafe { bytes_at(p, n) }, off)).collect();
+            parallel::parallel_copy(dst, &srcs)?;
+            inner.start(path, layout, Box::new(ForeignBuffer { ptr: buffer_ptr, len: buffer_len }))
+        })
+        .map_err(|e| to_py(py, e))?;
+        self.buffer = Some(buffer);
+        Ok(())
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyLayout>()?;
+    m.add_class::<PyAsyncWriter>()?;
+    m.add_function(wrap_pyfunction!(checkpoint_write, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint_read, m)?)?;
     Ok(())
 }

@@ -1,0 +1,24 @@
+//! The checkpoint format and its I/O: a safetensors-compatible file (tensors as raw bytes, the
+//! rest of the checkpoint as JSON inside `__metadata__`, a CRC-32 per tensor), written
+//! atomically and durably, optionally on a background thread, and read back with every length,
+//! offset and checksum validated. Pure Rust: the Python layer (`python/checkpoint.rs` and
+//! `ferrotrain.checkpoint`) turns torch tensors into byte slices and the JSON tree into objects.
+//!
+//! - `format`: dtypes, the layout of a file to write, header serialisation and validation.
+//! - `io`: the atomic write, the header read and the checksum verification.
+//! - `async_writer`: one write in flight on a background thread.
+//! - `parallel`: the piece-wise work split shared by the three passes over tensor bytes.
+
+pub mod async_writer;
+pub mod error;
+pub mod format;
+pub mod io;
+pub mod parallel;
+
+#[cfg(test)]
+mod tests;
+
+pub use async_writer::{AsyncWriter, ByteSource};
+pub use error::{CheckpointError, FormatError};
+pub use format::{Dtype, Entry, Layout, ParsedHeader, TensorSpec};
+pub use io::{check_bytes, open_checkpoint, write_atomic};

@@ -1,0 +1,608 @@
+"""Tests of `ferrotrain.checkpoint`: exact round-trips of Lightning-style checkpoints, the
+safetensors compatibility, corrupt and hostile files, atomicity, and the async writer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ferrotrain.checkpoint import AsyncCheckpointWriter, load, save
+from ferrotrain.errors import CheckpointError, CorruptCheckpointError
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def assert_same(a, b, path="checkpoint"):
+    """Exact equality of structure, types and values (tensors compared byte for byte)."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        assert (a.dtype, a.shape, a.device) == (b.dtype, b.shape, b.device), path
+        assert a.requires_grad == b.requires_grad, path
+        ab = a.detach().cpu().reshape(-1).view(torch.uint8)
+        bb = b.detach().cpu().reshape(-1).view(torch.uint8)
+        assert torch.equal(ab, bb), f"{path}: values differ"
+    elif isinstance(a, np.ndarray):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), path
+        assert a.tobytes() == b.tobytes(), path
+    elif isinstance(a, dict):
+        assert [(type(k), k) for k in a] == [(type(k), k) for k in b], f"{path}: keys differ"
+        for k in a:
+            assert_same(a[k], b[k], f"{path}[{k!r}]")
+        if hasattr(a, "_metadata") or hasattr(b, "_metadata"):
+            assert_same(getattr(a, "_metadata", None), getattr(b, "_metadata", None), f"{path}._metadata")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: length"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b)), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def train_objects(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    return model, opt, sched
+
+
+def train_step(model, opt, sched, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 8, generator=g)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def lightning_checkpoint():
+    """A checkpoint shaped like Lightning's `Trainer.save_checkpoint` dict, after 3 Adam steps."""
+    model, opt, sched = train_objects()
+    for s in range(3):
+        train_step(model, opt, sched, s)
+    ckpt = {
+        "epoch": 2,
+        "global_step": 3,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": model.state_dict(),
+        "loops": {
+            "fit_loop": {
+                "state_dict": {},
+                "epoch_loop.state_dict": {"_batches_that_stepped": 3},
+                "epoch_progress": {
+                    "total": {"ready": 3, "started": 3, "processed": 3, "completed": 2},
+                    "current": {"ready": 3, "started": 3, "processed": 3, "completed": 2},
+                },
+            }
+        },
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}": {
+                "monitor": "val_loss",
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "checkpoints/epoch=1.ckpt",
+                "best_k_models": {"checkpoints/epoch=1.ckpt": torch.tensor(0.25)},
+                "kth_value": torch.tensor(float("inf")),
+                "last_model_path": "",
+            },
+            "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}": {
+                "wait_count": 0,
+                "stopped_epoch": 0,
+                "best_score": torch.tensor(0.25, dtype=torch.float64),
+                "patience": 3,
+            },
+        },
+        "optimizer_states": [opt.state_dict()],
+        "lr_schedulers": [sched.state_dict()],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {
+            "lr": 1e-2,
+            "layers": [8, 16, 4],
+            "dropout": None,
+            "betas": (0.9, 0.999),
+            "max_norm": float("inf"),
+            "precision": torch.bfloat16,
+        },
+        "native_amp_scaling_state": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
+        "rng_states": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        },
+    }
+    return ckpt, (model, opt, sched)
+
+
+def rewrite_header(path, edit):
+    """Apply `edit` to the JSON header of the file at `path`, keeping the data bytes."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-(8 + len(new)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def header_of(path):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return 8 + n, json.loads(raw[8 : 8 + n])
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """Make the OS refuse to grow any file of this process past `nbytes` (a real write error)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def big_checkpoint(mib=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"state_dict": {"w": torch.randn(mib * 1024 * 256, generator=g)}, "step": seed}
+
+
+# ---------------------------------------------------------------------------------------------
+# round-trips
+
+
+def test_lightning_checkpoint_round_trips_exactly(tmp_path):
+    ckpt, _ = lightning_checkpoint()
+    path = tmp_path / "last.ckpt"
+    save(path, ckpt)
+    loaded = load(path)
+    assert_same(ckpt, loaded)
+    # The details a resume depends on:
+    assert type(loaded["state_dict"]) is OrderedDict
+    assert list(loaded["optimizer_states"][0]["state"]) == [0, 1, 2, 3, 4, 5]
+    assert loaded["optimizer_states"][0]["param_groups"][0]["params"] == [0, 1, 2, 3, 4, 5]
+    assert loaded["hyper_parameters"]["betas"] == (0.9, 0.999)
+    assert type(loaded["rng_states"]["numpy"]) is tuple
+    assert loaded["rng_states"]["numpy"][1].dtype == np.uint32
+
+
+def test_loaded_checkpoint_resumes_training_identically(tmp_path):
+    ckpt, (model, opt, sched) = lightning_checkpoint()
+    save(tmp_path / "c.ckpt", ckpt)
+    loaded = load(tmp_path / "c.ckpt")
+    model2, opt2, sched2 = train_objects(seed=123)
+    model2.load_state_dict(loaded["state_dict"])
+    opt2.load_state_dict(loaded["optimizer_states"][0])
+    sched2.load_state_dict(loaded["lr_schedulers"][0])
+    for s in (10, 11):
+        train_step(model, opt, sched, s)
+        train_step(model2, opt2, sched2, s)
+    assert_same(model.state_dict(), model2.state_dict())
+    # RNG states restore the same streams.
+    torch.set_rng_state(loaded["rng_states"]["torch"])
+    np.random.set_state(loaded["rng_states"]["numpy"])
+    random.setstate(loaded["rng_states"]["python"])
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    torch.set_rng_state(ckpt["rng_states"]["torch"])
+    np.random.set_state(ckpt["rng_states"]["numpy"])
+    random.setstate(ckpt["rng_states"]["python"])
+    assert_same(draws, (torch.rand(3), np.random.rand(3), random.random()))
+
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.bool, torch.int64,
+          torch.int32, torch.int16, torch.int8, torch.uint8, torch.complex64, torch.float8_e4m3fn]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tensor_dtypes_and_shapes_round_trip(tmp_path, dtype):
+    g = torch.Generator().manual_seed(1)
+    base = (torch.randn(5, 7, generator=g) * 50)
+    full = base.to(dtype) if dtype != torch.complex64 else torch.complex(base, -base)
+    ckpt = {
+        "full": full,
+        "scalar": full[1, 2].clone(),  # 0-dim
+        "empty": full[:0],
+        "empty3d": torch.empty(2, 0, 3, dtype=dtype),
+        "transposed": full.t(),  # non-contiguous
+        "strided": full[::2, 1::3],
+    }
+    save(tmp_path / "t.ckpt", ckpt)
+    loaded = load(tmp_path / "t.ckpt")
+    assert_same(ckpt, loaded)
+    assert loaded["transposed"].is_contiguous() and loaded["scalar"].dim() == 0
+
+
+def test_python_values_keys_and_containers_round_trip(tmp_path):
+    ckpt = {
+        "floats": [0.1, -0.0, 1e300, 5e-324, float("nan"), float("inf"), -float("inf"), 1.0],
+        "ints": [0, -1, 2**63 - 1, 2**100, -(2**70)],
+        "misc": (None, True, False, "", "ünïcødé ✓", b"\x00\xffbytes", b""),
+        "int_keys": {0: "a", 1: {"nested": (1, (2, [3]))}, -5: None},
+        "mixed_keys": {1: 1, "1": 2, (2, "x"): 3, None: 4, 2.5: 5, True: 6},
+        "empty": ({}, [], (), OrderedDict()),
+        "ordered": OrderedDict([("b", 1), ("a", 2)]),
+        "torch": (torch.float16, torch.device("cpu"), torch.Size([2, 3]), torch.Size([])),
+        "numpy": {"arr": np.arange(6, dtype=np.int16).reshape(2, 3), "f": np.float64(0.5),
+                  "i": np.int64(7), "b": np.bool_(True), "scalar_arr": np.array(3.5)},
+        "param": nn.Parameter(torch.ones(2)),
+        "frozen": nn.Parameter(torch.zeros(2), requires_grad=False),
+    }
+    save(tmp_path / "v.ckpt", ckpt)
+    assert_same(ckpt, load(tmp_path / "v.ckpt"))
+
+
+def test_subclasses_of_builtin_types_are_saved_as_their_base_type(tmp_path):
+    import collections
+    import enum
+
+    class Stage(str, enum.Enum):
+        TRAIN = "train"
+
+    Point = collections.namedtuple("Point", "x y")
+    ckpt = {"stage": Stage.TRAIN, "point": Point(1, 2), "dd": collections.defaultdict(int, a=1)}
+    save(tmp_path / "s.ckpt", ckpt)
+    loaded = load(tmp_path / "s.ckpt")
+    assert_same(loaded, {"stage": "train", "point": (1, 2), "dd": {"a": 1}})
+
+
+def test_views_of_one_tensor_are_stored_once(tmp_path):
+    w = torch.randn(256, 64)
+    save(tmp_path / "tied.ckpt", {"state_dict": {"embed.weight": w, "head.weight": w.detach()}})
+    size = os.path.getsize(tmp_path / "tied.ckpt")
+    assert w.numel() * 4 < size < 2 * w.numel() * 4
+    loaded = load(tmp_path / "tied.ckpt")["state_dict"]
+    assert loaded["embed.weight"] is loaded["head.weight"]
+    assert torch.equal(loaded["embed.weight"], w)
+
+
+def test_loaded_tensors_are_writable_without_changing_the_file(tmp_path):
+    save(tmp_path / "m.ckpt", {"w": torch.arange(10.0)})
+    t = load(tmp_path / "m.ckpt")["w"]
+    t.mul_(0)
+    assert torch.equal(load(tmp_path / "m.ckpt")["w"], torch.arange(10.0))
+
+
+@pytest.mark.parametrize(
+    "map_location",
+    ["cpu", torch.device("cpu"), {"cpu": "cpu"}, lambda storage, loc: storage, lambda storage, loc: None],
+    ids=["str", "device", "dict", "callable", "callable-none"],
+)
+def test_map_location_to_cpu(tmp_path, map_location):
+    ckpt = {"w": torch.randn(3, 2), "n": 1}
+    save(tmp_path / "c.ckpt", ckpt)
+    assert_same(ckpt, load(tmp_path / "c.ckpt", map_location=map_location))
+
+
+def test_map_location_moves_tensors_to_another_device(tmp_path):
+    save(tmp_path / "c.ckpt", {"w": torch.randn(3, 2), "p": nn.Parameter(torch.ones(1))})
+    loaded = load(tmp_path / "c.ckpt", map_location="meta")
+    assert loaded["w"].device.type == "meta" and loaded["w"].shape == (3, 2)
+    assert type(loaded["p"]) is nn.Parameter and loaded["p"].device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_round_trip_to_their_device(tmp_path):
+    ckpt = {"w": torch.randn(64, 32, device="cuda"), "cpu": torch.ones(2), "h": torch.arange(5, device="cuda").half()}
+    save(tmp_path / "g.ckpt", ckpt)
+    assert_same(ckpt, load(tmp_path / "g.ckpt"))
+    on_cpu = load(tmp_path / "g.ckpt", map_location="cpu")
+    assert on_cpu["w"].device.type == "cpu" and torch.equal(on_cpu["w"], ckpt["w"].cpu())
+    with AsyncCheckpointWriter() as writer:
+        expected = ckpt["w"].clone()
+        writer.submit(tmp_path / "a.ckpt", ckpt)
+        ckpt["w"].add_(1.0)  # modified on the device right after submit returns
+    assert torch.equal(load(tmp_path / "a.ckpt")["w"], expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors compatibility
+
+
+def test_safetensors_opens_the_weights_under_their_state_dict_names(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    ckpt, (model, _, _) = lightning_checkpoint()
+    save(tmp_path / "st.ckpt", ckpt)
+    tensors = load_file(tmp_path / "st.ckpt")
+    for name, value in model.state_dict().items():
+        assert_same(value, tensors[name], name)
+    assert torch.equal(tensors["optimizer_states/0/state/0/exp_avg"], ckpt["optimizer_states"][0]["state"][0]["exp_avg"])
+    with safe_open(tmp_path / "st.ckpt", framework="pt") as f:
+        assert f.metadata()["format"] == "pt"
+        assert "ferrotrain.tree" in f.metadata()
+
+
+# ---------------------------------------------------------------------------------------------
+# values that cannot be saved
+
+
+def test_unsupported_value_is_an_error_naming_its_key_path(tmp_path):
+    ckpt = {"callbacks": {"MyCallback": {"state": [1, object()]}}}
+    with pytest.raises(CheckpointError, match=r"\['callbacks'\]\['MyCallback'\]\['state'\]\[1\].*object"):
+        save(tmp_path / "x.ckpt", ckpt)
+    assert not (tmp_path / "x.ckpt").exists()
+    with pytest.raises(CheckpointError, match=r"\['fn'\]"):
+        save(tmp_path / "x.ckpt", {"fn": lambda: 0})
+    with pytest.raises(CheckpointError, match="complex128"):
+        save(tmp_path / "x.ckpt", {"z": torch.zeros(2, dtype=torch.complex128)})
+    with pytest.raises(CheckpointError, match="sparse"):
+        save(tmp_path / "x.ckpt", {"s": torch.eye(3).to_sparse()})
+    with pytest.raises(CheckpointError, match="must be a dict"):
+        save(tmp_path / "x.ckpt", [1, 2])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_cyclic_checkpoint_is_an_error(tmp_path):
+    ckpt = {"a": []}
+    ckpt["a"].append(ckpt)
+    with pytest.raises(CheckpointError, match="cycle"):
+        save(tmp_path / "x.ckpt", ckpt)
+
+
+# ---------------------------------------------------------------------------------------------
+# corrupt and hostile files
+
+
+@pytest.fixture
+def valid_file(tmp_path):
+    path = tmp_path / "ok.ckpt"
+    save(path, {"state_dict": {"a.weight": torch.arange(12.0).view(3, 4), "b": torch.ones(3, dtype=torch.int64)},
+                "step": 5})
+    return path
+
+
+def test_flipped_bit_in_a_tensor_names_the_file_and_the_tensor(valid_file):
+    data_start, header = header_of(valid_file)
+    begin, _ = header["a.weight"]["data_offsets"]
+    raw = bytearray(valid_file.read_bytes())
+    raw[data_start + begin + 5] ^= 0x04
+    valid_file.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match=r"ok\.ckpt.*checksum mismatch in tensor 'a\.weight'"):
+        load(valid_file)
+    # verify=False trusts the file (and maps it without reading every byte).
+    assert load(valid_file, verify=False)["step"] == 5
+
+
+@pytest.mark.parametrize("cut", [0, 3, 8, 30, -1], ids=lambda c: f"cut{c}")
+def test_truncated_file_is_corrupt(valid_file, cut):
+    raw = valid_file.read_bytes()
+    valid_file.write_bytes(raw[:cut] if cut >= 0 else raw[:cut])
+    with pytest.raises(CorruptCheckpointError, match="ok.ckpt"):
+        load(valid_file)
+
+
+def test_wrong_magic_and_absurd_header_length_are_corrupt(valid_file):
+    raw = valid_file.read_bytes()
+    valid_file.write_bytes(raw[:8] + b"[" + raw[9:])
+    with pytest.raises(CorruptCheckpointError, match="magic"):
+        load(valid_file)
+    valid_file.write_bytes(struct.pack("<Q", len(raw) + 1) + raw[8:])
+    with pytest.raises(CorruptCheckpointError, match="past the end"):
+        load(valid_file)
+    valid_file.write_bytes(struct.pack("<Q", 2**62) + raw[8:])
+    with pytest.raises(CorruptCheckpointError, match="limit"):
+        load(valid_file)
+
+
+def _set(key, field, value):
+    def edit(h):
+        h[key][field] = value
+    return edit
+
+
+def _overlap(h):
+    begin, end = h["a.weight"]["data_offsets"]  # placed after the int64 tensor "b"
+    h["a.weight"]["data_offsets"] = [begin - 4, end - 4]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set("b", "dtype", "I128"), "unknown dtype"),
+        (_set("b", "shape", [4]), "needs 32 bytes"),
+        (_set("b", "shape", [2**40, 2**40]), "absurd shape"),
+        (_set("b", "data_offsets", [0, 2**62]), "outside"),
+        (_overlap, "overlaps|gap"),
+        (lambda h: h["__metadata__"].update({"ferrotrain.tree": '{"dict":{}}'}), "ferrotrain.tree"),
+        (lambda h: h["__metadata__"].pop("ferrotrain.format"), "not a ferrotrain checkpoint"),
+        (lambda h: h.pop("b"), "gap|cover|checksums"),
+    ],
+    ids=["dtype", "shape", "absurd", "range", "overlap", "tree", "foreign", "missing"],
+)
+def test_malformed_header_is_corrupt(valid_file, edit, message):
+    rewrite_header(valid_file, edit)
+    with pytest.raises(CorruptCheckpointError, match=message) as info:
+        load(valid_file)
+    assert "ok.ckpt" in str(info.value)
+
+
+def test_hostile_tree_is_corrupt(valid_file):
+    import zlib
+
+    tree = '{"dict":{"w":{"tensor":"nope"}}}'
+    rewrite_header(valid_file, lambda h: h["__metadata__"].update(
+        {"ferrotrain.tree": tree, "ferrotrain.tree_crc32": f"{zlib.crc32(tree.encode()):08x}"}))
+    with pytest.raises(CorruptCheckpointError, match="ok.ckpt.*nope"):
+        load(valid_file)
+
+
+def test_other_files_are_corrupt_not_unpickled(tmp_path):
+    torch.save({"w": torch.ones(3)}, tmp_path / "pickle.pt")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "noise").write_bytes(os.urandom(4096))
+    for name in ("pickle.pt", "empty", "noise"):
+        with pytest.raises(CorruptCheckpointError, match=name):
+            load(tmp_path / name)
+
+
+def test_missing_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(CheckpointError, match="nothere.ckpt"):
+        load(tmp_path / "nothere.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------
+# atomicity and write errors
+
+
+def test_failed_write_leaves_the_previous_file_intact(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save(path, {"step": 1, "w": torch.ones(16)})
+    with file_size_limit(1 << 20):  # the new file (8 MiB) cannot be written in full
+        with pytest.raises(CheckpointError, match="last.ckpt"):
+            save(path, big_checkpoint(8))
+    loaded = load(path)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.ones(16))
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_crash_during_write_leaves_the_old_or_the_new_file(tmp_path):
+    """A process killed at a random instant while overwriting: the file is one of the two."""
+    path = tmp_path / "c.ckpt"
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from ferrotrain.checkpoint import save
+        save({str(path)!r}, {{"step": 0, "w": torch.zeros(2 * 1024 * 1024)}})
+        print("ready", flush=True)
+        i = 1
+        while True:
+            save({str(path)!r}, {{"step": i, "w": torch.full((2 * 1024 * 1024,), float(i))}})
+            i += 1
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        import time
+
+        time.sleep(random.uniform(0.2, 0.6))
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    loaded = load(path)
+    assert torch.equal(loaded["w"], torch.full_like(loaded["w"], float(loaded["step"])))
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """Run file operations as a user without the rights root has over every folder."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_read_only_folder_is_an_error_naming_the_path():
+    folder = tempfile.mkdtemp()
+    try:
+        os.chmod(folder, 0o555)
+        path = os.path.join(folder, "epoch=0.ckpt")
+        with unprivileged():
+            with pytest.raises(CheckpointError, match=r"epoch=0\.ckpt.*(Permission denied|Read-only)"):
+                save(path, {"w": torch.ones(2)})
+            writer = AsyncCheckpointWriter()
+            writer.submit(path, {"w": torch.ones(2)})
+            with pytest.raises(CheckpointError, match=r"epoch=0\.ckpt"):
+                writer.wait()
+        assert os.listdir(folder) == []
+    finally:
+        os.chmod(folder, 0o755)
+        os.rmdir(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# async writer
+
+
+def test_async_snapshot_is_taken_before_submit_returns(tmp_path):
+    ckpt = big_checkpoint(16)
+    ckpt["state_dict"]["t"] = torch.randn(64, 32).t()  # non-contiguous: copied by torch
+    ckpt["opt"] = {0: {"exp_avg": torch.randn(1000)}}
+    expected = {"state_dict": {k: v.clone() for k, v in ckpt["state_dict"].items()}, "step": 0,
+                "opt": {0: {"exp_avg": ckpt["opt"][0]["exp_avg"].clone()}}}
+    with AsyncCheckpointWriter() as writer:
+        writer.submit(tmp_path / "a.ckpt", ckpt)
+        # The training side moves on at once: in-place updates, and a freed tensor.
+        ckpt["state_dict"]["w"].add_(1.0)
+        ckpt["state_dict"]["t"].zero_()
+        ckpt["opt"][0]["exp_avg"].mul_(-1)
+        ckpt["step"] = 99
+        del ckpt
+    assert_same(expected, load(tmp_path / "a.ckpt"))
+
+
+def test_async_writes_in_order_and_reuses_its_buffer(tmp_path):
+    writer = AsyncCheckpointWriter()
+    nbytes = big_checkpoint(4)["state_dict"]["w"].numel() * 4
+    for step in range(3):
+        writer.submit(tmp_path / f"s{step}.ckpt", big_checkpoint(4, seed=step))  # awaits the previous
+        assert writer.buffer_nbytes == nbytes  # one checkpoint's tensor bytes, reused
+    writer.close()
+    assert not writer.in_flight
+    for step in range(3):
+        assert_same(load(tmp_path / f"s{step}.ckpt"), big_checkpoint(4, seed=step))
+
+
+def test_async_background_error_surfaces_on_wait(tmp_path):
+    writer = AsyncCheckpointWriter()
+    writer.submit(tmp_path / "missing-folder" / "x.ckpt", {"w": torch.ones(3)})
+    with pytest.raises(CheckpointError, match=r"missing-folder.x\.ckpt"):
+        writer.wait()
+    writer.wait()  # reported once; the writer stays usable
+    writer.submit(tmp_path / "ok.ckpt", {"w": torch.ones(3)})
+    writer.close()
+    assert torch.equal(load(tmp_path / "ok.ckpt")["w"], torch.ones(3))
+
+
+def test_async_background_error_surfaces_at_the_next_submit_and_at_close(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save(path, {"step": 1})
+    writer = AsyncCheckpointWriter()
+    with file_size_limit(1 << 20):
+        writer.submit(path, big_checkpoint(4))  # fails in the background (file too large)
+        with pytest.raises(CheckpointError, match="last.ckpt"):
+            writer.submit(tmp_path / "other.ckpt", {"step": 2})
+    assert not (tmp_path / "other.ckpt").exists()  # the failing submit took nothing
+    assert load(path) == {"step": 1}  # the previous file is intact
+    writer.submit(tmp_path / "missing" / "x.ckpt", {"step": 3})
+    with pytest.raises(CheckpointError, match="x.ckpt"):
+        writer.close()
+    with pytest.raises(CheckpointError, match="closed"):
+        writer.submit(path, {"step": 4})
+
+
+def test_async_unsupported_value_is_raised_by_submit(tmp_path):
+    with AsyncCheckpointWriter() as writer:
+        with pytest.raises(CheckpointError, match=r"\['bad'\]"):
+            writer.submit(tmp_path / "x.ckpt", {"bad": {1, 2}})
+    assert not (tmp_path / "x.ckpt").exists()
