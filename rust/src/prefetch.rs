@@ -239,6 +239,20 @@ impl<T, E> Channel<T, E> {
         self.ready.notify_all();
     }
 
+    /// Consumer: the next item, the error or the end if one can be handed out now (`NotReady`
+    /// otherwise); never waits, so it is safe to call without releasing other locks.
+    pub fn try_pop(&self) -> Pop<T, E> {
+        let mut st = self.lock();
+        match st.queue.pop() {
+            Pop::NotReady if st.producer_exited => Pop::Exhausted,
+            Pop::NotReady => Pop::NotReady,
+            done => {
+                self.room.notify_one();
+                done
+            }
+        }
+    }
+
     /// Consumer: the next item, the error or the end, waiting at most `timeout` for it.
     pub fn pop_timeout(&self, timeout: Duration) -> Wait<T, E> {
         let mut st = self.lock();
