@@ -7,6 +7,7 @@ from __future__ import annotations
 import _thread
 import gc
 import itertools
+import os
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ferrotrain.data import Prefetcher
-from ferrotrain.errors import MisconfigurationException
+from ferrotrain.errors import LoopStateError, MisconfigurationException
 
 DEPTHS = [0, 1, 2, 5]
 FORK = "fork"
@@ -207,6 +208,36 @@ def test_fork_from_the_producer_thread_while_another_prefetcher_runs():
     assert busy.fetch() == (1, False)
     busy.close()
     assert not busy.is_alive()
+
+
+@needs_fork
+@fork_warning
+def test_an_inherited_prefetcher_in_a_forked_child_neither_hangs_nor_reads():
+    p = Prefetcher(itertools.count(), depth=2)
+    assert p.fetch() == (0, False)
+    pid = os.fork()
+    if pid == 0:  # the child: the producer thread does not exist here
+        code = 1
+        try:
+            try:
+                p.fetch()
+            except LoopStateError:
+                p.close()  # must not wait for that thread
+                code = 0 if p.fetch() is None else 2
+        finally:
+            os._exit(code)
+    try:
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert p.fetch() == (1, False)  # the parent's prefetcher is untouched
+    finally:
+        p.close()
 
 
 Point = namedtuple("Point", ["x", "y"])

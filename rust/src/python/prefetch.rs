@@ -17,7 +17,9 @@
 //!   second Ctrl-C) abandons the wait: the thread ends by itself after that item.
 //! - Fork safety: DataLoader workers fork. A child has none of the parent's threads, and the
 //!   queue's lock may have been held by one of them at the fork; so an object that finds itself in
-//!   another process (its owner's pid differs) never touches the lock nor joins the thread.
+//!   another process (its owner's pid differs) never touches the lock nor joins the thread: it
+//!   forgets them (`close`, collection and the exit hook return at once; `fetch` raises).
+//!   A pid check (one `getpid`) per `fetch` is the whole cost.
 
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -110,7 +112,29 @@ fn produce(shared: Arc<Shared>, iterator: Py<PyIterator>) {
 }
 
 impl PyPrefetcher {
+    /// In a forked child (see "Fork safety" above), drop the parent's thread state without
+    /// touching it; returns whether this happened.
+    fn forget_if_forked(&mut self) -> bool {
+        if self.pid == std::process::id() || !matches!(self.mode, Mode::Threaded { .. }) {
+            return false;
+        }
+        if let Mode::Threaded { shared, handle, .. } = std::mem::replace(&mut self.mode, Mode::Done) {
+            // Leaked on purpose: dropping the handle would detach a thread that is not here, and
+            // the queue may be locked for ever.
+            std::mem::forget(handle);
+            std::mem::forget(shared);
+        }
+        true
+    }
+
     fn next_batch(&mut self, py: Python<'_>) -> PyResult<Option<(Batch, bool)>> {
+        if self.forget_if_forked() {
+            return Err(ferro_err(
+                py,
+                "LoopStateError",
+                "this Prefetcher was created in the parent of a fork; its thread does not exist in this process",
+            ));
+        }
         let popped = match &mut self.mode {
             Mode::Done => return Ok(None),
             Mode::Sync { iterator, queue } => loop {
@@ -164,6 +188,9 @@ impl PyPrefetcher {
     /// Stop the producer, wait for it to finish its item, join it and release what it left.
     /// A signal while waiting returns its error and leaves the thread to end on its own.
     fn shutdown(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.forget_if_forked() {
+            return Ok(());
+        }
         if let Mode::Threaded { shared, producer, .. } = &self.mode {
             shared.chan.stop();
             if *producer == std::thread::current().id() {
@@ -279,16 +306,7 @@ impl PyPrefetcher {
 
 impl Drop for PyPrefetcher {
     fn drop(&mut self) {
-        if std::process::id() != self.pid {
-            // A forked child: the producer thread does not exist here and the queue's lock may
-            // be held for ever. Leak the thread handle and the queue rather than touch them.
-            if let Mode::Threaded { shared, handle, .. } = std::mem::replace(&mut self.mode, Mode::Done) {
-                std::mem::forget(handle);
-                std::mem::forget(shared);
-            }
-            return;
-        }
-        if !matches!(self.mode, Mode::Threaded { .. }) {
+        if self.forget_if_forked() || !matches!(self.mode, Mode::Threaded { .. }) {
             return;
         }
         // Dropped by Python's deallocator, so attached. During interpreter shutdown the producer
