@@ -343,3 +343,11 @@ def test_cpu_and_cuda_grads_together_match_torch():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+
+
+def test_sparse_grads_take_the_torch_path():
+    dense = make_params(sizes=[10])
+    sparse = torch.nn.Parameter(torch.zeros(6))
+    sparse.grad = torch.tensor([0.0, 3.0, 0.0, 0.0, -4.0, 0.0]).to_sparse()
+    norm = clip_grad_norm_(dense + [sparse], 1e9)
+    assert rel_err(norm.item(), exact_norm([dense[0].grad, sparse.grad.to_dense()], 2.0)) <= 1e-6

@@ -36,7 +36,6 @@ _MASK_DTYPE = {
     for mask in range(1, 16)
 }
 _Tensor = torch.Tensor
-_strided = torch.strided
 
 Buf = Tuple[int, int, int]
 
@@ -53,12 +52,16 @@ def _split(grads: List[torch.Tensor]) -> Tuple[List[Buf], List[torch.Tensor]]:
     slow: List[torch.Tensor] = []
     for g in grads:
         code = _CODES.get(g.dtype)
-        # Exact type: a subclass may override data_ptr/numel. Layout: sparse and mkldnn
-        # tensors say they are contiguous but their data_ptr is not their values.
-        if code is not None and g.is_cpu and type(g) is _Tensor and g.layout is _strided and g.is_contiguous():
-            fast.append((g.data_ptr(), g.numel(), code))
-        else:
-            slow.append(g)
+        # Exact type: a subclass may override data_ptr/numel.
+        if code is not None and type(g) is _Tensor and g.is_cpu and g.is_contiguous():
+            try:
+                fast.append((g.data_ptr(), g.numel(), code))
+                continue
+            except RuntimeError:
+                # Sparse/mkldnn tensors call themselves contiguous but have no data pointer
+                # (cheaper to catch than to check every gradient's layout).
+                pass
+        slow.append(g)
     return fast, slow
 
 
