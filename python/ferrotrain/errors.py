@@ -32,3 +32,8 @@ class CheckpointError(FerrotrainError, RuntimeError):
 
 class CorruptCheckpointError(CheckpointError, ValueError):
     """A checkpoint file is damaged or malformed; the message names the file and what is wrong."""
+
+
+class NonFiniteNormError(FerrotrainError, RuntimeError):
+    """A gradient norm is NaN or infinite and `error_if_nonfinite=True` asked to stop; the
+    message names the norm. A `RuntimeError`, as torch raises in the same case."""

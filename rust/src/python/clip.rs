@@ -1,6 +1,188 @@
-//! Placeholder: the clip bindings.
+//! Bindings for the gradient-norm and clip math (`crate::clip`). Python passes, for each
+//! contiguous CPU gradient, a `(data_ptr, numel, dtype_code)` triple and keeps the tensors alive
+//! for the call; these functions check the triples, release the GIL and run the kernels on the
+//! raw memory. Every non-CPU or strided gradient stays in Python, on torch's `_foreach` path.
+
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use super::errors::ferro_err;
+use crate::clip::{self, DType, Grad, GradMut, NormAcc, NormType};
+
+/// A checked `(data_ptr, numel, dtype)` triple.
+#[derive(Clone, Copy)]
+struct RawBuf {
+    ptr: usize,
+    len: usize,
+    dtype: DType,
+}
+
+impl RawBuf {
+    /// A shared view of the memory.
+    ///
+    /// SAFETY: the caller (Python) passed the `data_ptr()` and `numel()` of a contiguous CPU
+    /// tensor of this dtype and holds that tensor alive for the whole call; `checked` verified
+    /// the pointer is non-null and aligned. Nothing writes it while this view lives: the only
+    /// writers are `grad_mut` views, made one at a time after all reads are done.
+    unsafe fn grad(&self) -> Grad<'_> {
+        let p = self.ptr as *const u8;
+        match self.dtype {
+            DType::F32 => Grad::F32(std::slice::from_raw_parts(p.cast(), self.len)),
+            DType::F64 => Grad::F64(std::slice::from_raw_parts(p.cast(), self.len)),
+            DType::F16 => Grad::F16(std::slice::from_raw_parts(p.cast(), self.len)),
+            DType::BF16 => Grad::BF16(std::slice::from_raw_parts(p.cast(), self.len)),
+        }
+    }
+
+    /// A mutable view of the memory.
+    ///
+    /// SAFETY: as `grad`, and the view must be dropped before another view of any buffer is
+    /// made: two triples may point at the same memory (a parameter listed twice), so views are
+    /// created one at a time, never held together.
+    unsafe fn grad_mut(&self) -> GradMut<'_> {
+        let p = self.ptr as *mut u8;
+        match self.dtype {
+            DType::F32 => GradMut::F32(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+            DType::F64 => GradMut::F64(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+            DType::F16 => GradMut::F16(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+            DType::BF16 => GradMut::BF16(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+        }
+    }
+}
+
+/// Check every triple before any memory is touched; empty buffers are dropped. Also returns
+/// the set of dtypes seen, as a bit mask over the dtype codes (Python picks the result dtype
+/// from it, as torch promotes the per-dtype norms).
+fn checked(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<(Vec<RawBuf>, u8)> {
+    let mut out = Vec::with_capacity(bufs.len());
+    let mut mask = 0u8;
+    for (ptr, len, code) in bufs {
+        let dtype = DType::from_code(code)
+            .ok_or_else(|| ferro_err(py, "LoopStateError", format!("unknown gradient dtype code {code}")))?;
+        mask |= 1 << code;
+        if len == 0 {
+            continue;
+        }
+        if ptr == 0 || ptr % dtype.size() != 0 || len.checked_mul(dtype.size()).is_none() {
+            return Err(ferro_err(
+                py,
+                "LoopStateError",
+                format!("gradient buffer at {ptr:#x} with {len} elements of {dtype:?} is null or misaligned"),
+            ));
+        }
+        out.push(RawBuf { ptr, len, dtype });
+    }
+    Ok((out, mask))
+}
+
+fn norm_type(py: Python<'_>, p: f64) -> PyResult<NormType> {
+    NormType::from_p(p).ok_or_else(|| {
+        ferro_err(
+            py,
+            "MisconfigurationException",
+            format!("`norm_type` must be a positive number or 'inf' (infinity norm), got {p}"),
+        )
+    })
+}
+
+fn total(bufs: &[RawBuf], norm: NormType) -> f64 {
+    let mut acc = NormAcc::new(norm);
+    for b in bufs {
+        // SAFETY: see `RawBuf::grad`; no mutable view exists during this loop.
+        acc.add(unsafe { b.grad() });
+    }
+    acc.finish()
+}
+
+fn scale(bufs: &[RawBuf], coef: f64) {
+    for b in bufs {
+        // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
+        clip::scale_in_place(unsafe { b.grad_mut() }, coef);
+    }
+}
+
+/// The total `norm_type`-norm of the buffers, seen as one vector, and the dtype mask.
+#[pyfunction]
+fn grad_norm_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64) -> PyResult<(f64, u8)> {
+    let norm = self::norm_type(py, norm_type)?;
+    let (bufs, mask) = checked(py, bufs)?;
+    Ok((py.detach(|| total(&bufs, norm)), mask))
+}
+
+/// The norm of each buffer and of all together, in one pass. Empty buffers have norm 0.
+#[pyfunction]
+fn grad_norms_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64) -> PyResult<(Vec<f64>, f64)> {
+    let norm = self::norm_type(py, norm_type)?;
+    let n = bufs.len();
+    let keep: Vec<bool> = bufs.iter().map(|b| b.1 != 0).collect();
+    let (bufs, _) = checked(py, bufs)?;
+    let (nonempty, total) = py.detach(|| {
+        // SAFETY: see `RawBuf::grad`; only shared views exist in this closure.
+        let grads: Vec<Grad<'_>> = bufs.iter().map(|b| unsafe { b.grad() }).collect();
+        clip::norms_and_total(&grads, norm)
+    });
+    let mut each = Vec::with_capacity(n);
+    let mut it = nonempty.into_iter();
+    for k in keep {
+        each.push(if k { it.next().unwrap_or(0.0) } else { 0.0 });
+    }
+    Ok((each, total))
+}
+
+/// torch's `clip_grad_norm_` on the buffers: the total norm, then (unless the coefficient is at
+/// least 1) an in-place scale by `max_norm / (norm + 1e-6)`. With `error_if_nonfinite`, a NaN or
+/// inf norm scales nothing; the caller raises. Returns `(norm, scaled, dtype mask)`.
+#[pyfunction]
+fn clip_grad_norm_bufs(
+    py: Python<'_>,
+    bufs: Vec<(usize, usize, u8)>,
+    max_norm: f64,
+    norm_type: f64,
+    error_if_nonfinite: bool,
+) -> PyResult<(f64, bool, u8)> {
+    let norm = self::norm_type(py, norm_type)?;
+    let (bufs, mask) = checked(py, bufs)?;
+    let (t, scaled) = py.detach(|| {
+        let t = total(&bufs, norm);
+        if error_if_nonfinite && !t.is_finite() {
+            return (t, false);
+        }
+        match clip::clip_coef(t, max_norm) {
+            Some(coef) => {
+                scale(&bufs, coef);
+                (t, true)
+            }
+            None => (t, false),
+        }
+    });
+    Ok((t, scaled, mask))
+}
+
+/// Multiply every element of the buffers by `coef` in place.
+#[pyfunction]
+fn scale_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, coef: f64) -> PyResult<()> {
+    let (bufs, _) = checked(py, bufs)?;
+    py.detach(|| scale(&bufs, coef));
+    Ok(())
+}
+
+/// Clamp every element of the buffers to `[-clip_value, clip_value]` in place.
+#[pyfunction]
+fn clamp_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, clip_value: f64) -> PyResult<()> {
+    let (bufs, _) = checked(py, bufs)?;
+    py.detach(|| {
+        for b in &bufs {
+            // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
+            clip::clamp_in_place(unsafe { b.grad_mut() }, clip_value);
+        }
+    });
+    Ok(())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(grad_norm_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(grad_norms_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_grad_norm_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(scale_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(clamp_bufs, m)?)?;
     Ok(())
 }
