@@ -105,6 +105,9 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_check = time.monotonic()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Called every step: the cheapest test first, so epoch-based saving costs nothing here.
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return
         if self._skip(trainer):
             return
         if self._train_time_interval is not None:

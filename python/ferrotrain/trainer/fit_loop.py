@@ -67,7 +67,7 @@ class FitLoop:
         fetcher = trainer._make_train_fetcher(loader, n)
         try:
             _core.run_train_epoch(
-                schedule, fetcher.fetch, self.train_batch, self._after_batch, bool(self.plateau_step_scheds)
+                schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds)
             )
         finally:
             fetcher.close()

@@ -120,7 +120,7 @@ class Trainer:
         self._progress_train_batch: Any = None
         self._should_stop = False
         # Batches the training prefetcher keeps ready (0: read in the main thread).
-        self.prefetch_batches = int(os.environ.get("FERROTRAIN_PREFETCH", "2"))
+        self.prefetch_batches = 2
         self._new_schedule(has_validation=False, automatic=True)
 
     # ------------------------------------------------------------------ construction helpers
@@ -741,14 +741,13 @@ class Trainer:
         return self._train_loader
 
     def _make_train_fetcher(self, loader: Any, n: Union[int, float]) -> Any:
-        """The training batches come from the native prefetcher: a background thread keeps the next
-        batches ready while the step runs. With `deterministic=True` batches are read in the main
-        thread, so random draws inside a dataset interleave with the step's exactly as in a
-        hand-written loop."""
-        depth = 0 if self._config.deterministic else self.prefetch_batches
-        from ferrotrain.data import Prefetcher
+        """Batches come from the main thread or the native prefetcher (see `fetching`). With
+        `deterministic=True` they are always read in the main thread, so random draws inside a
+        dataset interleave with the step's exactly as in a hand-written loop."""
+        from ferrotrain.trainer.fetching import TrainFetcher
 
-        return Prefetcher(loader, depth=depth)
+        depth = 0 if self._config.deterministic else self.prefetch_batches
+        return TrainFetcher(loader, n, depth)
 
     def _setup_val_data(self, model: LightningModule, datamodule: Optional[LightningDataModule], given: Any,
                         for_fit: bool) -> None:

@@ -114,6 +114,13 @@ class AutomaticStep:
             self._backward(loss)
         return loss
 
+    def closure_then_hooks(self) -> Optional[torch.Tensor]:
+        """The closure handed to `optimizer.step` without a GradScaler: forward and backward,
+        then the before-step hooks and clipping (Lightning's `_wrap_closure`)."""
+        loss = self.closure()
+        self.after_closure()
+        return loss
+
     def _zero_grad(self) -> None:
         trainer, module, opt = self.trainer, self.module, self.optimizer
         if self.cb_zero or self.m_zero is not None:
@@ -176,6 +183,8 @@ class AutomaticStep:
                 self.module.optimizer_step(
                     self.trainer.current_epoch, batch_idx, self._lightning_optimizer, self.closure
                 )
+            elif self.scaler is None:
+                self.optimizer.step(closure=self.closure_then_hooks)
             else:
                 self.precision.optimizer_step(self.optimizer, self.closure, self.after_closure)
         else:

@@ -186,7 +186,8 @@ impl PySchedule {
 
 /// Drive one training epoch.
 ///
-/// - `fetch()` returns `(batch, is_last)` or `None` when the loader is exhausted;
+/// - `fetcher.fetch()` returns `(batch, is_last)` or `None` when the loader is exhausted (looked
+///   up per batch: the fetcher may switch strategies mid-epoch);
 /// - `train_batch(batch, batch_idx, flags)` runs the batch (transfer hooks, `on_train_batch_start`,
 ///   the optimization step, `on_train_batch_end`) and returns False when
 ///   `on_train_batch_start` returned -1, which ends the epoch as in Lightning;
@@ -199,7 +200,7 @@ impl PySchedule {
 pub fn run_train_epoch(
     py: Python<'_>,
     schedule: &Bound<'_, PySchedule>,
-    fetch: &Bound<'_, PyAny>,
+    fetcher: &Bound<'_, PyAny>,
     train_batch: &Bound<'_, PyAny>,
     after_batch: &Bound<'_, PyAny>,
     after_every_batch: bool,
@@ -210,7 +211,7 @@ pub fn run_train_epoch(
         if schedule.borrow().inner.epoch_done() {
             break;
         }
-        let item = fetch.call0()?;
+        let item = fetcher.call_method0(pyo3::intern!(py, "fetch"))?;
         if item.is_none() {
             break;
         }
