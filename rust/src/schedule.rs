@@ -147,6 +147,8 @@ enum Phase {
 #[derive(Clone, Debug)]
 pub struct Schedule {
     cfg: ScheduleConfig,
+    /// The running batch's automatic optimizer step was already reported.
+    step_counted: bool,
     progress: Progress,
     /// The train loader's length (`trainer.num_training_batches`); `None`: unknown.
     num_training_batches: Option<u64>,
@@ -193,6 +195,7 @@ impl Schedule {
             num_training_batches: None,
             is_last_batch: false,
             should_stop: false,
+            step_counted: false,
             phase: Phase::Idle,
         })
     }
@@ -351,8 +354,35 @@ impl Schedule {
         Ok(())
     }
 
-    /// Manual optimization: one `optimizer.step()` happened.
+    /// The progress to store in a checkpoint. Inside a batch (a checkpoint saved from
+    /// `on_train_batch_end`) it is the progress as that batch will end, so a resumed run goes on
+    /// with the next batch; anything else is the plain progress.
+    pub fn checkpoint_progress(&self) -> Progress {
+        let mut p = self.progress;
+        if let Phase::InBatch(plan) = self.phase {
+            if self.cfg.automatic_optimization && plan.step_optimizer && !self.step_counted {
+                p.global_step += 1;
+            }
+            if !self.should_accumulate() {
+                p.batches_that_stepped += 1;
+            }
+        }
+        p
+    }
+
+    /// One `optimizer.step()` happened. Manual optimization counts every call. Automatic
+    /// optimization reports its batch's step as soon as it ran, so hooks after it
+    /// (`on_train_batch_end`) see the new `global_step` as in Lightning; `end_batch` counts the
+    /// step itself only if nobody reported it.
     pub fn count_optimizer_step(&mut self) {
+        if self.cfg.automatic_optimization {
+            match self.phase {
+                Phase::InBatch(plan) if plan.step_optimizer && !self.step_counted => {
+                    self.step_counted = true;
+                }
+                _ => return,
+            }
+        }
         self.progress.global_step += 1;
     }
 
@@ -361,7 +391,7 @@ impl Schedule {
         let Phase::InBatch(plan) = self.phase else {
             return Err(ScheduleError::OutOfOrder("end_batch without begin_batch"));
         };
-        if plan.step_optimizer {
+        if plan.step_optimizer && !std::mem::take(&mut self.step_counted) {
             self.progress.global_step += 1;
         }
         let accumulating = self.should_accumulate();

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ferrotrain import _core
+from ferrotrain.trainer.checkpointing import rng_states, set_rng_states
 from ferrotrain.trainer.data import INF
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
@@ -52,6 +53,10 @@ class FitLoop:
         trainer = self.trainer
         schedule = trainer._schedule
         results = trainer._train_results
+        # After a restore: (RNG at the start of the checkpoint's epoch, RNG when it was saved).
+        resume = trainer._resume_rng
+        trainer._resume_rng = None
+        skip = schedule.batches_in_epoch  # batches of this epoch already trained on
         loader = trainer._train_dataloader_for_epoch()
         n = trainer.num_training_batches
         sampler = getattr(loader, "sampler", None)
@@ -63,9 +68,22 @@ class FitLoop:
         trainer.lightning_module._results = results
         trainer.state.stage = RunningStage.TRAINING
         self._last_batch_reached = False
-        trainer._call_hooks("on_train_epoch_start")
+        if not skip:
+            if resume is not None and resume[1] is not None:
+                set_rng_states(resume[1])  # saved between epochs: go on from there
+            trainer._call_hooks("on_train_epoch_start")
+        elif resume is not None and resume[0] is not None:
+            set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
+        # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
+        trainer._epoch_start_rng = rng_states()
         fetcher = trainer._make_train_fetcher(loader, n)
         try:
+            if skip:
+                for _ in range(skip):
+                    if fetcher.fetch() is None:
+                        break
+                if resume is not None and resume[1] is not None:
+                    set_rng_states(resume[1])
             _core.run_train_epoch(
                 schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds)
             )

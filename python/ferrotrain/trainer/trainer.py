@@ -116,6 +116,8 @@ class Trainer:
         self.num_sanity_val_batches: List[Union[int, float]] = []
         self._eval_fetchers: List[Fetcher] = []
         self._ckpt_path: Optional[str] = None
+        self._resume_rng: Any = None
+        self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
         self._progress_train_batch: Any = None
         self._should_stop = False

@@ -93,6 +93,7 @@ class AutomaticStep:
         self._batch_idx = 0
         self._zero = False
         self._lightning_optimizer = LightningOptimizer(self.optimizer, trainer) if self.ov_step else None
+        self.count_step = trainer._schedule.count_optimizer_step
 
     # The closure reads the batch from `self` so no new function object is made per step.
     def closure(self) -> Optional[torch.Tensor]:
@@ -189,6 +190,9 @@ class AutomaticStep:
                 self.precision.optimizer_step(self.optimizer, self.closure, self.after_closure)
         else:
             self.closure()
+        if flags & STEP:
+            # global_step moves on right after the step, before on_train_batch_end (Lightning).
+            self.count_step()
         self._batch = None
         loss = self._loss
         if not self.wants_outputs:

@@ -105,7 +105,7 @@ impl PySchedule {
 
     /// The loop progress as a flat dict, for checkpoints.
     fn state_dict(&self) -> [(&'static str, u64); 6] {
-        let p = self.inner.progress();
+        let p = self.inner.checkpoint_progress();
         [
             ("epoch", p.epoch),
             ("epochs_processed", p.epochs_processed),

@@ -139,3 +139,28 @@ fn estimated_stepping_batches() {
     assert_eq!(s.estimated_stepping_batches(Some(10)), Some(8));
     assert_eq!(s.estimated_stepping_batches(None), None);
 }
+
+#[test]
+fn automatic_step_reported_early_is_counted_once() {
+    let mut s = Schedule::new(cfg()).unwrap();
+    s.begin_epoch(Some(4)).unwrap();
+    s.begin_batch(false).unwrap();
+    s.count_optimizer_step();
+    assert_eq!(s.progress().global_step, 1, "visible before end_batch, as in on_train_batch_end");
+    s.count_optimizer_step();
+    s.end_batch().unwrap();
+    assert_eq!(s.progress().global_step, 1);
+    s.begin_batch(false).unwrap();
+    s.end_batch().unwrap();
+    assert_eq!(s.progress().global_step, 2, "an unreported step is still counted");
+}
+
+#[test]
+fn checkpoint_inside_a_batch_stores_the_batch_as_done() {
+    let mut s = Schedule::new(cfg()).unwrap();
+    s.begin_epoch(Some(4)).unwrap();
+    s.begin_batch(false).unwrap();
+    let inside = s.checkpoint_progress();
+    s.end_batch().unwrap();
+    assert_eq!(inside, s.progress());
+}

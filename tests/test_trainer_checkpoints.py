@@ -1,0 +1,171 @@
+"""Checkpoints from the Trainer's side: ModelCheckpoint's files and choices, exact resume
+(at epoch ends and mid-epoch), `ckpt_path="best"/"last"`, and loading a module back."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import ferrotrain as L
+from ferrotrain.callbacks import ModelCheckpoint
+from ferrotrain.errors import MisconfigurationException
+from tests.conftest import BoringModel, make_dataset
+
+
+class NoisyModel(L.LightningModule):
+    """Dropout and momentum and a scheduler: everything resume must restore to be exact."""
+
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)}
+
+
+def _trainer(root, **kw) -> L.Trainer:
+    base = dict(default_root_dir=str(root), enable_progress_bar=False, enable_model_summary=False, logger=False)
+    base.update(kw)
+    return L.Trainer(**base)
+
+
+def _loaders():
+    ds = make_dataset(40)
+    return DataLoader(ds, batch_size=4, shuffle=True), DataLoader(ds, batch_size=20)
+
+
+def test_default_checkpoint_file_is_named_and_readable(tmp_path) -> None:
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
+    train, val = _loaders()
+    trainer.fit(NoisyModel(), train, val)
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(os.listdir(folder)) == ["epoch=1-step=20.ckpt"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "epoch=1-step=20.ckpt"))
+    model = trainer.lightning_module
+    torch.testing.assert_close(weights["net.0.weight"], model.net[0].weight.detach(), rtol=0, atol=0)
+
+
+def test_top_k_by_monitored_metric_and_save_last(tmp_path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", save_top_k=2, save_last=True,
+                           filename="{epoch}-{val_loss:.3f}")
+    trainer = _trainer(tmp_path, max_epochs=4, callbacks=[ckpt])
+    train, val = _loaders()
+    trainer.fit(NoisyModel(), train, val)
+    files = sorted(os.listdir(tmp_path / "ck"))
+    assert "last.ckpt" in files and len(files) == 3
+    assert len(ckpt.best_k_models) == 2
+    assert ckpt.best_model_path == min(ckpt.best_k_models, key=lambda p: float(ckpt.best_k_models[p]))
+    assert float(ckpt.best_model_score) == pytest.approx(min(float(v) for v in ckpt.best_k_models.values()))
+    assert os.path.basename(ckpt.best_model_path).startswith("epoch=")
+    assert "val_loss=" in os.path.basename(ckpt.best_model_path)
+
+
+def test_monitor_missing_is_a_clear_error(tmp_path) -> None:
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[ModelCheckpoint(monitor="val_acc")])
+    train, val = _loaders()
+    with pytest.raises(MisconfigurationException, match="val_acc.*val_loss"):
+        trainer.fit(NoisyModel(), train, val)
+
+
+def _final_params(model) -> list:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_resume_at_epoch_end_is_bit_identical(tmp_path) -> None:
+    train, val = _loaders()
+    L.seed_everything(7, verbose=False)
+    full = NoisyModel()
+    _trainer(tmp_path / "a", max_epochs=4, enable_checkpointing=False).fit(full, train, val)
+
+    L.seed_everything(7, verbose=False)
+    first = NoisyModel()
+    ck = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
+    _trainer(tmp_path / "b", max_epochs=2, callbacks=[ck]).fit(first, train, val)
+    torch.manual_seed(12345)  # the resumed run must not depend on the RNG state it starts with
+    resumed = NoisyModel()
+    trainer = _trainer(tmp_path / "c", max_epochs=4, callbacks=[ModelCheckpoint(dirpath=tmp_path / "c")])
+    trainer.fit(resumed, train, val, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert trainer.global_step == 40 and trainer.current_epoch == 4
+    for a, b in zip(_final_params(full), _final_params(resumed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_mid_epoch_skips_trained_batches_and_is_bit_identical(tmp_path) -> None:
+    train, val = _loaders()
+    L.seed_everything(3, verbose=False)
+    full = NoisyModel()
+    every = ModelCheckpoint(dirpath=tmp_path / "a", every_n_train_steps=7, save_top_k=-1)
+    _trainer(tmp_path / "a", max_epochs=3, callbacks=[every]).fit(full, train, val)
+    mid = tmp_path / "a" / "epoch=1-step=14.ckpt"
+    assert mid.exists(), sorted(os.listdir(tmp_path / "a"))
+
+    seen = []
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, batch_idx))
+
+    torch.manual_seed(999)
+    resumed = NoisyModel()
+    trainer = _trainer(tmp_path / "b", max_epochs=3, callbacks=[Count()], enable_checkpointing=False)
+    trainer.fit(resumed, train, val, ckpt_path=str(mid))
+    assert seen[0] == (1, 4), "resumes after the 14th batch: epoch 1, batch 4"
+    assert len(seen) == 30 - 14
+    for a, b in zip(_final_params(full), _final_params(resumed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ckpt_path_best_and_last(tmp_path) -> None:
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", save_last=True)
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[ck])
+    train, val = _loaders()
+    model = NoisyModel()
+    trainer.fit(model, train, val)
+    best = trainer.validate(model, val, ckpt_path="best", verbose=False)
+    assert trainer.ckpt_path == ck.best_model_path
+    assert best[0]["val_loss"] == pytest.approx(float(ck.best_model_score), rel=1e-5)
+    trainer.validate(model, val, ckpt_path="last", verbose=False)
+    assert trainer.ckpt_path == ck.last_model_path
+
+
+def test_ckpt_path_best_without_checkpoint_callback_is_an_error(tmp_path, loaders) -> None:
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    model = BoringModel()
+    train, val = loaders
+    trainer.fit(model, train)
+    with pytest.raises(MisconfigurationException, match="ModelCheckpoint"):
+        trainer.test(model, val, ckpt_path="best")
+
+
+def test_save_checkpoint_and_load_from_checkpoint(tmp_path) -> None:
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    train, val = _loaders()
+    model = NoisyModel(lr=0.02)
+    trainer.fit(model, train, val)
+    path = tmp_path / "manual.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = NoisyModel.load_from_checkpoint(path)
+    assert loaded.hparams.lr == 0.02
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    weights_only = tmp_path / "weights.ckpt"
+    trainer.save_checkpoint(weights_only, weights_only=True)
+    with pytest.raises(Exception, match="weights"):
+        _trainer(tmp_path, max_epochs=2, enable_checkpointing=False).fit(NoisyModel(), train, val, ckpt_path=str(weights_only))
