@@ -78,7 +78,9 @@ impl AsyncWriter {
     ) -> Result<(), CheckpointError> {
         self.wait()?;
         if (buffer.bytes().len() as u64) < layout.data_len() {
-            return Err(CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into()));
+            return Err(CheckpointError::Invalid(
+                "snapshot buffer smaller than the checkpoint".into(),
+            ));
         }
         let thread_path = path.clone();
         let handle = std::thread::Builder::new()
@@ -91,11 +93,21 @@ impl AsyncWriter {
                     .zip(layout.nbytes())
                     .map(|(&o, &n)| bytes.get(o as usize..(o + n) as usize))
                     .collect::<Option<Vec<&[u8]>>>()
-                    .ok_or_else(|| CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into()))?;
+                    .ok_or_else(|| {
+                        CheckpointError::Invalid(
+                            "snapshot buffer smaller than the checkpoint".into(),
+                        )
+                    })?;
                 write_atomic(&thread_path, &layout, &sources)
             })
-            .map_err(|e| CheckpointError::io(&path, "cannot start the background writer thread", e))?;
-        self.in_flight = Some(InFlight { handle, pid: std::process::id(), path });
+            .map_err(|e| {
+                CheckpointError::io(&path, "cannot start the background writer thread", e)
+            })?;
+        self.in_flight = Some(InFlight {
+            handle,
+            pid: std::process::id(),
+            path,
+        });
         Ok(())
     }
 }
@@ -104,6 +116,11 @@ impl Drop for AsyncWriter {
     /// Never abandon a write half-way: a dropped writer finishes its file first. The result has
     /// no one to go to here; the Python layer waits explicitly (and at exit) so it is not lost.
     fn drop(&mut self) {
+        if let Some(job) = self.in_flight.take_if(|job| job.pid != std::process::id()) {
+            // A forked child dropping its copy: the write belongs to the parent.
+            std::mem::forget(job.handle);
+            return;
+        }
         if let Err(e) = self.wait() {
             eprintln!("ferrotrain: background checkpoint write failed: {e}");
         }

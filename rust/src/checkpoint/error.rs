@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub enum CheckpointError {
     /// The operating system refused an operation (permissions, disk full, missing folder...).
-    Io { path: PathBuf, what: String, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
     /// The file is damaged or is not a ferrotrain checkpoint.
     Corrupt { path: PathBuf, what: String },
     /// The caller asked for something the format cannot hold (a bug in the caller or bad input).
@@ -17,11 +21,18 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     pub(crate) fn io(path: &Path, what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), what: what.into(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            what: what.into(),
+            source,
+        }
     }
 
     pub(crate) fn corrupt(path: &Path, what: impl Into<String>) -> Self {
-        Self::Corrupt { path: path.to_path_buf(), what: what.into() }
+        Self::Corrupt {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
     }
 
     /// True for a damaged or malformed file (as opposed to an I/O failure or bad input).

@@ -169,11 +169,16 @@ impl Layout {
         mut metadata: BTreeMap<String, String>,
     ) -> Result<Layout, CheckpointError> {
         if let Some(k) = metadata.keys().find(|k| k.starts_with("ferrotrain.")) {
-            return Err(CheckpointError::Invalid(format!("metadata key '{k}' is reserved")));
+            return Err(CheckpointError::Invalid(format!(
+                "metadata key '{k}' is reserved"
+            )));
         }
         metadata.insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
         metadata.insert(TREE_KEY.into(), tree.into());
-        metadata.insert(TREE_CHECKSUM_KEY.into(), format!("{:08x}", crc32fast::hash(tree.as_bytes())));
+        metadata.insert(
+            TREE_CHECKSUM_KEY.into(),
+            format!("{:08x}", crc32fast::hash(tree.as_bytes())),
+        );
         let mut seen = HashSet::with_capacity(specs.len());
         let mut nbytes = Vec::with_capacity(specs.len());
         for s in &specs {
@@ -184,7 +189,10 @@ impl Layout {
                 )));
             }
             let n = tensor_nbytes(s.dtype, &s.shape).ok_or_else(|| {
-                CheckpointError::Invalid(format!("tensor '{}' has an absurd shape {:?}", s.name, s.shape))
+                CheckpointError::Invalid(format!(
+                    "tensor '{}' has an absurd shape {:?}",
+                    s.name, s.shape
+                ))
             })?;
             nbytes.push(n);
         }
@@ -195,9 +203,9 @@ impl Layout {
         let mut cursor: u64 = 0;
         for &i in &order {
             offsets[i] = cursor;
-            cursor = cursor
-                .checked_add(nbytes[i])
-                .ok_or_else(|| CheckpointError::Invalid("checkpoint larger than 2^64 bytes".into()))?;
+            cursor = cursor.checked_add(nbytes[i]).ok_or_else(|| {
+                CheckpointError::Invalid("checkpoint larger than 2^64 bytes".into())
+            })?;
         }
         let mut layout = Layout {
             specs,
@@ -252,16 +260,28 @@ impl Layout {
         for (s, c) in self.specs.iter().zip(crcs) {
             sums.insert(s.name.clone(), Value::String(format!("{c:08x}")));
         }
-        let mut meta: Map<String, Value> =
-            self.metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        meta.insert(CHECKSUMS_KEY.to_string(), Value::String(Value::Object(sums).to_string()));
+        let mut meta: Map<String, Value> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        meta.insert(
+            CHECKSUMS_KEY.to_string(),
+            Value::String(Value::Object(sums).to_string()),
+        );
         let mut root = Map::new();
         root.insert(METADATA_KEY.to_string(), Value::Object(meta));
         for ((s, &off), &n) in self.specs.iter().zip(&self.offsets).zip(&self.nbytes) {
             let mut entry = Map::new();
             entry.insert("dtype".into(), Value::String(s.dtype.name().into()));
-            entry.insert("shape".into(), Value::Array(s.shape.iter().map(|&d| Value::from(d)).collect()));
-            entry.insert("data_offsets".into(), Value::Array(vec![Value::from(off), Value::from(off + n)]));
+            entry.insert(
+                "shape".into(),
+                Value::Array(s.shape.iter().map(|&d| Value::from(d)).collect()),
+            );
+            entry.insert(
+                "data_offsets".into(),
+                Value::Array(vec![Value::from(off), Value::from(off + n)]),
+            );
             root.insert(s.name.clone(), Value::Object(entry));
         }
         serde_json::to_vec(&Value::Object(root))
@@ -272,7 +292,9 @@ impl Layout {
     /// (input order).
     pub fn header_bytes(&self, crcs: &[u32]) -> Result<Vec<u8>, CheckpointError> {
         if crcs.len() != self.specs.len() {
-            return Err(CheckpointError::Invalid("one checksum per tensor expected".into()));
+            return Err(CheckpointError::Invalid(
+                "one checksum per tensor expected".into(),
+            ));
         }
         let json = self.header_json(crcs)?;
         let padded = self.header_json_len as usize;
@@ -313,10 +335,14 @@ pub struct ParsedHeader {
 pub fn header_len(prefix: [u8; 8], file_len: u64) -> Result<u64, FormatError> {
     let n = u64::from_le_bytes(prefix);
     if n > MAX_HEADER_LEN {
-        return Err(FormatError::new(format!("header length {n} exceeds the {MAX_HEADER_LEN}-byte limit")));
+        return Err(FormatError::new(format!(
+            "header length {n} exceeds the {MAX_HEADER_LEN}-byte limit"
+        )));
     }
     if n.checked_add(8).map_or(true, |end| end > file_len) {
-        return Err(FormatError::new(format!("header length {n} runs past the end of the {file_len}-byte file")));
+        return Err(FormatError::new(format!(
+            "header length {n} runs past the end of the {file_len}-byte file"
+        )));
     }
     if n < 2 {
         return Err(FormatError::new("header too short"));
@@ -325,7 +351,8 @@ pub fn header_len(prefix: [u8; 8], file_len: u64) -> Result<u64, FormatError> {
 }
 
 fn as_u64(v: &Value, what: &str) -> Result<u64, FormatError> {
-    v.as_u64().ok_or_else(|| FormatError::new(format!("{what} is not a non-negative integer")))
+    v.as_u64()
+        .ok_or_else(|| FormatError::new(format!("{what} is not a non-negative integer")))
 }
 
 fn parse_entry(name: &str, v: &Value, data_len: u64) -> Result<Entry, FormatError> {
@@ -333,14 +360,17 @@ fn parse_entry(name: &str, v: &Value, data_len: u64) -> Result<Entry, FormatErro
         .as_object()
         .ok_or_else(|| FormatError::new(format!("entry of tensor '{name}' is not an object")))?;
     if obj.len() != 3 {
-        return Err(FormatError::new(format!("entry of tensor '{name}' must have exactly dtype, shape, data_offsets")));
+        return Err(FormatError::new(format!(
+            "entry of tensor '{name}' must have exactly dtype, shape, data_offsets"
+        )));
     }
     let dtype_name = obj
         .get("dtype")
         .and_then(Value::as_str)
         .ok_or_else(|| FormatError::new(format!("tensor '{name}' has no dtype")))?;
-    let dtype = Dtype::parse(dtype_name)
-        .ok_or_else(|| FormatError::new(format!("tensor '{name}' has unknown dtype '{dtype_name}'")))?;
+    let dtype = Dtype::parse(dtype_name).ok_or_else(|| {
+        FormatError::new(format!("tensor '{name}' has unknown dtype '{dtype_name}'"))
+    })?;
     let shape = obj
         .get("shape")
         .and_then(Value::as_array)
@@ -353,7 +383,9 @@ fn parse_entry(name: &str, v: &Value, data_len: u64) -> Result<Entry, FormatErro
         .and_then(Value::as_array)
         .ok_or_else(|| FormatError::new(format!("tensor '{name}' has no data_offsets")))?;
     let [start, end] = offsets.as_slice() else {
-        return Err(FormatError::new(format!("data_offsets of tensor '{name}' must be [begin, end]")));
+        return Err(FormatError::new(format!(
+            "data_offsets of tensor '{name}' must be [begin, end]"
+        )));
     };
     let start = as_u64(start, &format!("data_offsets of tensor '{name}'"))?;
     let end = as_u64(end, &format!("data_offsets of tensor '{name}'"))?;
@@ -362,26 +394,39 @@ fn parse_entry(name: &str, v: &Value, data_len: u64) -> Result<Entry, FormatErro
             "tensor '{name}' has data_offsets [{start}, {end}] outside the {data_len}-byte data region"
         )));
     }
-    let nbytes = tensor_nbytes(dtype, &shape)
-        .ok_or_else(|| FormatError::new(format!("tensor '{name}' has an absurd shape {shape:?}")))?;
+    let nbytes = tensor_nbytes(dtype, &shape).ok_or_else(|| {
+        FormatError::new(format!("tensor '{name}' has an absurd shape {shape:?}"))
+    })?;
     if nbytes != end - start {
         return Err(FormatError::new(format!(
             "tensor '{name}' of shape {shape:?} and dtype {dtype_name} needs {nbytes} bytes but data_offsets span {}",
             end - start
         )));
     }
-    Ok(Entry { name: name.to_string(), dtype, shape, start, end })
+    Ok(Entry {
+        name: name.to_string(),
+        dtype,
+        shape,
+        start,
+        end,
+    })
 }
 
 /// Parse and validate the JSON header of a file whose data region is `data_len` bytes long.
 /// Checks every entry (known dtype, shape matching the byte count, offsets in range) and that the
 /// tensors tile the data region exactly.
-pub fn parse_header(json: &[u8], data_start: u64, data_len: u64) -> Result<ParsedHeader, FormatError> {
+pub fn parse_header(
+    json: &[u8],
+    data_start: u64,
+    data_len: u64,
+) -> Result<ParsedHeader, FormatError> {
     if json.first() != Some(&b'{') {
-        return Err(FormatError::new("header does not start with a JSON object (wrong magic)"));
+        return Err(FormatError::new(
+            "header does not start with a JSON object (wrong magic)",
+        ));
     }
-    let root: Value =
-        serde_json::from_slice(json).map_err(|e| FormatError::new(format!("header is not valid JSON: {e}")))?;
+    let root: Value = serde_json::from_slice(json)
+        .map_err(|e| FormatError::new(format!("header is not valid JSON: {e}")))?;
     let Value::Object(root) = root else {
         return Err(FormatError::new("header is not a JSON object"));
     };
@@ -389,11 +434,13 @@ pub fn parse_header(json: &[u8], data_start: u64, data_len: u64) -> Result<Parse
     let mut entries = Vec::with_capacity(root.len());
     for (name, v) in &root {
         if name == METADATA_KEY {
-            let obj = v.as_object().ok_or_else(|| FormatError::new("__metadata__ is not an object"))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| FormatError::new("__metadata__ is not an object"))?;
             for (k, v) in obj {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| FormatError::new(format!("metadata value '{k}' is not a string")))?;
+                let s = v.as_str().ok_or_else(|| {
+                    FormatError::new(format!("metadata value '{k}' is not a string"))
+                })?;
                 metadata.insert(k.clone(), s.to_string());
             }
         } else {
@@ -404,8 +451,15 @@ pub fn parse_header(json: &[u8], data_start: u64, data_len: u64) -> Result<Parse
     let mut cursor = 0u64;
     for e in &entries {
         if e.start != cursor {
-            let what = if e.start < cursor { "overlaps the previous tensor" } else { "leaves a gap before it" };
-            return Err(FormatError::new(format!("tensor '{}' {what} (offset {})", e.name, e.start)));
+            let what = if e.start < cursor {
+                "overlaps the previous tensor"
+            } else {
+                "leaves a gap before it"
+            };
+            return Err(FormatError::new(format!(
+                "tensor '{}' {what} (offset {})",
+                e.name, e.start
+            )));
         }
         cursor = e.end;
     }
@@ -414,7 +468,12 @@ pub fn parse_header(json: &[u8], data_start: u64, data_len: u64) -> Result<Parse
             "tensors cover {cursor} bytes but the data region holds {data_len} (truncated or padded file)"
         )));
     }
-    Ok(ParsedHeader { data_start, data_len, entries, metadata })
+    Ok(ParsedHeader {
+        data_start,
+        data_len,
+        entries,
+        metadata,
+    })
 }
 
 /// Parse a whole file held in memory (the prefix, the header, and the data region's bounds).
@@ -443,22 +502,39 @@ pub fn ferrotrain_checksums(header: &ParsedHeader) -> Result<Vec<u32>, FormatErr
     let meta = &header.metadata;
     match meta.get(FORMAT_KEY).map(String::as_str) {
         Some(FORMAT_VERSION) => {}
-        Some(v) => return Err(FormatError::new(format!("unsupported ferrotrain format version '{v}'"))),
-        None => return Err(FormatError::new("not a ferrotrain checkpoint (no ferrotrain.format metadata)")),
+        Some(v) => {
+            return Err(FormatError::new(format!(
+                "unsupported ferrotrain format version '{v}'"
+            )))
+        }
+        None => {
+            return Err(FormatError::new(
+                "not a ferrotrain checkpoint (no ferrotrain.format metadata)",
+            ))
+        }
     }
-    let tree = meta.get(TREE_KEY).ok_or_else(|| FormatError::new("no ferrotrain.tree metadata"))?;
+    let tree = meta
+        .get(TREE_KEY)
+        .ok_or_else(|| FormatError::new("no ferrotrain.tree metadata"))?;
     let tree_crc = meta
         .get(TREE_CHECKSUM_KEY)
         .map(|s| parse_crc("ferrotrain.tree", &Value::String(s.clone())))
         .transpose()?
         .ok_or_else(|| FormatError::new("no ferrotrain.tree_crc32 metadata"))?;
     if crc32fast::hash(tree.as_bytes()) != tree_crc {
-        return Err(FormatError::new("checksum mismatch in the ferrotrain.tree metadata"));
+        return Err(FormatError::new(
+            "checksum mismatch in the ferrotrain.tree metadata",
+        ));
     }
-    let sums = meta.get(CHECKSUMS_KEY).ok_or_else(|| FormatError::new("no ferrotrain.crc32 metadata"))?;
-    let sums: Value = serde_json::from_str(sums)
-        .map_err(|e| FormatError::new(format!("ferrotrain.crc32 metadata is not valid JSON: {e}")))?;
-    let sums = sums.as_object().ok_or_else(|| FormatError::new("ferrotrain.crc32 metadata is not an object"))?;
+    let sums = meta
+        .get(CHECKSUMS_KEY)
+        .ok_or_else(|| FormatError::new("no ferrotrain.crc32 metadata"))?;
+    let sums: Value = serde_json::from_str(sums).map_err(|e| {
+        FormatError::new(format!("ferrotrain.crc32 metadata is not valid JSON: {e}"))
+    })?;
+    let sums = sums
+        .as_object()
+        .ok_or_else(|| FormatError::new("ferrotrain.crc32 metadata is not an object"))?;
     if sums.len() != header.entries.len() {
         return Err(FormatError::new(format!(
             "{} checksums for {} tensors",

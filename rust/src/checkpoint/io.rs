@@ -23,15 +23,19 @@ use super::parallel;
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn temp_path(path: &Path) -> Result<(PathBuf, PathBuf), CheckpointError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| CheckpointError::Invalid(format!("'{}' does not name a file", path.display())))?;
+    let name = path.file_name().ok_or_else(|| {
+        CheckpointError::Invalid(format!("'{}' does not name a file", path.display()))
+    })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.{n}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     Ok((dir, tmp))
 }
 
@@ -41,7 +45,9 @@ fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), CheckpointError
     {
         use std::os::fd::AsRawFd;
         let Ok(len_i) = libc::off_t::try_from(len) else {
-            return Err(CheckpointError::Invalid(format!("checkpoint of {len} bytes is too large")));
+            return Err(CheckpointError::Invalid(format!(
+                "checkpoint of {len} bytes is too large"
+            )));
         };
         if len_i > 0 {
             // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
@@ -49,9 +55,16 @@ fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), CheckpointError
             if rc != 0 {
                 let err = std::io::Error::last_os_error();
                 // Filesystems without fallocate: fall back to growing the file as we write.
-                let unsupported = matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS));
+                let unsupported = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                );
                 if !unsupported {
-                    return Err(CheckpointError::io(path, "cannot reserve space for the checkpoint", err));
+                    return Err(CheckpointError::io(
+                        path,
+                        "cannot reserve space for the checkpoint",
+                        err,
+                    ));
                 }
             }
         }
@@ -63,7 +76,12 @@ fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), CheckpointError
     Ok(())
 }
 
-fn write_body(file: &File, path: &Path, layout: &Layout, sources: &[&[u8]]) -> Result<(), CheckpointError> {
+fn write_body(
+    file: &File,
+    path: &Path,
+    layout: &Layout,
+    sources: &[&[u8]],
+) -> Result<(), CheckpointError> {
     preallocate(file, layout.file_len(), path)?;
     let lens = layout.nbytes();
     let offsets = layout.offsets();
@@ -78,33 +96,60 @@ fn write_body(file: &File, path: &Path, layout: &Layout, sources: &[&[u8]]) -> R
         let mut h = crc32fast::Hasher::new();
         h.update(bytes);
         let at = data_start + offsets[p.tensor] + p.start;
-        file.write_all_at(bytes, at).map_err(|e| CheckpointError::io(path, "cannot write tensor data", e))?;
+        file.write_all_at(bytes, at)
+            .map_err(|e| CheckpointError::io(path, "cannot write tensor data", e))?;
         Ok(h)
     })?;
     let crcs = parallel::combine_crcs(lens, &pieces, &states);
     let header = layout.header_bytes(&crcs)?;
-    file.write_all_at(&header, 0).map_err(|e| CheckpointError::io(path, "cannot write the header", e))?;
-    file.sync_all().map_err(|e| CheckpointError::io(path, "cannot flush the checkpoint to disk (fsync)", e))
+    file.write_all_at(&header, 0)
+        .map_err(|e| CheckpointError::io(path, "cannot write the header", e))?;
+    file.sync_all()
+        .map_err(|e| CheckpointError::io(path, "cannot flush the checkpoint to disk (fsync)", e))
 }
 
 /// Write a checkpoint atomically and durably: `sources[i]` holds the bytes of `layout.specs()[i]`.
 /// When this returns Ok, the file is on disk under `path` (data and directory entry fsynced).
-pub fn write_atomic(path: &Path, layout: &Layout, sources: &[&[u8]]) -> Result<(), CheckpointError> {
+pub fn write_atomic(
+    path: &Path,
+    layout: &Layout,
+    sources: &[&[u8]],
+) -> Result<(), CheckpointError> {
     if sources.len() != layout.specs().len()
-        || sources.iter().zip(layout.nbytes()).any(|(s, &n)| s.len() as u64 != n)
+        || sources
+            .iter()
+            .zip(layout.nbytes())
+            .any(|(s, &n)| s.len() as u64 != n)
     {
-        return Err(CheckpointError::Invalid("tensor byte counts do not match the layout".into()));
+        return Err(CheckpointError::Invalid(
+            "tensor byte counts do not match the layout".into(),
+        ));
     }
     let (dir, tmp) = temp_path(path)?;
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| CheckpointError::io(path, format!("cannot create a temporary file in '{}'", dir.display()), e))?;
+        .map_err(|e| {
+            CheckpointError::io(
+                path,
+                format!("cannot create a temporary file in '{}'", dir.display()),
+                e,
+            )
+        })?;
     let written = write_body(&file, path, layout, sources);
     drop(file);
+    // Hold the file being replaced open across the rename: the kernel then frees its blocks
+    // when we close it (off the critical path, below) instead of inside `rename`, which costs
+    // ~0.1 s per 400 MB on ext4.
+    let replaced = match std::fs::symlink_metadata(path) {
+        // Only a regular file: opening a FIFO for reading would block.
+        Ok(m) if written.is_ok() && m.is_file() => File::open(path).ok(),
+        _ => None,
+    };
     let renamed = written.and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|e| CheckpointError::io(path, "cannot move the new checkpoint into place", e))
+        std::fs::rename(&tmp, path)
+            .map_err(|e| CheckpointError::io(path, "cannot move the new checkpoint into place", e))
     });
     if let Err(e) = renamed {
         // Best effort: the temporary file is garbage now; the error that matters is `e`.
@@ -112,26 +157,52 @@ pub fn write_atomic(path: &Path, layout: &Layout, sources: &[&[u8]]) -> Result<(
         return Err(e);
     }
     // Make the rename itself durable.
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| CheckpointError::io(path, format!("cannot fsync the folder '{}'", dir.display()), e))
+    let synced = File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| {
+        CheckpointError::io(
+            path,
+            format!("cannot fsync the folder '{}'", dir.display()),
+            e,
+        )
+    });
+    if let Some(old) = replaced {
+        release_in_background(old);
+    }
+    synced
+}
+
+/// Close the replaced file on a short-lived thread: the last close of an unlinked file frees
+/// its blocks, which need not delay the caller. (If the thread cannot start, the closure is
+/// dropped and the file closed right here.)
+fn release_in_background(old: File) {
+    let _ = std::thread::Builder::new()
+        .name("ferrotrain-ckpt-free".into())
+        .spawn(move || drop(old));
 }
 
 /// Read and validate the header of an open checkpoint file (ferrotrain metadata included).
 /// Returns the header and the expected CRC-32 of each entry, in entry order.
 pub fn read_header(file: &File, path: &Path) -> Result<(ParsedHeader, Vec<u32>), CheckpointError> {
-    let file_len = file.metadata().map_err(|e| CheckpointError::io(path, "cannot stat", e))?.len();
+    let file_len = file
+        .metadata()
+        .map_err(|e| CheckpointError::io(path, "cannot stat", e))?
+        .len();
     let mut prefix = [0u8; 8];
     if file_len < 8 {
-        return Err(CheckpointError::corrupt(path, format!("file of {file_len} bytes is too short to be a checkpoint")));
+        return Err(CheckpointError::corrupt(
+            path,
+            format!("file of {file_len} bytes is too short to be a checkpoint"),
+        ));
     }
-    file.read_exact_at(&mut prefix, 0).map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+    file.read_exact_at(&mut prefix, 0)
+        .map_err(|e| CheckpointError::io(path, "cannot read", e))?;
     let n = format::header_len(prefix, file_len).map_err(|e| e.at(path))?;
     // `n` is at most MAX_HEADER_LEN and fits in the file: the allocation is bounded.
     let mut json = vec![0u8; n as usize];
-    file.read_exact_at(&mut json, 8).map_err(|e| CheckpointError::io(path, "cannot read the header", e))?;
+    file.read_exact_at(&mut json, 8)
+        .map_err(|e| CheckpointError::io(path, "cannot read the header", e))?;
     let data_start = 8 + n;
-    let header = format::parse_header(&json, data_start, file_len - data_start).map_err(|e| e.at(path))?;
+    let header =
+        format::parse_header(&json, data_start, file_len - data_start).map_err(|e| e.at(path))?;
     let crcs = format::ferrotrain_checksums(&header).map_err(|e| e.at(path))?;
     Ok((header, crcs))
 }
@@ -169,17 +240,24 @@ pub fn check_bytes(file: &[u8], verify: bool) -> Result<ParsedHeader, FormatErro
 }
 
 /// Validate an open checkpoint file and, when `verify`, check every tensor's checksum.
-pub fn open_checkpoint(file: &File, path: &Path, verify: bool) -> Result<ParsedHeader, CheckpointError> {
+pub fn open_checkpoint(
+    file: &File,
+    path: &Path,
+    verify: bool,
+) -> Result<ParsedHeader, CheckpointError> {
     let (header, crcs) = read_header(file, path)?;
     if verify && header.data_len > 0 {
         // SAFETY: the map is read-only and private to this call. Another process truncating the
         // file meanwhile could fault the reads (the usual caveat of memory-mapped I/O); we check
         // the mapped length against what we parsed before touching the data.
-        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| CheckpointError::io(path, "cannot map", e))?;
+        let map = unsafe { memmap2::Mmap::map(file) }
+            .map_err(|e| CheckpointError::io(path, "cannot map", e))?;
         let data = map
             .get(header.data_start as usize..)
             .filter(|d| d.len() as u64 == header.data_len)
-            .ok_or_else(|| CheckpointError::corrupt(path, "the file changed size while being read"))?;
+            .ok_or_else(|| {
+                CheckpointError::corrupt(path, "the file changed size while being read")
+            })?;
         verify_data(data, &header, &crcs).map_err(|e| e.at(path))?;
     }
     Ok(header)

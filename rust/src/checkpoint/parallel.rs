@@ -27,7 +27,11 @@ pub fn pieces(lens: &[u64]) -> Vec<Piece> {
         let mut start = 0;
         while start < len {
             let n = PIECE.min(len - start);
-            out.push(Piece { tensor, start, len: n });
+            out.push(Piece {
+                tensor,
+                start,
+                len: n,
+            });
             start += n;
         }
     }
@@ -70,12 +74,14 @@ where
         Ok(done)
     };
     let per_thread: Vec<Result<Vec<(usize, T)>, CheckpointError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(&worker)).collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
         handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(CheckpointError::Invalid("internal error: a checkpoint worker thread panicked".into()))
+                    Err(CheckpointError::Invalid(
+                        "internal error: a checkpoint worker thread panicked".into(),
+                    ))
                 })
             })
             .collect()
@@ -90,7 +96,9 @@ where
     }
     slots
         .into_iter()
-        .map(|s| s.ok_or_else(|| CheckpointError::Invalid("internal error: a piece was skipped".into())))
+        .map(|s| {
+            s.ok_or_else(|| CheckpointError::Invalid("internal error: a piece was skipped".into()))
+        })
         .collect()
 }
 
@@ -133,13 +141,21 @@ unsafe impl Sync for SharedDst {}
 pub fn parallel_copy(dst: &mut [u8], copies: &[(&[u8], u64)]) -> Result<(), CheckpointError> {
     let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(copies.len());
     for (src, off) in copies {
-        let end = off.checked_add(src.len() as u64).filter(|&e| e <= dst.len() as u64).ok_or_else(|| {
-            CheckpointError::Invalid(format!("copy of {} bytes at {off} runs past the buffer", src.len()))
-        })?;
+        let end = off
+            .checked_add(src.len() as u64)
+            .filter(|&e| e <= dst.len() as u64)
+            .ok_or_else(|| {
+                CheckpointError::Invalid(format!(
+                    "copy of {} bytes at {off} runs past the buffer",
+                    src.len()
+                ))
+            })?;
         let dst_range = dst.as_ptr_range();
         let src_range = src.as_ptr_range();
         if !src.is_empty() && src_range.start < dst_range.end && dst_range.start < src_range.end {
-            return Err(CheckpointError::Invalid("a source tensor overlaps the snapshot buffer".into()));
+            return Err(CheckpointError::Invalid(
+                "a source tensor overlaps the snapshot buffer".into(),
+            ));
         }
         ranges.push((*off, end));
     }
@@ -164,9 +180,40 @@ pub fn parallel_copy(dst: &mut [u8], copies: &[(&[u8], u64)]) -> Result<(), Chec
         // destination ranges of different copies are disjoint (checked) and pieces of one copy
         // are disjoint, so no two threads write the same byte; `src` does not overlap `dst`.
         unsafe {
-            std::ptr::copy_nonoverlapping(from.as_ptr(), base.0.add((off + p.start) as usize), from.len());
+            std::ptr::copy_nonoverlapping(
+                from.as_ptr(),
+                base.0.add((off + p.start) as usize),
+                from.len(),
+            );
         }
         Ok(())
     })?;
     Ok(())
+}
+
+/// Ask the kernel to back `buf` with transparent huge pages (where the system allows it on
+/// request): a fresh snapshot buffer then takes 2 MiB page faults instead of 4 KiB ones, which
+/// makes the first snapshot into it several times faster. Advice only: errors are ignored.
+pub fn advise_huge_pages(buf: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = buf.as_mut_ptr() as usize;
+        let end = start + buf.len();
+        let aligned_start = start.div_ceil(HUGE) * HUGE;
+        let aligned_end = end / HUGE * HUGE;
+        if aligned_end > aligned_start {
+            // SAFETY: the range lies inside `buf`, which we borrow mutably; MADV_HUGEPAGE changes
+            // how future faults are served, never the contents.
+            unsafe {
+                libc::madvise(
+                    aligned_start as *mut libc::c_void,
+                    aligned_end - aligned_start,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
 }

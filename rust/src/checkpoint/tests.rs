@@ -11,7 +11,11 @@ use super::parallel;
 use super::{AsyncWriter, CheckpointError};
 
 fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> TensorSpec {
-    TensorSpec { name: name.into(), dtype, shape: shape.to_vec() }
+    TensorSpec {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+    }
 }
 
 fn meta() -> BTreeMap<String, String> {
@@ -20,13 +24,20 @@ fn meta() -> BTreeMap<String, String> {
 
 /// Deterministic bytes for a tensor of `n` bytes.
 fn bytes_for(seed: u8, n: u64) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// A valid file built in memory, plus its layout.
 fn encode(specs: Vec<TensorSpec>, tree: &str) -> (Vec<u8>, Layout) {
     let layout = Layout::new(specs, tree, meta()).unwrap();
-    let data: Vec<Vec<u8>> = layout.nbytes().iter().enumerate().map(|(i, &n)| bytes_for(i as u8, n)).collect();
+    let data: Vec<Vec<u8>> = layout
+        .nbytes()
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| bytes_for(i as u8, n))
+        .collect();
     let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let crcs = parallel::crcs_of(&slices).unwrap();
     let mut file = layout.header_bytes(&crcs).unwrap();
@@ -110,7 +121,11 @@ fn valid_file_parses_with_every_entry() {
 
 #[test]
 fn layout_rejects_duplicate_and_reserved_names() {
-    let dup = Layout::new(vec![spec("a", Dtype::U8, &[1]), spec("a", Dtype::U8, &[1])], "{}", meta());
+    let dup = Layout::new(
+        vec![spec("a", Dtype::U8, &[1]), spec("a", Dtype::U8, &[1])],
+        "{}",
+        meta(),
+    );
     assert!(matches!(dup, Err(CheckpointError::Invalid(_))));
     let reserved = Layout::new(vec![spec("__metadata__", Dtype::U8, &[1])], "{}", meta());
     assert!(reserved.is_err());
@@ -156,24 +171,55 @@ fn flipped_data_bit_names_the_tensor() {
 #[test]
 fn bad_entries_are_corrupt() {
     let (file, _) = sample();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("unknown dtype", Box::new(|v| v["w32"]["dtype"] = "F17".into())),
-        ("needs", Box::new(|v| v["w32"]["shape"] = serde_json::json!([2, 4]))),
-        ("absurd", Box::new(|v| v["empty"]["shape"] = serde_json::json!([0, u64::MAX]))),
-        ("outside", Box::new(|v| v["w32"]["data_offsets"] = serde_json::json!([0, 1u64 << 40]))),
-        ("overlaps", Box::new(|v| {
-            let s = v["mask"]["data_offsets"][0].as_u64().unwrap();
-            v["mask"]["data_offsets"] = serde_json::json!([s - 1, s + 6]);
-        })),
-        ("not a non-negative integer", Box::new(|v| v["w32"]["shape"] = serde_json::json!([-2, 3]))),
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "unknown dtype",
+            Box::new(|v| v["w32"]["dtype"] = "F17".into()),
+        ),
+        (
+            "needs",
+            Box::new(|v| v["w32"]["shape"] = serde_json::json!([2, 4])),
+        ),
+        (
+            "absurd",
+            Box::new(|v| v["empty"]["shape"] = serde_json::json!([0, u64::MAX])),
+        ),
+        (
+            "outside",
+            Box::new(|v| v["w32"]["data_offsets"] = serde_json::json!([0, 1u64 << 40])),
+        ),
+        (
+            "overlaps",
+            Box::new(|v| {
+                let s = v["mask"]["data_offsets"][0].as_u64().unwrap();
+                v["mask"]["data_offsets"] = serde_json::json!([s - 1, s + 6]);
+            }),
+        ),
+        (
+            "not a non-negative integer",
+            Box::new(|v| v["w32"]["shape"] = serde_json::json!([-2, 3])),
+        ),
         ("exactly", Box::new(|v| v["w32"]["extra"] = 1.into())),
-        ("checksum", Box::new(|v| {
-            v["__metadata__"][format::CHECKSUMS_KEY] = r#"{"w32":"zz"}"#.into();
-        })),
-        ("not a ferrotrain checkpoint", Box::new(|v| {
-            v["__metadata__"].as_object_mut().unwrap().remove(format::FORMAT_KEY);
-        })),
-        ("tree", Box::new(|v| v["__metadata__"][format::TREE_KEY] = "{}".into())),
+        (
+            "checksum",
+            Box::new(|v| {
+                v["__metadata__"][format::CHECKSUMS_KEY] = r#"{"w32":"zz"}"#.into();
+            }),
+        ),
+        (
+            "not a ferrotrain checkpoint",
+            Box::new(|v| {
+                v["__metadata__"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove(format::FORMAT_KEY);
+            }),
+        ),
+        (
+            "tree",
+            Box::new(|v| v["__metadata__"][format::TREE_KEY] = "{}".into()),
+        ),
     ];
     for (want, edit) in cases {
         let msg = err_of(&with_header(&file, edit));
@@ -185,7 +231,12 @@ fn bad_entries_are_corrupt() {
 fn write_then_open_round_trips_and_replaces_atomically() {
     let dir = temp_dir("rt");
     let path = dir.join("a.ckpt");
-    let layout = Layout::new(vec![spec("x", Dtype::F32, &[4]), spec("y", Dtype::U8, &[3])], "{}", meta()).unwrap();
+    let layout = Layout::new(
+        vec![spec("x", Dtype::F32, &[4]), spec("y", Dtype::U8, &[3])],
+        "{}",
+        meta(),
+    )
+    .unwrap();
     let x = bytes_for(1, 16);
     let y = bytes_for(2, 3);
     write_atomic(&path, &layout, &[&x, &y]).unwrap();
@@ -205,7 +256,9 @@ fn write_then_open_round_trips_and_replaces_atomically() {
 
 #[test]
 fn write_into_missing_folder_names_the_path() {
-    let path = std::env::temp_dir().join("ferrotrain-no-such-dir").join("x.ckpt");
+    let path = std::env::temp_dir()
+        .join("ferrotrain-no-such-dir")
+        .join("x.ckpt");
     let layout = Layout::new(vec![], "{}", meta()).unwrap();
     let err = write_atomic(&path, &layout, &[]).unwrap_err();
     assert!(matches!(err, CheckpointError::Io { .. }));
@@ -217,18 +270,36 @@ fn async_writer_reports_each_result_once() {
     let dir = temp_dir("async");
     let layout = Layout::new(vec![spec("x", Dtype::I64, &[2])], "{}", meta()).unwrap();
     let mut w = AsyncWriter::new();
-    w.start(dir.join("ok.ckpt"), layout.clone(), Box::new(bytes_for(3, 16))).unwrap();
+    w.start(
+        dir.join("ok.ckpt"),
+        layout.clone(),
+        Box::new(bytes_for(3, 16)),
+    )
+    .unwrap();
     assert!(w.in_flight());
     w.wait().unwrap();
     assert!(!w.in_flight());
     assert!(dir.join("ok.ckpt").exists());
     // A failing write: its error comes back at the next start, which is then not started.
-    w.start(dir.join("missing").join("x.ckpt"), layout.clone(), Box::new(bytes_for(3, 16))).unwrap();
-    let err = w.start(dir.join("next.ckpt"), layout.clone(), Box::new(bytes_for(3, 16))).unwrap_err();
+    w.start(
+        dir.join("missing").join("x.ckpt"),
+        layout.clone(),
+        Box::new(bytes_for(3, 16)),
+    )
+    .unwrap();
+    let err = w
+        .start(
+            dir.join("next.ckpt"),
+            layout.clone(),
+            Box::new(bytes_for(3, 16)),
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("x.ckpt"), "{err}");
     assert!(!w.in_flight());
     w.wait().unwrap();
-    assert!(w.start(dir.join("small.ckpt"), layout, Box::new(vec![0u8; 3])).is_err());
+    assert!(w
+        .start(dir.join("small.ckpt"), layout, Box::new(vec![0u8; 3]))
+        .is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -247,7 +318,10 @@ fn parallel_copy_places_bytes_and_rejects_overlaps() {
 #[test]
 fn crcs_of_split_tensors_match_a_single_pass() {
     let big = bytes_for(7, 2 * parallel::PIECE + 5);
-    assert_eq!(parallel::crcs_of(&[&big, &[]]).unwrap(), vec![crc32fast::hash(&big), 0]);
+    assert_eq!(
+        parallel::crcs_of(&[&big, &[]]).unwrap(),
+        vec![crc32fast::hash(&big), 0]
+    );
 }
 
 fn arb_dtype() -> impl Strategy<Value = Dtype> {
@@ -255,8 +329,19 @@ fn arb_dtype() -> impl Strategy<Value = Dtype> {
 }
 
 fn arb_specs() -> impl Strategy<Value = Vec<TensorSpec>> {
-    proptest::collection::vec((arb_dtype(), proptest::collection::vec(0u64..5, 0..3)), 0..6).prop_map(|v| {
-        v.into_iter().enumerate().map(|(i, (d, s))| TensorSpec { name: format!("t{i}"), dtype: d, shape: s }).collect()
+    proptest::collection::vec(
+        (arb_dtype(), proptest::collection::vec(0u64..5, 0..3)),
+        0..6,
+    )
+    .prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (d, s))| TensorSpec {
+                name: format!("t{i}"),
+                dtype: d,
+                shape: s,
+            })
+            .collect()
     })
 }
 

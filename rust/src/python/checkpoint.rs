@@ -16,12 +16,16 @@ use pyo3::prelude::*;
 
 use super::errors::ferro_err;
 use crate::checkpoint::{
-    open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource, CheckpointError, Dtype, Layout,
-    TensorSpec,
+    open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource, CheckpointError, Dtype,
+    Layout, TensorSpec,
 };
 
 fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
-    let class = if e.is_corrupt() { "CorruptCheckpointError" } else { "CheckpointError" };
+    let class = if e.is_corrupt() {
+        "CorruptCheckpointError"
+    } else {
+        "CheckpointError"
+    };
     ferro_err(py, class, e.to_string())
 }
 
@@ -58,7 +62,9 @@ impl PyLayout {
             .into_iter()
             .map(|(name, dtype, shape)| match Dtype::parse(&dtype) {
                 Some(dtype) => Ok(TensorSpec { name, dtype, shape }),
-                None => Err(CheckpointError::Invalid(format!("tensor '{name}' has unsupported dtype '{dtype}'"))),
+                None => Err(CheckpointError::Invalid(format!(
+                    "tensor '{name}' has unsupported dtype '{dtype}'"
+                ))),
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| to_py(py, e))?;
@@ -88,11 +94,19 @@ impl PyLayout {
 /// Write a checkpoint atomically and durably from the tensors' own memory: `sources[i]` is the
 /// `(data_ptr, nbytes)` of the i-th spec's contiguous CPU tensor. The GIL is released.
 #[pyfunction]
-fn checkpoint_write(py: Python<'_>, path: PathBuf, layout: PyRef<'_, PyLayout>, sources: Vec<(usize, usize)>) -> PyResult<()> {
+fn checkpoint_write(
+    py: Python<'_>,
+    path: PathBuf,
+    layout: PyRef<'_, PyLayout>,
+    sources: Vec<(usize, usize)>,
+) -> PyResult<()> {
     let layout = &layout.inner;
     py.detach(|| {
         // SAFETY: see the module docs; the caller holds the tensors for the whole call.
-        let slices: Vec<&[u8]> = sources.iter().map(|&(p, n)| unsafe { bytes_at(p, n) }).collect();
+        let slices: Vec<&[u8]> = sources
+            .iter()
+            .map(|&(p, n)| unsafe { bytes_at(p, n) })
+            .collect();
         write_atomic(&path, layout, &slices)
     })
     .map_err(|e| to_py(py, e))
@@ -113,13 +127,32 @@ fn checkpoint_read(
     // SAFETY: the caller's file object keeps `fd` open during this call; we only duplicate it.
     let owned = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
-        .map_err(|e| to_py(py, CheckpointError::Io { path: path.clone(), what: "cannot open".into(), source: e }))?;
+        .map_err(|e| {
+            to_py(
+                py,
+                CheckpointError::Io {
+                    path: path.clone(),
+                    what: "cannot open".into(),
+                    source: e,
+                },
+            )
+        })?;
     let file = std::fs::File::from(owned);
-    let header = py.detach(|| open_checkpoint(&file, &path, verify)).map_err(|e| to_py(py, e))?;
+    let header = py
+        .detach(|| open_checkpoint(&file, &path, verify))
+        .map_err(|e| to_py(py, e))?;
     let entries = header
         .entries
         .into_iter()
-        .map(|e| (e.name, e.dtype.name(), e.shape, header.data_start + e.start, e.end - e.start))
+        .map(|e| {
+            (
+                e.name,
+                e.dtype.name(),
+                e.shape,
+                header.data_start + e.start,
+                e.end - e.start,
+            )
+        })
         .collect();
     Ok((entries, header.metadata))
 }
@@ -145,13 +178,19 @@ pub struct PyAsyncWriter {
     // Dropped first: a dropped writer finishes its file before the buffer is released.
     inner: AsyncWriter,
     buffer: Option<Py<PyAny>>,
+    /// Address of the last snapshot buffer, to advise a new one once.
+    last_buffer: usize,
 }
 
 #[pymethods]
 impl PyAsyncWriter {
     #[new]
     fn new() -> Self {
-        Self { inner: AsyncWriter::new(), buffer: None }
+        Self {
+            inner: AsyncWriter::new(),
+            last_buffer: 0,
+            buffer: None,
+        }
     }
 
     /// True while a write has been submitted and not yet waited for.
@@ -185,8 +224,13 @@ impl PyAsyncWriter {
         self.wait(py)?;
         let layout = layout.inner.clone();
         if (buffer_len as u64) < layout.data_len() || (buffer_ptr == 0 && buffer_len > 0) {
-            return Err(to_py(py, CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into())));
+            return Err(to_py(
+                py,
+                CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into()),
+            ));
         }
+        let fresh = self.last_buffer != buffer_ptr;
+        self.last_buffer = buffer_ptr;
         let inner = &mut self.inner;
         py.detach(|| {
             let mut empty = [0u8; 0];
@@ -198,9 +242,22 @@ impl PyAsyncWriter {
                 unsafe { std::slice::from_raw_parts_mut(buffer_ptr as *mut u8, buffer_len) }
             };
             // SAFETY: see the module docs; the caller holds the source tensors for the call.
-            let srcs: Vec<(&[u8], u64)> = copies.iter().map(|&(p, n, off)| (unsafe { bytes_at(p, n) }, off)).collect();
+            let srcs: Vec<(&[u8], u64)> = copies
+                .iter()
+                .map(|&(p, n, off)| (unsafe { bytes_at(p, n) }, off))
+                .collect();
+            if fresh {
+                parallel::advise_huge_pages(dst);
+            }
             parallel::parallel_copy(dst, &srcs)?;
-            inner.start(path, layout, Box::new(ForeignBuffer { ptr: buffer_ptr, len: buffer_len }))
+            inner.start(
+                path,
+                layout,
+                Box::new(ForeignBuffer {
+                    ptr: buffer_ptr,
+                    len: buffer_len,
+                }),
+            )
         })
         .map_err(|e| to_py(py, e))?;
         self.buffer = Some(buffer);
