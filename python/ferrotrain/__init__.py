@@ -3,13 +3,28 @@
     import ferrotrain as L
     trainer = L.Trainer(max_epochs=3)
     trainer.fit(model, train_loader, val_loader)
+
+The module classes are imported eagerly (user code subclasses them at import time); the Trainer
+and its loops load on first use, so `import ferrotrain` costs little on top of `import torch`.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from ferrotrain._core import __version__
 from ferrotrain.callbacks.callback import Callback
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
-from ferrotrain.trainer.trainer import Trainer
 from ferrotrain.utilities.seed import seed_everything
 
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Trainer":
+        from ferrotrain.trainer.trainer import Trainer
+
+        globals()["Trainer"] = Trainer
+        return Trainer
+    raise AttributeError(f"module 'ferrotrain' has no attribute {name!r}")

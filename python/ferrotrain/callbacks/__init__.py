@@ -1,31 +1,39 @@
 """Callbacks with Lightning 2.x's API. `Callback` is the base class; the rest are the everyday
-callbacks Lightning ships. (`ModelCheckpoint` is imported here too, from its own module.)"""
+callbacks Lightning ships, each imported on first use so `import ferrotrain` stays light."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ferrotrain.callbacks.callback import Callback
 from ferrotrain.callbacks.checkpoint import Checkpoint
-from ferrotrain.callbacks.early_stopping import EarlyStopping
-from ferrotrain.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
-from ferrotrain.callbacks.lambda_function import LambdaCallback
-from ferrotrain.callbacks.lr_monitor import LearningRateMonitor
-from ferrotrain.callbacks.model_summary import ModelSummary
-from ferrotrain.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
-from ferrotrain.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
-from ferrotrain.callbacks.timer import Timer
 
-from ferrotrain.callbacks.model_checkpoint import ModelCheckpoint
+_LAZY = {
+    "EarlyStopping": "early_stopping",
+    "GradientAccumulationScheduler": "gradient_accumulation_scheduler",
+    "LambdaCallback": "lambda_function",
+    "LearningRateMonitor": "lr_monitor",
+    "ModelCheckpoint": "model_checkpoint",
+    "ModelSummary": "model_summary",
+    "OnExceptionCheckpoint": "on_exception_checkpoint",
+    "ProgressBar": "progress",
+    "RichProgressBar": "progress",
+    "TQDMProgressBar": "progress",
+    "Timer": "timer",
+}
 
-__all__ = [
-    "Callback",
-    "Checkpoint",
-    "EarlyStopping",
-    "GradientAccumulationScheduler",
-    "LambdaCallback",
-    "LearningRateMonitor",
-    "ModelCheckpoint",
-    "ModelSummary",
-    "OnExceptionCheckpoint",
-    "ProgressBar",
-    "RichProgressBar",
-    "TQDMProgressBar",
-    "Timer",
-]
+__all__ = ["Callback", "Checkpoint", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferrotrain.callbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ferrotrain.callbacks.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
