@@ -41,10 +41,12 @@ class FitLoop:
     def run(self) -> None:
         trainer = self.trainer
         schedule = trainer._schedule
+        # Lightning's `_FitLoop.skip`: nothing to train (no batches, or the limits are already
+        # reached) runs no training hooks at all.
+        if trainer.num_training_batches == 0 or schedule.fit_done():
+            return
         trainer._call_hooks("on_train_start")
         while not schedule.fit_done():
-            if trainer.num_training_batches == 0:
-                break
             self._run_epoch()
         trainer._call_hooks("on_train_end")
 
@@ -127,8 +129,11 @@ class FitLoop:
                         step_schedulers(trainer, epoch_scheds, "epoch", False, trainer.current_epoch)
                     return False
             out = run_step(batch, batch_idx, flags)
-            if step_scheds and flags & STEP:
-                step_schedulers(trainer, step_scheds, "step", False, batch_idx)
+            if flags & STEP:
+                # The schedule counts the step in `end_batch`; the batch-end hooks already see it.
+                trainer._step_pending = 1
+                if step_scheds:
+                    step_schedulers(trainer, step_scheds, "step", False, batch_idx)
             if flags & LAST:
                 self._last_batch_reached = True
                 if epoch_scheds:
@@ -141,6 +146,7 @@ class FitLoop:
                     m_end(out, batch, batch_idx)
             if progress is not None:
                 progress(batch_idx)
+            trainer._step_pending = 0
             return None
 
         return train_batch

@@ -119,6 +119,7 @@ class Trainer:
         self._fit_loop: Any = None
         self._progress_train_batch: Any = None
         self._should_stop = False
+        self._step_pending = 0
         self._new_schedule(has_validation=False, automatic=True)
 
     # ------------------------------------------------------------------ construction helpers
@@ -226,8 +227,9 @@ class Trainer:
         return self._config.check_val_every_n_epoch
 
     @property
-    def num_sanity_val_steps(self) -> int:
-        return self._config.num_sanity_val_steps
+    def num_sanity_val_steps(self) -> Union[int, float]:
+        steps = self._config.num_sanity_val_steps
+        return INF if steps == -1 else steps
 
     @property
     def log_every_n_steps(self) -> int:
@@ -307,7 +309,9 @@ class Trainer:
 
     @property
     def global_step(self) -> int:
-        return self._schedule.global_step
+        # `_step_pending`: the batch's optimizer step is done but the schedule counts it only at the
+        # batch's end; Lightning's `on_train_batch_end` already sees it.
+        return self._schedule.global_step + self._step_pending
 
     @property
     def current_epoch(self) -> int:
@@ -357,9 +361,11 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> Union[int, float]:
         """Optimizer steps the fit will take, as Lightning estimates it."""
+        if (self._train_loader is None and self.lightning_module is not None and self.state.fn == TrainerFn.FITTING
+                and self.max_epochs != -1):
+            # Read in `configure_optimizers`, before the loaders: set up the train loader now (Lightning).
+            self._setup_train_data(self.lightning_module, self.datamodule, self._fit_sources[0])
         n = self.num_training_batches
-        if self.lightning_module is not None and self._train_loader is None and self.state.fn == TrainerFn.FITTING:
-            pass
         est = self._schedule.estimated_stepping_batches(None if n == INF else int(n))
         return INF if est is None else est
 
@@ -661,9 +667,12 @@ class Trainer:
         from ferrotrain.trainer import checkpointing
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
+        self._train_loader = None
+        self._step_pending = 0
         self._setup_run(model, datamodule, "fit")
         self._configure_optimizers(model)
-        self._setup_train_data(model, datamodule, train_dataloaders)
+        if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
+            self._setup_train_data(model, datamodule, train_dataloaders)
         self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
         self._configure_val_check()
