@@ -148,3 +148,32 @@ def model_class(L: Any) -> type:
             return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     return Model
+
+
+def memory_logger(L: Any) -> Any:
+    """A logger that keeps every `log_metrics` call as `(step, {name: rounded value})`."""
+    if is_lightning(L):
+        from lightning.pytorch.loggers import Logger
+    else:
+        from ferrotrain.loggers import Logger
+
+    class MemoryLogger(Logger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: List[Any] = []
+
+        @property
+        def name(self) -> str:
+            return "memory"
+
+        @property
+        def version(self) -> int:
+            return 0
+
+        def log_metrics(self, metrics: Dict[str, float], step: Any = None) -> None:
+            self.calls.append((step, round_floats(dict(sorted(metrics.items())))))
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return MemoryLogger()

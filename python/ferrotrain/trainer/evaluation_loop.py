@@ -44,6 +44,8 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     prev_results = trainer._active_results
     trainer._active_results = results
     module._results = results
+    results.dataloader_idx = None
+    log_steps = not trainer.sanity_checking
 
     with _no_grad(trainer):
         _model_mode_hook(trainer, f"on_{stage}_model_eval")
@@ -81,11 +83,17 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
                             f(trainer, module, out, batch, batch_idx, *extra)
                         if m_batch_end is not None:
                             m_batch_end(out, batch, batch_idx, *extra)
+                    if log_steps and results.has_step_entries:
+                        _log_eval_step(trainer, results, stage, dl_idx, batch_idx)
                     batch_idx += 1
                     trainer._progress_eval_batch(stage, dl_idx, batch_idx)
             finally:
                 fetcher.close()
                 trainer._eval_fetchers.remove(fetcher)
+                if log_steps:
+                    key = (stage, dl_idx)
+                    trainer._eval_step_base[key] = trainer._eval_step_base.get(key, 0) + batch_idx
+        results.dataloader_idx = None
         results.epoch_end_reached = True
         _call_fx(trainer, f"on_{stage}_epoch_end", hooks)
         metrics = results.dataloader_metrics()
@@ -95,6 +103,20 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     module._results = prev_results
     trainer._active_results = prev_results
     return metrics
+
+
+def _log_eval_step(trainer: Any, results: Results, stage: str, dl_idx: int, batch_idx: int) -> None:
+    """Step values logged in an evaluation batch go to the loggers at once, at a step that counts
+    this dataloader's batches over the run (Lightning's `update_eval_step_metrics`; no `epoch`)."""
+    log, bar, _ = results.step_metrics(results.dataloader_idx)
+    trainer._progress_bar_metrics.update(bar)
+    if not log:
+        return
+    trainer._logged_metrics.update({k: torch.tensor(v) for k, v in log.items()})
+    step = trainer._eval_step_base.get((stage, dl_idx), 0) + batch_idx
+    for lg in trainer.loggers:
+        lg.log_metrics(log, step=step)
+        lg.save()
 
 
 def _call_fx(trainer: Any, name: str, hooks: Any) -> None:

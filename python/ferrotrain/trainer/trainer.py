@@ -107,6 +107,7 @@ class Trainer:
         self._callback_metrics: Dict[str, Any] = {}
         self._logged_metrics: Dict[str, Any] = {}
         self._progress_bar_metrics: Dict[str, Any] = {}
+        self._eval_step_base: Dict[Any, int] = {}
         self._train_loader: Any = None
         self._val_loaders: List[Any] = []
         self.num_training_batches: Union[int, float] = INF
@@ -442,6 +443,9 @@ class Trainer:
 
     @property
     def logged_metrics(self) -> Dict[str, Any]:
+        r = self._active_results
+        if r is not None and not self.sanity_checking:
+            self._logged_metrics.update(_as_tensors(r.log_view()))
         return self._logged_metrics
 
     @property
@@ -614,6 +618,12 @@ class Trainer:
 
     def _setup_run(self, model: LightningModule, datamodule: Optional[LightningDataModule], stage: str) -> None:
         """configure_callbacks, prepare_data, setup (callbacks, then module), configure_model, hook table."""
+        # Each run starts with empty metric views (Lightning's `reset_metrics`).
+        self._callback_metrics.clear()
+        self._logged_metrics.clear()
+        self._progress_bar_metrics.clear()
+        self._active_results = None
+        self._eval_step_base = {}
         self._attach(model, datamodule)
         self._merge_model_callbacks(model)
         self._hooks = HookTable(model, self.callbacks, datamodule)
