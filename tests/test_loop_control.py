@@ -466,3 +466,16 @@ def test_num_training_and_val_batches():
     check(scen_batch_counts, ([(4, [3, 1])], 4, [3, 1], [2, 1],
          [("val", 0, 0, True), ("val", 0, 1, True), ("val", 1, 0, True), ("train", 0, 0, 0),
           ("train", 0, 1, 1), ("train", 0, 2, 2), ("train", 0, 3, 3), ("val", 0, 0, False)]))
+
+
+def scen_several_val_loaders_need_dataloader_idx(L):
+    t = trainer(L, max_epochs=1)
+    try:
+        t.fit(model_class(L)(), loader(4), [loader(4), loader(4)])
+    except Exception as exc:  # noqa: BLE001 - Lightning: RuntimeError; ferrotrain: MisconfigurationException
+        return "`dataloader_idx`" in str(exc), "validation_step" in str(exc)
+    return None
+
+
+def test_several_val_loaders_need_a_dataloader_idx_argument():
+    check(scen_several_val_loaders_need_dataloader_idx, (True, True))

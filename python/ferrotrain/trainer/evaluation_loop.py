@@ -12,10 +12,12 @@ the stage's hooks in Lightning's order, and leaves the epoch-level metrics in th
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.data import INF, Fetcher
 from ferrotrain.trainer.results import Results
 
@@ -35,6 +37,8 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     results.num_dataloaders = len(loaders)
     results.reset()
     step_fn = getattr(module, f"{stage}_step")
+    if multi:
+        _check_takes_dataloader_idx(step_fn, stage)
     cb_batch_start = hooks.cb[f"on_{stage}_batch_start"]
     cb_batch_end = hooks.cb[f"on_{stage}_batch_end"]
     m_batch_start = mod[f"on_{stage}_batch_start"]
@@ -103,6 +107,17 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     module._results = prev_results
     trainer._active_results = prev_results
     return metrics
+
+
+def _check_takes_dataloader_idx(step_fn: Callable[..., Any], stage: str) -> None:
+    params = inspect.signature(step_fn).parameters
+    if "dataloader_idx" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    prefix = "val" if stage == "validation" else stage
+    raise MisconfigurationException(
+        f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx` argument in "
+        f"`{step_fn.__qualname__}()`. Try adding `dataloader_idx=0` to its signature."
+    )
 
 
 def _log_eval_step(trainer: Any, results: Results, stage: str, dl_idx: int, batch_idx: int) -> None:

@@ -29,7 +29,8 @@ class FitLoop:
         self.trainer = trainer
         module = trainer.lightning_module
         self.step = AutomaticStep(trainer) if module.automatic_optimization else ManualStep(trainer)
-        configs = trainer.lr_scheduler_configs
+        # Manual optimization steps its schedulers itself (`self.lr_schedulers()`), as in Lightning.
+        configs = trainer.lr_scheduler_configs if module.automatic_optimization else []
         self.step_scheds = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
         self.epoch_scheds = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
         self.plateau_step_scheds = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
