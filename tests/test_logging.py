@@ -452,3 +452,38 @@ def scen_error_on_step_in_epoch_end(L):
 )
 def test_log_errors(scenario, expected):
     check(scenario, expected)
+
+
+def scen_views_seen_by_hooks(L):
+    seen = []
+
+    class CB(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen.append(("on_validation_end", trainer.sanity_checking, round_floats(dict(sorted(trainer.callback_metrics.items())))))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(("callback.on_train_epoch_end", round_floats(dict(sorted(trainer.callback_metrics.items())))))
+
+    class M(model_class(L)):
+        def training_step(self, batch, batch_idx):
+            self.log("t", float(batch_idx), on_epoch=True)
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            self.log("v", float(batch_idx))
+
+        def on_train_epoch_end(self):
+            seen.append(("module.on_train_epoch_end", round_floats(dict(sorted(self.trainer.callback_metrics.items())))))
+
+    t = trainer(L, max_epochs=2, callbacks=[CB()], num_sanity_val_steps=2, check_val_every_n_epoch=2)
+    t.fit(M(), loader(6), loader(4))
+    return seen
+
+
+def test_callback_metrics_seen_by_hooks_during_fit():
+    check(scen_views_seen_by_hooks, [("on_validation_end", True, {"v": 0.5}),
+         ('callback.on_train_epoch_end', {"t": 1.0, "t_epoch": 1.0, "t_step": 2.0}),
+         ('module.on_train_epoch_end', {"t": 1.0, "t_epoch": 1.0, "t_step": 2.0}),
+         ("on_validation_end", False, {"t": 2.0, "t_epoch": 1.0, "t_step": 2.0, "v": 0.5}),
+         ('callback.on_train_epoch_end', {"t": 1.0, "t_epoch": 1.0, "t_step": 2.0, "v": 0.5}),
+         ('module.on_train_epoch_end', {"t": 1.0, "t_epoch": 1.0, "t_step": 2.0, "v": 0.5})])

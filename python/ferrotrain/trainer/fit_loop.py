@@ -18,6 +18,7 @@ from ferrotrain import _core
 from ferrotrain.trainer.data import INF
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
+from ferrotrain.trainer.trainer import _as_tensors
 from ferrotrain.trainer.training_step import AutomaticStep, ManualStep
 
 STEP = _core.FLAG_STEP
@@ -80,6 +81,7 @@ class FitLoop:
         trainer = self.trainer
         schedule = trainer._schedule
         results = trainer._train_results
+        _keep_step_views(trainer, results)
         results.epoch_end_reached = True
         schedule.end_epoch()
         hooks = trainer._hooks
@@ -157,6 +159,17 @@ class FitLoop:
         if log:
             trainer._log_step_metrics(trainer._train_results, log_step)
         if validate:
+            _keep_step_views(trainer, trainer._train_results)
             trainer._run_validation_in_fit(log_step, stepped)
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
+
+
+def _keep_step_views(trainer: Any, results: Any) -> None:
+    """The latest training step values stay in the Trainer's views when validation or the epoch's
+    end takes over (Lightning updates its views after every batch; here it is done only when the
+    loop switches, off the per-step path)."""
+    log, bar, cb = results.step_metrics()
+    trainer._callback_metrics.update(_as_tensors(cb))
+    trainer._progress_bar_metrics.update(bar)
+    trainer._logged_metrics.update(_as_tensors(log))

@@ -437,14 +437,14 @@ class Trainer:
     @property
     def callback_metrics(self) -> Dict[str, Any]:
         r = self._active_results
-        if r is not None and not self.sanity_checking:
+        if r is not None:
             self._callback_metrics.update(_as_tensors(r.callback_view()))
         return self._callback_metrics
 
     @property
     def logged_metrics(self) -> Dict[str, Any]:
         r = self._active_results
-        if r is not None and not self.sanity_checking:
+        if r is not None:
             self._logged_metrics.update(_as_tensors(r.log_view()))
         return self._logged_metrics
 
