@@ -75,14 +75,6 @@ def check(scenario: Callable[[Any], Any], expected: Any) -> None:
         assert got == expected, f"{L.__name__}: {got!r} != {expected!r}"
 
 
-def lightning_only(scenario: Callable[[Any], Any]) -> Any:
-    """Run `scenario` under Lightning (for measuring expected values; not used by the tests)."""
-    L = importlib.import_module("lightning")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return scenario(L)
-
-
 def dataset(n: int, features: int = 4, seed: int = 0) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=g)

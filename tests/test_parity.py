@@ -8,14 +8,13 @@ hand loop, which shows the hand loop is Lightning's arithmetic."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-import ferrotrain
 from lightning_ref import libraries, is_lightning, loader, trainer
 
 EPOCHS = 2
