@@ -190,8 +190,10 @@ class LightningModule(_DataHooks, nn.Module):
             if self._trainer is None:
                 # Lightning warns and ignores a log call on a module with no Trainer.
                 return
+            fx = self._current_fx_name
+            where = f"inside `{fx}`" if fx else "here"
             raise MisconfigurationException(
-                f"You can't `self.log({name!r}, ...)` here: logging is only possible inside the steps "
+                f"You can't `self.log({name!r}, ...)` {where}: logging is only possible inside the steps "
                 "and the hooks that the Trainer calls during fit/validate/test"
             )
         results.log(

@@ -12,10 +12,12 @@ the stage's hooks in Lightning's order, and leaves the epoch-level metrics in th
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.data import INF, Fetcher
 from ferrotrain.trainer.results import Results
 
@@ -35,6 +37,8 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     results.num_dataloaders = len(loaders)
     results.reset()
     step_fn = getattr(module, f"{stage}_step")
+    if multi:
+        _check_takes_dataloader_idx(step_fn, stage)
     cb_batch_start = hooks.cb[f"on_{stage}_batch_start"]
     cb_batch_end = hooks.cb[f"on_{stage}_batch_end"]
     m_batch_start = mod[f"on_{stage}_batch_start"]
@@ -44,6 +48,8 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     prev_results = trainer._active_results
     trainer._active_results = results
     module._results = results
+    results.dataloader_idx = None
+    log_steps = not trainer.sanity_checking
 
     with _no_grad(trainer):
         _model_mode_hook(trainer, f"on_{stage}_model_eval")
@@ -81,11 +87,16 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
                             f(trainer, module, out, batch, batch_idx, *extra)
                         if m_batch_end is not None:
                             m_batch_end(out, batch, batch_idx, *extra)
+                    if log_steps and results.has_step_entries:
+                        _log_eval_step(trainer, results, stage, dl_idx, batch_idx)
                     batch_idx += 1
-                    trainer._progress_eval_batch(stage, dl_idx, batch_idx)
             finally:
                 fetcher.close()
                 trainer._eval_fetchers.remove(fetcher)
+                if log_steps:
+                    key = (stage, dl_idx)
+                    trainer._eval_step_base[key] = trainer._eval_step_base.get(key, 0) + batch_idx
+        results.dataloader_idx = None
         results.epoch_end_reached = True
         _call_fx(trainer, f"on_{stage}_epoch_end", hooks)
         metrics = results.dataloader_metrics()
@@ -95,6 +106,31 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     module._results = prev_results
     trainer._active_results = prev_results
     return metrics
+
+
+def _check_takes_dataloader_idx(step_fn: Callable[..., Any], stage: str) -> None:
+    params = inspect.signature(step_fn).parameters
+    if "dataloader_idx" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    prefix = "val" if stage == "validation" else stage
+    raise MisconfigurationException(
+        f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx` argument in "
+        f"`{step_fn.__qualname__}()`. Try adding `dataloader_idx=0` to its signature."
+    )
+
+
+def _log_eval_step(trainer: Any, results: Results, stage: str, dl_idx: int, batch_idx: int) -> None:
+    """Step values logged in an evaluation batch go to the loggers at once, at a step that counts
+    this dataloader's batches over the run (Lightning's `update_eval_step_metrics`; no `epoch`)."""
+    log, bar, _ = results.step_metrics(results.dataloader_idx)
+    trainer._progress_bar_metrics.update(bar)
+    if not log:
+        return
+    trainer._logged_metrics.update({k: torch.tensor(v) for k, v in log.items()})
+    step = trainer._eval_step_base.get((stage, dl_idx), 0) + batch_idx
+    for lg in trainer.loggers:
+        lg.log_metrics(log, step=step)
+        lg.save()
 
 
 def _call_fx(trainer: Any, name: str, hooks: Any) -> None:
@@ -158,7 +194,6 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                 if return_predictions:
                     preds.append(out)
                 batch_idx += 1
-                trainer._progress_eval_batch("predict", dl_idx, batch_idx)
         _call_fx(trainer, "on_predict_epoch_end", hooks)
         _call_fx(trainer, "on_predict_end", hooks)
     if not return_predictions:

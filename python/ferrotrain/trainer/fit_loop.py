@@ -19,6 +19,7 @@ from ferrotrain.trainer.checkpointing import rng_states, set_rng_states
 from ferrotrain.trainer.data import INF
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
+from ferrotrain.trainer.trainer import _as_tensors
 from ferrotrain.trainer.training_step import AutomaticStep, ManualStep
 
 STEP = _core.FLAG_STEP
@@ -30,7 +31,8 @@ class FitLoop:
         self.trainer = trainer
         module = trainer.lightning_module
         self.step = AutomaticStep(trainer) if module.automatic_optimization else ManualStep(trainer)
-        configs = trainer.lr_scheduler_configs
+        # Manual optimization steps its schedulers itself (`self.lr_schedulers()`), as in Lightning.
+        configs = trainer.lr_scheduler_configs if module.automatic_optimization else []
         self.step_scheds = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
         self.epoch_scheds = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
         self.plateau_step_scheds = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
@@ -42,10 +44,12 @@ class FitLoop:
     def run(self) -> None:
         trainer = self.trainer
         schedule = trainer._schedule
+        # Lightning's `_FitLoop.skip`: nothing to train (no batches, or the limits are already
+        # reached) runs no training hooks at all.
+        if trainer.num_training_batches == 0 or schedule.fit_done():
+            return
         trainer._call_hooks("on_train_start")
         while not schedule.fit_done():
-            if trainer.num_training_batches == 0:
-                break
             self._run_epoch()
         trainer._call_hooks("on_train_end")
 
@@ -95,6 +99,7 @@ class FitLoop:
         trainer = self.trainer
         schedule = trainer._schedule
         results = trainer._train_results
+        _keep_step_views(trainer, results)
         results.epoch_end_reached = True
         schedule.end_epoch()
         hooks = trainer._hooks
@@ -127,7 +132,6 @@ class FitLoop:
         transfer = trainer._transfer_batch
         run_step = self.step.run
         step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds
-        progress = trainer._progress_train_batch
 
         def train_batch(batch: Any, batch_idx: int, flags: int) -> Optional[bool]:
             if needs_transfer:
@@ -157,8 +161,6 @@ class FitLoop:
                     f(trainer, module, out, batch, batch_idx)
                 if m_end is not None:
                     m_end(out, batch, batch_idx)
-            if progress is not None:
-                progress(batch_idx)
             return None
 
         return train_batch
@@ -168,6 +170,17 @@ class FitLoop:
         if log:
             trainer._log_step_metrics(trainer._train_results, log_step)
         if validate:
+            _keep_step_views(trainer, trainer._train_results)
             trainer._run_validation_in_fit(log_step, stepped)
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
+
+
+def _keep_step_views(trainer: Any, results: Any) -> None:
+    """The latest training step values stay in the Trainer's views when validation or the epoch's
+    end takes over (Lightning updates its views after every batch; here it is done only when the
+    loop switches, off the per-step path)."""
+    log, bar, cb = results.step_metrics()
+    trainer._callback_metrics.update(_as_tensors(cb))
+    trainer._progress_bar_metrics.update(bar)
+    trainer._logged_metrics.update(_as_tensors(log))

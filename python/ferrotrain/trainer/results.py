@@ -70,13 +70,18 @@ for _fx in ("validation_step", "on_validation_batch_start", "on_validation_batch
 
 class _Entry:
     __slots__ = ("fx", "name", "options", "on_step", "on_epoch", "prog_bar", "logger", "reduce",
-                 "slot", "dl_idx", "key", "device_acc", "device_weight", "device_last")
+                 "slot", "dl_idx", "src_dl", "key", "step_key", "epoch_key", "device_acc", "device_weight", "device_last")
 
     def __init__(self, fx: str, name: str, key: str, options: tuple, on_step: bool, on_epoch: bool,
-                 prog_bar: bool, logger: bool, reduce: str, slot: int, dl_idx: Optional[int]) -> None:
+                 prog_bar: bool, logger: bool, reduce: str, slot: int, dl_idx: Optional[int],
+                 src_dl: Optional[int]) -> None:
         self.fx = fx
         self.name = name
         self.key = key
+        # Forked names put the suffix last, as Lightning: `loss_step/dataloader_idx_0`.
+        suffix = key[len(name):]
+        self.step_key = f"{name}_step{suffix}" if on_epoch else key
+        self.epoch_key = f"{name}_epoch{suffix}" if on_step else key
         self.options = options
         self.on_step = on_step
         self.on_epoch = on_epoch
@@ -85,6 +90,9 @@ class _Entry:
         self.reduce = reduce
         self.slot = slot
         self.dl_idx = dl_idx
+        # The dataloader whose batch was running when first logged (None: outside a batch, or a
+        # single loader), even with `add_dataloader_idx=False`: validate/test return it per loader.
+        self.src_dl = src_dl
         self.device_acc: Optional[torch.Tensor] = None
         self.device_weight = 0.0
         self.device_last: Optional[torch.Tensor] = None
@@ -104,6 +112,8 @@ class Results:
         self._batch_size: Optional[int] = None
         self.dataloader_idx: Optional[int] = None
         self.num_dataloaders = 1
+        # Some entry logs per step: evaluation loops then send step values to the loggers.
+        self.has_step_entries = False
 
     # ---------------------------------------------------------------- per-batch state
     def set_batch(self, batch: Any, dataloader_idx: Optional[int] = None) -> None:
@@ -160,8 +170,9 @@ class Results:
         key = f"{name}/dataloader_idx_{dl_idx}" if dl_idx is not None else name
         slot = self._store.register(reduce)
         entry = _Entry(fx, name, key, options, on_step, on_epoch, bool(prog_bar),
-                       True if logger is None else bool(logger), reduce, slot, dl_idx)
+                       True if logger is None else bool(logger), reduce, slot, dl_idx, self.dataloader_idx)
         self._entries[(fx, name, dl_idx)] = entry  # type: ignore[index]
+        self.has_step_entries = self.has_step_entries or on_step
         return entry
 
     def _update(self, entry: _Entry, value: Any, weight: float) -> None:
@@ -220,24 +231,30 @@ class Results:
             return acc / entry.device_weight if entry.reduce == "mean" and entry.device_weight else acc
         return self._store.compute(entry.slot)
 
-    def step_metrics(self) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
-        """(logger, progress bar, callback) views of the latest step-level values."""
+    def step_metrics(self, dataloader_idx: Optional[int] = None) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
+        """(logger, progress bar, callback) views of the latest step-level values; with
+        `dataloader_idx`, only what that dataloader's batches logged. As in Lightning, step values
+        of evaluation loops never reach the callback metrics."""
         log: Dict[str, float] = {}
         bar: Dict[str, float] = {}
         cb: Dict[str, float] = {}
+        training = self.training
         for e in self._entries.values():
             if not e.on_step or self._store.count(e.slot) == 0:
+                continue
+            if dataloader_idx is not None and e.src_dl != dataloader_idx:
                 continue
             v = self._last(e)
             if v is None:
                 continue
-            name = f"{e.key}_step" if e.on_epoch else e.key
+            name = e.step_key
             if e.logger:
                 log[name] = v
             if e.prog_bar:
                 bar[name] = v
-            cb[name] = v
-            cb[e.key] = v
+            if training:
+                cb[name] = v
+                cb[e.key] = v
         return log, bar, cb
 
     def epoch_metrics(self) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
@@ -251,7 +268,7 @@ class Results:
             v = self._reduced(e)
             if v is None:
                 continue
-            name = f"{e.key}_epoch" if e.on_step else e.key
+            name = e.epoch_key
             if e.logger:
                 log[name] = v
             if e.prog_bar:
@@ -272,11 +289,15 @@ class Results:
     def callback_view(self) -> Dict[str, float]:
         return self.epoch_metrics()[2] if self.epoch_end_reached else self.step_metrics()[2]
 
+    def log_view(self) -> Dict[str, float]:
+        return self.epoch_metrics()[0] if self.epoch_end_reached else self.step_metrics()[0]
+
     def progress_bar_view(self) -> Dict[str, float]:
         return self.epoch_metrics()[1] if self.epoch_end_reached else self.step_metrics()[1]
 
     def clear(self) -> None:
         self._entries.clear()
+        self.has_step_entries = False
         self._store = _core.MetricStore()
 
     def dataloader_metrics(self) -> List[Dict[str, float]]:
@@ -288,8 +309,8 @@ class Results:
             v = self._reduced(e)
             if v is None:
                 continue
-            name = f"{e.key}_epoch" if e.on_step else e.key
-            per.setdefault(e.dl_idx, {})[name] = v
+            name = e.epoch_key
+            per.setdefault(e.src_dl, {})[name] = v
         if self.num_dataloaders <= 1:
             return [per.get(None, {})]
         shared = per.get(None, {})

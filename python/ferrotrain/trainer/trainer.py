@@ -107,6 +107,7 @@ class Trainer:
         self._callback_metrics: Dict[str, Any] = {}
         self._logged_metrics: Dict[str, Any] = {}
         self._progress_bar_metrics: Dict[str, Any] = {}
+        self._eval_step_base: Dict[Any, int] = {}
         self._train_loader: Any = None
         self._val_loaders: List[Any] = []
         self.num_training_batches: Union[int, float] = INF
@@ -119,7 +120,6 @@ class Trainer:
         self._resume_rng: Any = None
         self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
-        self._progress_train_batch: Any = None
         self._should_stop = False
         # Batches the training prefetcher keeps ready (0: read in the main thread).
         self.prefetch_batches = 2
@@ -230,8 +230,9 @@ class Trainer:
         return self._config.check_val_every_n_epoch
 
     @property
-    def num_sanity_val_steps(self) -> int:
-        return self._config.num_sanity_val_steps
+    def num_sanity_val_steps(self) -> Union[int, float]:
+        steps = self._config.num_sanity_val_steps
+        return INF if steps == -1 else steps
 
     @property
     def log_every_n_steps(self) -> int:
@@ -361,9 +362,11 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> Union[int, float]:
         """Optimizer steps the fit will take, as Lightning estimates it."""
+        if (self._train_loader is None and self.lightning_module is not None and self.state.fn == TrainerFn.FITTING
+                and self.max_epochs != -1):
+            # Read in `configure_optimizers`, before the loaders: set up the train loader now (Lightning).
+            self._setup_train_data(self.lightning_module, self.datamodule, self._fit_sources[0])
         n = self.num_training_batches
-        if self.lightning_module is not None and self._train_loader is None and self.state.fn == TrainerFn.FITTING:
-            pass
         est = self._schedule.estimated_stepping_batches(None if n == INF else int(n))
         return INF if est is None else est
 
@@ -434,12 +437,15 @@ class Trainer:
     @property
     def callback_metrics(self) -> Dict[str, Any]:
         r = self._active_results
-        if r is not None and not self.sanity_checking:
+        if r is not None:
             self._callback_metrics.update(_as_tensors(r.callback_view()))
         return self._callback_metrics
 
     @property
     def logged_metrics(self) -> Dict[str, Any]:
+        r = self._active_results
+        if r is not None:
+            self._logged_metrics.update(_as_tensors(r.log_view()))
         return self._logged_metrics
 
     @property
@@ -612,6 +618,12 @@ class Trainer:
 
     def _setup_run(self, model: LightningModule, datamodule: Optional[LightningDataModule], stage: str) -> None:
         """configure_callbacks, prepare_data, setup (callbacks, then module), configure_model, hook table."""
+        # Each run starts with empty metric views (Lightning's `reset_metrics`).
+        self._callback_metrics.clear()
+        self._logged_metrics.clear()
+        self._progress_bar_metrics.clear()
+        self._active_results = None
+        self._eval_step_base = {}
         self._attach(model, datamodule)
         self._merge_model_callbacks(model)
         self._hooks = HookTable(model, self.callbacks, datamodule)
@@ -665,9 +677,11 @@ class Trainer:
         from ferrotrain.trainer import checkpointing
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
+        self._train_loader = None
         self._setup_run(model, datamodule, "fit")
         self._configure_optimizers(model)
-        self._setup_train_data(model, datamodule, train_dataloaders)
+        if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
+            self._setup_train_data(model, datamodule, train_dataloaders)
         self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
         self._configure_val_check()
@@ -910,9 +924,6 @@ class Trainer:
             module.__dict__["_current_fx_name"] = "on_after_batch_transfer"
             batch = f(batch, dataloader_idx)
         return batch
-
-    def _progress_eval_batch(self, stage: str, dl_idx: int, batch_idx: int) -> None:
-        pass
 
     # ------------------------------------------------------------------ manual optimization support
     def _step_optimizer(self, optimizer: Any, closure: Any, kwargs: Dict[str, Any]) -> Any:
