@@ -3,44 +3,19 @@ hooks), as in Lightning 2.x. The Trainer calls its hooks; it runs nothing itself
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional
 
+from ferrotrain.core.hparams import HyperparametersMixin
 from ferrotrain.core.module import _DataHooks
-from ferrotrain.utilities.parsing import AttributeDict, save_hyperparameters as _save_hparams
 
 
-class LightningDataModule(_DataHooks):
+class LightningDataModule(HyperparametersMixin, _DataHooks):
     name: Optional[str] = None
 
     def __init__(self) -> None:
         super().__init__()
         self.trainer: Any = None
         self.prepare_data_per_node = True
-        self._hparams: AttributeDict = AttributeDict()
-        self._hparams_initial: AttributeDict = AttributeDict()
-        self._log_hyperparams = True
-
-    @property
-    def hparams(self) -> AttributeDict:
-        return getattr(self, "_hparams", AttributeDict())
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        return AttributeDict(dict(getattr(self, "_hparams_initial", {})))
-
-    def save_hyperparameters(
-        self,
-        *args: Any,
-        ignore: Optional[Union[Sequence[str], str]] = None,
-        frame: Any = None,
-        logger: bool = True,
-    ) -> None:
-        self._log_hyperparams = logger
-        if frame is None:
-            current = inspect.currentframe()
-            frame = current.f_back if current is not None else None
-        _save_hparams(self, args, ignore, frame)
 
     def state_dict(self) -> Dict[str, Any]:
         return {}

@@ -7,8 +7,6 @@ user overrode (see `ferrotrain.trainer.hooks`).
 
 from __future__ import annotations
 
-import inspect
-import numbers
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -16,7 +14,7 @@ from torch import nn
 
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.utilities.apply_func import move_data_to_device
-from ferrotrain.utilities.parsing import AttributeDict, save_hyperparameters as _save_hparams
+from ferrotrain.core.hparams import HyperparametersMixin
 
 if TYPE_CHECKING:
     from ferrotrain.trainer.trainer import Trainer
@@ -51,7 +49,7 @@ class _DataHooks:
         return batch
 
 
-class LightningModule(_DataHooks, nn.Module):
+class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
     # Attributes that `nn.Module.__setattr__`/`__getattr__` must not route into submodules.
     _trainer: Optional["Trainer"]
 
@@ -62,10 +60,7 @@ class LightningModule(_DataHooks, nn.Module):
         self._results: Any = None
         self._automatic_optimization = True
         self._device = torch.device("cpu")
-        self._hparams: AttributeDict = AttributeDict()
-        self._hparams_initial: AttributeDict = AttributeDict()
         self._example_input_array: Any = None
-        self._log_hyperparams = True
         self.prepare_data_per_node = True
         self.allow_zero_length_dataloader_with_multiple_devices = False
 
@@ -133,27 +128,6 @@ class LightningModule(_DataHooks, nn.Module):
     @example_input_array.setter
     def example_input_array(self, value: Any) -> None:
         self._example_input_array = value
-
-    @property
-    def hparams(self) -> AttributeDict:
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        return AttributeDict(dict(self._hparams_initial))
-
-    def save_hyperparameters(
-        self,
-        *args: Any,
-        ignore: Optional[Union[Sequence[str], str]] = None,
-        frame: Any = None,
-        logger: bool = True,
-    ) -> None:
-        self._log_hyperparams = logger
-        if frame is None:
-            current = inspect.currentframe()
-            frame = current.f_back if current is not None else None
-        _save_hparams(self, args, ignore, frame)
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "LightningModule":
         # Track the device as `.to()`/`.cuda()`/`.cpu()` move the parameters.
@@ -411,6 +385,3 @@ class LightningModule(_DataHooks, nn.Module):
 
         return load_module_from_checkpoint(cls, checkpoint_path, map_location, strict, kwargs)
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Number) and not isinstance(value, bool)

@@ -4,9 +4,10 @@
 use pyo3::prelude::*;
 
 use super::errors::ferro_err;
+use crate::clip::{bf16_to_f32, f16_to_f32};
 use crate::metrics::{MetricStore, Reduce};
 
-/// dtype codes shared with `ferrotrain/_metrics.py`.
+/// dtype codes shared with `ferrotrain/trainer/results.py` (and, for 0-3, the clip bindings).
 const F32: u8 = 0;
 const F64: u8 = 1;
 const F16: u8 = 2;
@@ -14,18 +15,6 @@ const BF16: u8 = 3;
 const I64: u8 = 4;
 const I32: u8 = 5;
 const BOOL: u8 = 6;
-
-fn f16_to_f64(bits: u16) -> f64 {
-    let sign = if bits >> 15 == 1 { -1.0 } else { 1.0 };
-    let exp = i32::from((bits >> 10) & 0x1f);
-    let frac = f64::from(bits & 0x3ff);
-    match exp {
-        0 => sign * frac * 2f64.powi(-24),
-        31 if frac == 0.0 => sign * f64::INFINITY,
-        31 => f64::NAN,
-        _ => sign * (1.0 + frac / 1024.0) * 2f64.powi(exp - 15),
-    }
-}
 
 #[pyclass(name = "MetricStore", module = "ferrotrain._core")]
 pub struct PyMetricStore {
@@ -65,8 +54,8 @@ impl PyMetricStore {
             match dtype {
                 F32 => f64::from(std::ptr::read_unaligned(ptr as *const f32)),
                 F64 => std::ptr::read_unaligned(ptr as *const f64),
-                F16 => f16_to_f64(std::ptr::read_unaligned(ptr as *const u16)),
-                BF16 => f64::from(f32::from_bits(u32::from(std::ptr::read_unaligned(ptr as *const u16)) << 16)),
+                F16 => f64::from(f16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
+                BF16 => f64::from(bf16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
                 I64 => std::ptr::read_unaligned(ptr as *const i64) as f64,
                 I32 => f64::from(std::ptr::read_unaligned(ptr as *const i32)),
                 BOOL => f64::from(std::ptr::read_unaligned(ptr as *const u8)),
