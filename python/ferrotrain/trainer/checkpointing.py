@@ -94,6 +94,7 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
     if dm is not None:
         if len(dm.hparams):
             ckpt["datamodule_hyper_parameters"] = dict(dm.hparams)
+            ckpt["datamodule_hparams_name"] = "kwargs"
         state = dm.state_dict()
         if state:
             ckpt[type(dm).__qualname__] = state

@@ -631,14 +631,15 @@ class Trainer:
             datamodule.prepare_data()
         if is_overridden(model, LightningModule, "prepare_data"):
             model.prepare_data()
+        fn = TrainerFn(stage)  # a str enum: equal to "fit", "validate", ... as in Lightning
         if datamodule is not None:
-            datamodule.setup(stage=stage)
+            datamodule.setup(stage=fn)
         for cb in self.callbacks:
             if is_overridden(cb, Callback, "setup"):
-                cb.setup(self, model, stage)
+                cb.setup(self, model, fn)
         if is_overridden(model, LightningModule, "setup"):
             model.__dict__["_current_fx_name"] = "setup"
-            model.setup(stage)
+            model.setup(fn)
         if is_overridden(model, LightningModule, "configure_model"):
             model.configure_model()
         model.to(self._device)
@@ -655,14 +656,16 @@ class Trainer:
         self.callbacks = _checkpoints_last([cb for cb in self.callbacks if type(cb) not in types] + extra)
 
     def _finish_run(self, stage: str) -> None:
+        """teardown(stage): datamodule, callbacks, then module (Lightning's `_call_teardown_hook`)."""
+        fn = TrainerFn(stage)
         model = self.lightning_module
+        if self.datamodule is not None:
+            self.datamodule.teardown(stage=fn)
         for cb in self.callbacks:
             if is_overridden(cb, Callback, "teardown"):
-                cb.teardown(self, model, stage)
+                cb.teardown(self, model, fn)
         if model is not None and is_overridden(model, LightningModule, "teardown"):
-            model.teardown(stage)
-        if self.datamodule is not None:
-            self.datamodule.teardown(stage=stage)
+            model.teardown(fn)
 
     def _call_hooks(self, name: str, *args: Any) -> None:
         hooks = self._hooks
@@ -680,11 +683,11 @@ class Trainer:
         self._train_loader = None
         self._setup_run(model, datamodule, "fit")
         self._configure_optimizers(model)
-        if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
-            self._setup_train_data(model, datamodule, train_dataloaders)
+        # Validation loaders first, as Lightning asks for them (for the sanity check) before the
+        # training loader.
         self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
+        _require_train_source(model, datamodule, train_dataloaders)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
-        self._configure_val_check()
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
             raise MisconfigurationException(
                 "Automatic gradient accumulation is not supported for manual optimization: remove "
@@ -698,6 +701,10 @@ class Trainer:
         self._log_hyperparams()
         self._call_hooks("on_fit_start")
         self._run_sanity_check()
+        # The training loader is asked for after the sanity check, as in Lightning.
+        if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
+            self._setup_train_data(model, datamodule, train_dataloaders)
+        self._configure_val_check()
         self.state.stage = RunningStage.TRAINING
         self._fit_loop.run()
         self._call_hooks("on_fit_end")
@@ -735,7 +742,7 @@ class Trainer:
             )
         if isinstance(loader, (list, tuple, dict)) and loader and not hasattr(loader, "dataset"):
             if isinstance(loader, dict) or all(hasattr(l, "__iter__") and not _is_batch_like(l) for l in loader):
-                from ferrotrain.trainer.combined import CombinedLoader
+                from ferrotrain.utilities.combined_loader import CombinedLoader
 
                 loader = CombinedLoader(loader, "max_size_cycle")
         self._train_loader = loader
@@ -1031,6 +1038,20 @@ class _SingleDeviceStrategy:
 
     def reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
         return tensor
+
+
+def _require_train_source(model: LightningModule, datamodule: Optional[LightningDataModule], given: Any) -> None:
+    """Fail before anything runs when no training data can come from anywhere."""
+    if given is not None:
+        return
+    if datamodule is not None and is_overridden(datamodule, LightningDataModule, "train_dataloader"):
+        return
+    if is_overridden(model, LightningModule, "train_dataloader"):
+        return
+    raise MisconfigurationException(
+        "No training data: pass `train_dataloaders` to `fit`, a `datamodule` with `train_dataloader()`, "
+        "or implement `train_dataloader()` on the LightningModule"
+    )
 
 
 def _do_nothing() -> None:

@@ -1,0 +1,5 @@
+"""Utilities users import as they do from `lightning.pytorch.utilities`."""
+
+from ferrotrain.utilities.combined_loader import CombinedLoader
+
+__all__ = ["CombinedLoader"]
