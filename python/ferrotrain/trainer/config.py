@@ -335,6 +335,11 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     else:
         fast_dev_run = check_int("fast_dev_run", fast_dev_run, 0)
 
+    if fast_dev_run:
+        # Lightning: n batches of each loop, one epoch, no sanity check, validation every epoch.
+        max_epochs, max_steps, num_sanity_val_steps = 1, fast_dev_run, 0
+        val_check_interval, check_val_every_n_epoch = 1.0, 1
+
     num_nodes = check_int("num_nodes", k["num_nodes"], 1)
     if num_nodes != 1:
         raise NotSupportedYetError(f"`Trainer(num_nodes={num_nodes})`: multi-node training is not supported yet")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -89,11 +88,11 @@ class Trainer:
         self._precision = Precision(c.precision, self._device)
         self.state = TrainerState()
         self.callbacks: List[Callback] = self._build_callbacks(user_callbacks)
-        self._logger_setting = logger_setting
         self._loggers: Optional[List[Any]] = None if logger_setting is True else list(logger_setting)
+        if c.fast_dev_run:
+            self._loggers = []  # a debugging run leaves no logs (Lightning swaps in a DummyLogger)
         self._apply_determinism()
 
-        self.should_stop_default = False
         self.lightning_module: Optional[LightningModule] = None
         self.datamodule: Optional[LightningDataModule] = None
         self.optimizers: List[torch.optim.Optimizer] = []
@@ -102,7 +101,6 @@ class Trainer:
         self._hooks: Optional[HookTable] = None
         self._train_results = Results(training=True)
         self._val_results = Results(training=False)
-        self._test_results = Results(training=False)
         self._active_results: Optional[Results] = None
         self._callback_metrics: Dict[str, Any] = {}
         self._logged_metrics: Dict[str, Any] = {}
@@ -120,7 +118,6 @@ class Trainer:
         self._resume_rng: Any = None
         self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
-        self._should_stop = False
         # Batches the training prefetcher keeps ready (0: read in the main thread).
         self.prefetch_batches = 2
         self._new_schedule(has_validation=False, automatic=True)
@@ -160,6 +157,11 @@ class Trainer:
             callbacks.append(ModelCheckpoint())
         if c.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in callbacks):
             callbacks.append(ModelSummary())
+        if c.max_time is not None:
+            from ferrotrain.callbacks import Timer
+
+            # Lightning implements `max_time` with a Timer callback checked every step.
+            callbacks.append(Timer(duration=c.max_time, interval="step", verbose=False))
         return _checkpoints_last(callbacks)
 
     def _apply_determinism(self) -> None:
