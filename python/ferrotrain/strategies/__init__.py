@@ -4,7 +4,7 @@
     Trainer(strategy=DDPStrategy(find_unused_parameters=True))
     torchrun --nproc_per_node 2 train.py                        # the Trainer reads the ranks
 
-`strategy` is the base class and the one-process layout, `ddp` DDP, `fsdp` FSDP, `deepspeed`
+`strategy` is the base class and the one-process layout, `ddp` DDP, `deepspeed`
 DeepSpeed (needs the package), `launcher` starts processes, `environment` reads ranks,
 `connector` resolves the Trainer's arguments into a strategy.
 """
@@ -15,15 +15,13 @@ from typing import Any
 
 from ferrotrain.strategies.strategy import Strategy
 
-__all__ = ["DDPStrategy", "DeepSpeedStrategy", "FSDPStrategy", "SingleDeviceStrategy", "Strategy"]
+__all__ = ["DDPStrategy", "DeepSpeedStrategy", "SingleDeviceStrategy", "Strategy"]
 
 
 def __getattr__(name: str) -> Any:
     # Loaded on first use: `import ferrotrain` must not pay for torch.distributed.
     if name == "DDPStrategy":
         from ferrotrain.strategies.ddp import DDPStrategy as cls
-    elif name == "FSDPStrategy":
-        from ferrotrain.strategies.fsdp import FSDPStrategy as cls
     elif name == "DeepSpeedStrategy":
         from ferrotrain.strategies.deepspeed import DeepSpeedStrategy as cls
     elif name == "SingleDeviceStrategy":

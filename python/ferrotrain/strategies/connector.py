@@ -96,9 +96,7 @@ def _strategy_from_name(name: str, n_processes: int) -> Strategy:
     if name in ("ddp_fork", "ddp_notebook"):
         return DDPStrategy(start_method="fork")
     if name == "fsdp":
-        from ferrotrain.strategies.fsdp import FSDPStrategy
-
-        return FSDPStrategy()
+        raise NotSupportedYetError("`Trainer(strategy='fsdp')` is valid but not supported yet by ferrotrain")
     if name.startswith("deepspeed"):
         from ferrotrain.strategies.deepspeed import DeepSpeedStrategy
 

@@ -51,7 +51,7 @@ STRATEGIES = (
     "deepspeed_stage_3_offload",
 )
 SUPPORTED_STRATEGIES = (
-    "auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp",
+    "auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false",
 )
 PRECISIONS = {
     "64": "64-true", "64-true": "64-true", "32": "32-true", "32-true": "32-true",

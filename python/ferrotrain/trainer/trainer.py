@@ -437,6 +437,16 @@ class Trainer:
         return None
 
     @property
+    def train_dataloader(self) -> Any:
+        """The training loader in use (with DDP, the one with the DistributedSampler)."""
+        return self._train_loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loaders = self._val_loaders
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @property
     def ckpt_path(self) -> Optional[str]:
         return self._ckpt_path
 
