@@ -1,7 +1,7 @@
 """A training script the DDP tests run as real processes (`python tests/ddp_worker.py MODE OUT`).
 
 MODE `fit`: 2 processes on the CPU (`devices=2`, the Trainer starts the second); `fail`: rank 1
-raises in its third step; `nodes`: one process per "node" under torchrun (`num_nodes=2`);
+raises in its third step; `nodes`: one process per "node" under torchrun (`num_nodes=2`).
 Each rank writes what it saw to OUT/rank<r>.pt.
 """
 
@@ -93,8 +93,6 @@ def main(mode: str, out: str) -> None:
                   num_sanity_val_steps=0)
     if mode == "nodes":
         trainer = L.Trainer(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", accumulate_grad_batches=2, **common)
-    elif mode == "fsdp":
-        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="fsdp", accumulate_grad_batches=2, **common)
     else:
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", accumulate_grad_batches=2, **common)
     model = Model(fail_rank=fail)
