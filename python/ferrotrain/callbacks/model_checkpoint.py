@@ -97,7 +97,10 @@ class ModelCheckpoint(Checkpoint):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.dirpath is None:
-            self.dirpath = self._resolve_dir(trainer)
+            # Rank zero's choice (its logger's version) is every rank's.
+            strategy = getattr(trainer, "strategy", None)
+            resolved = self._resolve_dir(trainer)
+            self.dirpath = strategy.broadcast(resolved) if strategy is not None else resolved
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         import time
@@ -274,6 +277,8 @@ class ModelCheckpoint(Checkpoint):
 
         # The file may still be in flight: wait before deleting it.
         checkpointing.wait_for_writes(trainer)
+        if not getattr(trainer, "is_global_zero", True):
+            return  # files belong to rank zero
         if os.path.exists(path) and path != self.last_model_path:
             os.remove(path)
 

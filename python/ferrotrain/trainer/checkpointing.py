@@ -109,9 +109,22 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
 
 def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
     """Write a checkpoint of the trainer's state to `path`; asynchronous unless `sync`."""
+    ckpt = dump(trainer, weights_only)
+    strategy = trainer.strategy
+    if strategy.world_size > 1:
+        # Every rank builds the dict (hooks may use collectives); rank zero writes the file,
+        # synchronously, between barriers, so all ranks see the same files afterwards.
+        strategy.barrier("checkpoint")
+        if strategy.should_write_checkpoint():
+            _write(trainer, path, ckpt, sync=True)
+        strategy.barrier("checkpoint written")
+        return
+    _write(trainer, path, ckpt, sync)
+
+
+def _write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
     from ferrotrain import checkpoint as io
 
-    ckpt = dump(trainer, weights_only)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     writer = getattr(trainer, "_checkpoint_writer", None)

@@ -50,7 +50,9 @@ STRATEGIES = (
     "deepspeed_stage_3",
     "deepspeed_stage_3_offload",
 )
-SUPPORTED_STRATEGIES = ("auto", "single_device")
+SUPPORTED_STRATEGIES = (
+    "auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false",
+)
 PRECISIONS = {
     "64": "64-true", "64-true": "64-true", "32": "32-true", "32-true": "32-true",
     "16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
@@ -69,7 +71,7 @@ class TrainerConfig:
     max_time: Optional[datetime.timedelta]
     accelerator: str
     devices: Any
-    strategy: str
+    strategy: Any  # a name from STRATEGIES or a Strategy object
     precision: str
     log_every_n_steps: int
     enable_progress_bar: bool
@@ -190,14 +192,14 @@ def _check_devices(value: Any) -> Union[int, str, List[int]]:
     raise _fail_type("devices", value, allowed)
 
 
-def _check_strategy(value: Any) -> str:
+def _check_strategy(value: Any) -> Any:
     allowed = "one of " + ", ".join(repr(s) for s in STRATEGIES)
+    from ferrotrain.strategies.strategy import Strategy
+
+    if isinstance(value, Strategy):
+        return value
     if not isinstance(value, str):
-        # Strategy objects (DDPStrategy(...)) belong to the distributed work.
-        raise NotSupportedYetError(
-            f"`Trainer(strategy={value!r})`: strategy objects are not supported yet; "
-            f"ferrotrain currently runs {SUPPORTED_STRATEGIES}"
-        )
+        raise _fail_type("strategy", value, allowed + " or a Strategy object (DDPStrategy(...))")
     name = value.lower()
     if name not in STRATEGIES:
         raise _fail_value("strategy", value, allowed)
@@ -341,8 +343,6 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
         val_check_interval, check_val_every_n_epoch = 1.0, 1
 
     num_nodes = check_int("num_nodes", k["num_nodes"], 1)
-    if num_nodes != 1:
-        raise NotSupportedYetError(f"`Trainer(num_nodes={num_nodes})`: multi-node training is not supported yet")
     benchmark = k["benchmark"]
     if benchmark is not None:
         check_bool("benchmark", benchmark)

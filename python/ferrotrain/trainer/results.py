@@ -70,7 +70,8 @@ for _fx in ("validation_step", "on_validation_batch_start", "on_validation_batch
 
 class _Entry:
     __slots__ = ("fx", "name", "options", "on_step", "on_epoch", "prog_bar", "logger", "reduce",
-                 "slot", "dl_idx", "src_dl", "key", "step_key", "epoch_key", "device_acc", "device_weight", "device_last")
+                 "slot", "dl_idx", "src_dl", "key", "step_key", "epoch_key", "device_acc", "device_weight", "device_last",
+                 "sync")
 
     def __init__(self, fx: str, name: str, key: str, options: tuple, on_step: bool, on_epoch: bool,
                  prog_bar: bool, logger: bool, reduce: str, slot: int, dl_idx: Optional[int],
@@ -96,6 +97,8 @@ class _Entry:
         self.device_acc: Optional[torch.Tensor] = None
         self.device_weight = 0.0
         self.device_last: Optional[torch.Tensor] = None
+        # `sync_dist=True` with several processes (see `ferrotrain.trainer.sync`), else None.
+        self.sync: Any = None
 
 
 class Results:
@@ -140,6 +143,11 @@ class Results:
             weight = float(batch_size) if batch_size is not None else self._current_batch_size()
         else:
             weight = 1.0
+        if sync_dist:
+            from ferrotrain.trainer.sync import log_synced
+
+            if log_synced(self, entry, value, weight):
+                return
         self._update(entry, value, weight)
 
     def _register(self, fx: Optional[str], name: str, options: tuple, dl_idx: Optional[int]) -> _Entry:
@@ -221,11 +229,18 @@ class Results:
 
     # ---------------------------------------------------------------- reading
     def _last(self, entry: _Entry) -> Optional[float]:
+        if entry.sync is not None and entry.sync.step is not None:
+            return entry.sync.step
         if entry.device_last is not None:
             return float(entry.device_last.item())  # host sync: only when metrics are read
         return self._store.last(entry.slot)
 
     def _reduced(self, entry: _Entry) -> Optional[float]:
+        if entry.sync is not None:
+            return entry.sync.epoch_value(self._local_reduced(entry))
+        return self._local_reduced(entry)
+
+    def _local_reduced(self, entry: _Entry) -> Optional[float]:
         if entry.device_acc is not None:
             acc = float(entry.device_acc.item())  # host sync: only at epoch end
             return acc / entry.device_weight if entry.reduce == "mean" and entry.device_weight else acc
@@ -285,6 +300,8 @@ class Results:
             e.device_acc = None
             e.device_weight = 0.0
             e.device_last = None
+            if e.sync is not None:
+                e.sync.reset()
 
     def callback_view(self) -> Dict[str, float]:
         return self.epoch_metrics()[2] if self.epoch_end_reached else self.step_metrics()[2]

@@ -84,7 +84,13 @@ class Trainer:
         logger_setting = cfg.check_logger(logger)
         if c.barebones:
             self._check_barebones(user_callbacks, logger_setting)
-        self.accelerator_name, self._device = _select_device(c.accelerator, c.devices)
+        from ferrotrain.strategies.connector import resolve as resolve_strategy
+
+        # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
+        self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
+        self._strategy._attach(self)
+        self._device = self._strategy.root_device
+        self._use_distributed_sampler = use_distributed_sampler
         self._precision = Precision(c.precision, self._device)
         self.state = TrainerState()
         self.callbacks: List[Callback] = self._build_callbacks(user_callbacks)
@@ -270,19 +276,19 @@ class Trainer:
 
     @property
     def device_ids(self) -> List[int]:
-        return [self._device.index or 0]
+        return [d.index or 0 for d in self._strategy.parallel_devices] or [self._device.index or 0]
 
     @property
     def num_devices(self) -> int:
-        return 1
+        return len(self.device_ids)
 
     @property
     def num_nodes(self) -> int:
-        return 1
+        return self._strategy.num_nodes
 
     @property
     def strategy(self) -> Any:
-        return _SingleDeviceStrategy(self)
+        return self._strategy
 
     @property
     def accelerator(self) -> str:
@@ -290,27 +296,28 @@ class Trainer:
 
     @property
     def global_rank(self) -> int:
-        return 0
+        return self._strategy.global_rank
 
     @property
     def local_rank(self) -> int:
-        return 0
+        return self._strategy.local_rank
 
     @property
     def node_rank(self) -> int:
-        return 0
+        return self._strategy.node_rank
 
     @property
     def world_size(self) -> int:
-        return 1
+        return self._strategy.world_size
 
     @property
     def is_global_zero(self) -> bool:
-        return True
+        return self._strategy.is_global_zero
 
     @property
     def model(self) -> Optional[torch.nn.Module]:
-        return self.lightning_module
+        """The module being run: the DDP wrapper while fitting with DDP, else the LightningModule."""
+        return self._strategy.model
 
     @property
     def global_step(self) -> int:
@@ -430,6 +437,16 @@ class Trainer:
             if isinstance(cb, EarlyStopping):
                 return cb
         return None
+
+    @property
+    def train_dataloader(self) -> Any:
+        """The training loader in use (with DDP, the one with the DistributedSampler)."""
+        return self._train_loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loaders = self._val_loaders
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
 
     @property
     def ckpt_path(self) -> Optional[str]:
@@ -569,6 +586,7 @@ class Trainer:
         loggers are finalized, and the exception reaches the user unchanged."""
         self.state.status = TrainerStatus.RUNNING
         try:
+            self._strategy.launch()
             result = fn()
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
@@ -579,6 +597,10 @@ class Trainer:
             self._interrupt(exc)
             self._teardown()
             self.state.stage = None
+            # With several processes, another rank's failure is the error to show.
+            shown = self._strategy.on_exception(exc)
+            if shown is not exc:
+                raise shown from exc
             raise
         self.state.status = TrainerStatus.FINISHED
         self._teardown()
@@ -610,6 +632,7 @@ class Trainer:
         bar = self.progress_bar_callback
         if bar is not None and hasattr(bar, "_close_all"):
             bar._close_all()
+        self._strategy.teardown()
 
     def _attach(self, model: LightningModule, datamodule: Optional[LightningDataModule]) -> None:
         self.lightning_module = model
@@ -626,6 +649,7 @@ class Trainer:
         self._progress_bar_metrics.clear()
         self._active_results = None
         self._eval_step_base = {}
+        self._strategy.setup_environment()
         self._attach(model, datamodule)
         self._merge_model_callbacks(model)
         self._hooks = HookTable(model, self.callbacks, datamodule)
@@ -684,6 +708,7 @@ class Trainer:
         self._fit_sources = (train_dataloaders, val_dataloaders)
         self._train_loader = None
         self._setup_run(model, datamodule, "fit")
+        self._strategy.wrap_model(model)
         self._configure_optimizers(model)
         # Validation loaders first, as Lightning asks for them (for the sanity check) before the
         # training loader.
@@ -747,7 +772,7 @@ class Trainer:
                 from ferrotrain.utilities.combined_loader import CombinedLoader
 
                 loader = CombinedLoader(loader, "max_size_cycle")
-        self._train_loader = loader
+        self._train_loader = self._prepare_loader(loader, "train")
         self._count_train_batches()
 
     def _count_train_batches(self) -> None:
@@ -756,6 +781,12 @@ class Trainer:
         self.num_training_batches = limited_batches(self._train_loader, limit, "limit_train_batches")
         if self.num_training_batches == 0:
             rank_zero_info("`Trainer.fit` stopped: No training batches.")
+
+    def _prepare_loader(self, loader: Any, stage: str) -> Any:
+        """The strategy's view of a loader (a DistributedSampler in front of it with DDP)."""
+        if not self._use_distributed_sampler or self._strategy.world_size <= 1:
+            return loader
+        return self._strategy.process_dataloader(loader, stage)
 
     def _train_dataloader_for_epoch(self) -> Any:
         every = self._config.reload_dataloaders_every_n_epochs
@@ -783,7 +814,7 @@ class Trainer:
         if loaders is None:
             self._val_loaders, self.num_val_batches = [], []
         else:
-            self._val_loaders = as_loader_list(loaders, "val_dataloaders")
+            self._val_loaders = [self._prepare_loader(l, "val") for l in as_loader_list(loaders, "val_dataloaders")]
             c = self._config
             limit = c.fast_dev_run if c.fast_dev_run else c.limit_val_batches
             self.num_val_batches = [limited_batches(l, limit, "limit_val_batches") for l in self._val_loaders]
@@ -869,7 +900,7 @@ class Trainer:
                 f"No {prefix} data: pass `dataloaders` to `{stage_fn}`, a `datamodule` with `{prefix}_dataloader()`, "
                 f"or implement `{prefix}_dataloader()` on the LightningModule"
             )
-        loaders = as_loader_list(loaders, "dataloaders")
+        loaders = [self._prepare_loader(l, prefix) for l in as_loader_list(loaders, "dataloaders")]
         c = self._config
         limit = c.fast_dev_run if c.fast_dev_run else (c.limit_val_batches if prefix == "val" else c.limit_test_batches)
         counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
@@ -983,7 +1014,7 @@ class Trainer:
         module.__dict__["_current_fx_name"] = "training_step"
 
     def _all_gather(self, data: Any, group: Any, sync_grads: bool) -> Any:
-        return data
+        return self._strategy.all_gather(data, group, sync_grads)
 
     # ------------------------------------------------------------------ hyperparameters and checkpoints
     def _log_hyperparams(self) -> None:
@@ -1010,38 +1041,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
-class _SingleDeviceStrategy:
-    """The strategy object user code may read (`trainer.strategy.root_device`)."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self._trainer = trainer
-
-    @property
-    def root_device(self) -> torch.device:
-        return self._trainer._device
-
-    @property
-    def model(self) -> Any:
-        return self._trainer.lightning_module
-
-    @property
-    def lightning_module(self) -> Any:
-        return self._trainer.lightning_module
-
-    @property
-    def optimizers(self) -> List[Any]:
-        return self._trainer.optimizers
-
-    def barrier(self, name: Optional[str] = None) -> None:
-        pass
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return obj
-
-    def reduce(self, tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-
 def _require_train_source(model: LightningModule, datamodule: Optional[LightningDataModule], given: Any) -> None:
     """Fail before anything runs when no training data can come from anywhere."""
     if given is not None:
@@ -1083,53 +1082,6 @@ def _default_logger(root: str) -> Any:
     from ferrotrain.loggers import CSVLogger
 
     return CSVLogger(save_dir=root)
-
-
-def _select_device(accelerator: str, devices: Any) -> Any:
-    def _count_ok(available: int, what: str) -> None:
-        if isinstance(devices, int) and devices > 1 or isinstance(devices, list) and len(devices) > 1:
-            raise cfg.NotSupportedYetError(
-                f"`Trainer(devices={devices!r})` selects several devices, which needs a distributed strategy; "
-                "not supported yet by ferrotrain"
-            )
-        if isinstance(devices, list) and devices and devices[0] >= available:
-            raise MisconfigurationException(
-                f"`Trainer(devices={devices!r})` asks for {what} device {devices[0]}, but only {available} are available"
-            )
-
-    if accelerator == "auto":
-        if torch.cuda.is_available():
-            accelerator = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            accelerator = "mps"
-        else:
-            accelerator = "cpu"
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise MisconfigurationException(
-                f"`Trainer(accelerator={accelerator!r})` needs a CUDA GPU, but `torch.cuda.is_available()` is False "
-                "(no NVIDIA driver or no GPU found); use accelerator='cpu' or 'auto'"
-            )
-        _count_ok(torch.cuda.device_count(), "CUDA")
-        index = devices[0] if isinstance(devices, list) else 0
-        return "cuda", torch.device("cuda", index)
-    if accelerator == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise MisconfigurationException("`Trainer(accelerator='mps')` needs Apple's Metal (MPS) backend, which is not available here")
-        _count_ok(1, "MPS")
-        return "mps", torch.device("mps")
-    if accelerator == "tpu":
-        if importlib.util.find_spec("torch_xla") is None:
-            raise MisconfigurationException(
-                "`Trainer(accelerator='tpu')` needs the `torch_xla` package, which is not installed"
-            )
-        raise cfg.NotSupportedYetError("`Trainer(accelerator='tpu')` is not supported yet by ferrotrain")
-    if isinstance(devices, int) and devices > 1 or isinstance(devices, list) and len(devices) > 1:
-        raise cfg.NotSupportedYetError(
-            f"`Trainer(accelerator='cpu', devices={devices!r})` runs several processes, which needs a distributed "
-            "strategy; not supported yet by ferrotrain"
-        )
-    return "cpu", torch.device("cpu")
 
 
 def _print_results(metrics: List[Dict[str, float]], stage_fn: str) -> None:

@@ -69,7 +69,8 @@ class AutomaticStep:
         hooks = trainer._hooks
         self.module = module
         self.fx = module.__dict__
-        self.training_step = module.training_step
+        # The strategy's callable: the module's method, or (DDP) routed through the wrapper.
+        self.training_step = trainer.strategy.step_fn(module, "training_step")
         self.optimizer = trainer.optimizers[0] if trainer.optimizers else MockOptimizer()
         self.precision = trainer._precision
         self.mixed = self.precision.mixed
@@ -94,6 +95,16 @@ class AutomaticStep:
         self._zero = False
         self._lightning_optimizer = LightningOptimizer(self.optimizer, trainer) if self.ov_step else None
         self.count_step = trainer._schedule.count_optimizer_step
+        # Batches that do not step skip the gradient all-reduce when the strategy can (DDP `no_sync`).
+        no_sync = trainer.strategy.no_sync()
+        self.accumulate_closure = self.closure if no_sync is None else self._closure_without_sync(no_sync)
+
+    def _closure_without_sync(self, no_sync: Any) -> Any:
+        def run() -> Optional[torch.Tensor]:
+            with no_sync():
+                return self.closure()
+
+        return run
 
     # The closure reads the batch from `self` so no new function object is made per step.
     def closure(self) -> Optional[torch.Tensor]:
@@ -189,7 +200,7 @@ class AutomaticStep:
             else:
                 self.precision.optimizer_step(self.optimizer, self.closure, self.after_closure)
         else:
-            self.closure()
+            self.accumulate_closure()
         if flags & STEP:
             # global_step moves on right after the step, before on_train_batch_end (Lightning).
             self.count_step()
@@ -209,7 +220,7 @@ class ManualStep:
     def __init__(self, trainer: Any) -> None:
         module = trainer.lightning_module
         self.fx = module.__dict__
-        self.training_step = module.training_step
+        self.training_step = trainer.strategy.step_fn(module, "training_step")
         self.precision = trainer._precision
 
     def run(self, batch: Any, batch_idx: int, flags: int) -> Dict[str, Any]:

@@ -1,0 +1,32 @@
+"""Strategies: how a run is laid out over devices and processes (`Trainer(strategy=...)`).
+
+    Trainer(strategy="ddp", accelerator="cpu", devices=2)       # starts the second process itself
+    Trainer(strategy=DDPStrategy(find_unused_parameters=True))
+    torchrun --nproc_per_node 2 train.py                        # the Trainer reads the ranks
+
+`strategy` is the base class and the one-process layout, `ddp` DDP, `deepspeed`
+DeepSpeed (needs the package), `launcher` starts processes, `environment` reads ranks,
+`connector` resolves the Trainer's arguments into a strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferrotrain.strategies.strategy import Strategy
+
+__all__ = ["DDPStrategy", "DeepSpeedStrategy", "SingleDeviceStrategy", "Strategy"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: `import ferrotrain` must not pay for torch.distributed.
+    if name == "DDPStrategy":
+        from ferrotrain.strategies.ddp import DDPStrategy as cls
+    elif name == "DeepSpeedStrategy":
+        from ferrotrain.strategies.deepspeed import DeepSpeedStrategy as cls
+    elif name == "SingleDeviceStrategy":
+        from ferrotrain.strategies.single_device import SingleDeviceStrategy as cls
+    else:
+        raise AttributeError(f"module 'ferrotrain.strategies' has no attribute {name!r}")
+    globals()[name] = cls
+    return cls

@@ -1,0 +1,140 @@
+"""`Strategy`: how the model, its data and its collectives are laid out over processes.
+
+The Trainer asks its strategy, once per run, for everything that depends on the layout: the
+process group (`setup_environment`), the model it trains (`wrap_model`), the callable each step
+calls (`step_fn`), the context that skips gradient all-reduce on accumulating batches
+(`no_sync`), the loaders (`process_dataloader`), and the collectives (`barrier`, `broadcast`,
+`reduce`, `all_gather`). The per-step path never asks which strategy runs: the answers are plain
+callables bound at setup. This base class is the one-process layout; `ddp` and `fsdp` override it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Optional
+
+import torch
+
+
+class Strategy:
+    strategy_name = "base"
+    launcher: Any = None
+
+    def __init__(self) -> None:
+        self._root_device = torch.device("cpu")
+        self._trainer: Any = None
+        self._model: Optional[torch.nn.Module] = None
+        self.accelerator: Optional[str] = None
+        self.parallel_devices: list = []
+        self.num_nodes = 1
+
+    # ---------------------------------------------------------------- set by the Trainer
+    def _configure(self, accelerator: str, devices: list, num_nodes: int) -> None:
+        """Called once by the Trainer's constructor with the resolved devices of this node."""
+        self.accelerator = accelerator
+        self.parallel_devices = devices
+        self.num_nodes = num_nodes
+        self._root_device = devices[0] if devices else torch.device("cpu")
+
+    def _attach(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    # ---------------------------------------------------------------- layout
+    @property
+    def root_device(self) -> torch.device:
+        return self._root_device
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def num_processes(self) -> int:
+        return max(1, len(self.parallel_devices))
+
+    @property
+    def lightning_module(self) -> Any:
+        return self._trainer.lightning_module if self._trainer is not None else None
+
+    @property
+    def model(self) -> Any:
+        """The module the steps run through: the wrapped one while fitting with DDP."""
+        return self._model if self._model is not None else self.lightning_module
+
+    @property
+    def optimizers(self) -> list:
+        return self._trainer.optimizers if self._trainer is not None else []
+
+    # ---------------------------------------------------------------- run life cycle
+    def launch(self) -> None:
+        """Start the other processes of the run, if this strategy starts any (once)."""
+
+    def setup_environment(self) -> None:
+        """Join the process group (once per process)."""
+
+    def wrap_model(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The model to fit (the module itself; DDP wraps it)."""
+        self._model = None
+        return module
+
+    def unwrap_model(self) -> None:
+        self._model = None
+
+    def step_fn(self, module: Any, name: str) -> Callable[..., Any]:
+        """What `training_step` / `validation_step` / ... calls: the module's bound method here."""
+        return getattr(module, name)
+
+    def no_sync(self) -> Optional[Callable[[], ContextManager[Any]]]:
+        """A context factory that skips the gradient all-reduce, or None when there is none."""
+        return None
+
+    def process_dataloader(self, loader: Any, stage: str) -> Any:
+        return loader
+
+    def on_exception(self, exc: BaseException) -> BaseException:
+        """Called when a run raises: returns the exception the user should see."""
+        return exc
+
+    def teardown(self) -> None:
+        self._model = None
+
+    # ---------------------------------------------------------------- collectives
+    def barrier(self, name: Optional[str] = None) -> None:
+        pass
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def reduce(self, tensor: Any, group: Any = None, reduce_op: Optional[str] = "mean") -> Any:
+        return tensor
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        return data
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+        return decision
+
+    @contextlib.contextmanager
+    def block_backward_sync(self) -> Any:
+        yield
+
+    # ---------------------------------------------------------------- checkpoints
+    def should_write_checkpoint(self) -> bool:
+        """Whether this process writes checkpoint files (rank zero only when there are several)."""
+        return self.is_global_zero

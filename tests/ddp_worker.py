@@ -1,0 +1,118 @@
+"""A training script the DDP tests run as real processes (`python tests/ddp_worker.py MODE OUT`).
+
+MODE `fit`: 2 processes on the CPU (`devices=2`, the Trainer starts the second); `fail`: rank 1
+raises in its third step; `nodes`: one process per "node" under torchrun (`num_nodes=2`).
+Each rank writes what it saw to OUT/rank<r>.pt.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, TensorDataset
+
+import ferrotrain as L
+from ferrotrain.callbacks import Callback
+from ferrotrain.loggers import CSVLogger
+from ferrotrain.utilities.rank_zero import rank_zero_only
+
+N, DIM = 256, 8
+torch.set_num_threads(1)
+
+
+def dataset(seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(N, DIM, generator=g), torch.randn(N, 1, generator=g))
+
+
+def make_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(DIM, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+class Model(L.LightningModule):
+    def __init__(self, fail_rank: int = -1) -> None:
+        super().__init__()
+        self.net = make_net()
+        self.fail_rank = fail_rank
+        self.seen = {}
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == self.fail_rank and batch_idx == 2:
+            raise ValueError(f"boom on rank {self.global_rank}")
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("loss_synced", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("loss_local", loss, on_step=False, on_epoch=True)
+        self.log("rank_step", float(self.global_rank), on_step=True, on_epoch=False, sync_dist=True)
+        if batch_idx == 0 and self.current_epoch == 0:
+            self.seen["gathered"] = self.all_gather(torch.tensor([float(self.global_rank), 1.0]))
+            self.seen["model_type"] = type(self.trainer.model).__name__
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Record(Callback):
+    """Counts DDP all-reduces (a comm hook) and what the loaders look like on each rank."""
+
+    def __init__(self) -> None:
+        self.allreduces = 0
+        self.epochs = []
+
+    def on_train_start(self, trainer, pl_module):
+        model = trainer.model
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+            def counting(state, bucket):
+                self.allreduces += 1
+                return allreduce_hook(state, bucket)
+
+            model.register_comm_hook(None, counting)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        s = trainer.train_dataloader.sampler
+        self.epochs.append((type(s).__name__, getattr(s, "epoch", None), getattr(s, "shuffle", None),
+                            len(trainer.train_dataloader)))
+
+
+def main(mode: str, out: str) -> None:
+    fail = 1 if mode == "fail" else -1
+    record = Record()
+    common = dict(max_epochs=2, enable_progress_bar=False, enable_model_summary=False,
+                  logger=CSVLogger(out, name="logs"), callbacks=[record], default_root_dir=out,
+                  num_sanity_val_steps=0)
+    if mode == "nodes":
+        trainer = L.Trainer(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", accumulate_grad_batches=2, **common)
+    else:
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", accumulate_grad_batches=2, **common)
+    model = Model(fail_rank=fail)
+    train = DataLoader(dataset(0), batch_size=32)
+    val = DataLoader(dataset(1), batch_size=32)
+    trainer.fit(model, train, val)
+    m = trainer.callback_metrics
+    info = {
+        "world_size": trainer.world_size, "global_rank": trainer.global_rank, "local_rank": trainer.local_rank,
+        "node_rank": trainer.node_rank, "is_global_zero": trainer.is_global_zero,
+        "rank_zero_only": rank_zero_only.rank, "model_type_in_fit": model.seen.get("model_type"),
+        "gathered": model.seen.get("gathered"), "allreduces": record.allreduces, "epochs": record.epochs,
+        "loss_synced": float(m["loss_synced"]), "loss_local": float(m["loss_local"]),
+        "rank_step": float(m["rank_step"]), "val_loss": float(m["val_loss"]),
+        "ckpt": trainer.checkpoint_callback.best_model_path, "global_step": trainer.global_step,
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "dist_initialized": dist.is_initialized(),
+    }
+    torch.save(info, os.path.join(out, f"rank{trainer.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
