@@ -112,7 +112,7 @@ def test_bad_values_are_clear_errors(kwargs, exc, words) -> None:
         (dict(precision="bf16-true"), ["precision", "'bf16-true'", "not supported yet"]),
         (dict(accelerator="cpu", devices=2), ["devices", "not supported yet"]),
         (dict(num_nodes=2), ["num_nodes", "not supported yet"]),
-        (dict(profiler="simple"), ["profiler", "not supported yet"]),
+        (dict(profiler="advanced"), ["profiler", "not supported yet"]),
     ],
 )
 def test_valid_but_unimplemented_settings_say_so(kwargs, words) -> None:

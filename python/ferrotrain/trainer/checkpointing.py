@@ -110,7 +110,8 @@ def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
     """Write a checkpoint of the trainer's state to `path`; asynchronous unless `sync`."""
     from ferrotrain import checkpoint as io
 
-    ckpt = dump(trainer, weights_only)
+    with trainer.profiler.profile("[Trainer]checkpoint_snapshot"):
+        ckpt = dump(trainer, weights_only)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     writer = getattr(trainer, "_checkpoint_writer", None)
