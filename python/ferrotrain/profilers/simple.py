@@ -162,6 +162,8 @@ class SimpleProfiler(Profiler):
         loop._step_schedulers = wrap("[Strategy]lr_scheduler_step", loop._step_schedulers)
         loop._log_step_metrics = wrap("[Trainer]log_to_loggers", loop._log_step_metrics)
         loop._validate = wrap("[Trainer]validation_loop", loop._validate)
+        loop._make_fetcher = wrap("[loop] start data fetcher", loop._make_fetcher)
+        loop._close_fetcher = wrap("[loop] close data fetcher", loop._close_fetcher)
         if isinstance(step, AutomaticStep):
             # Instance attributes shadow the methods: the step's own calls go through them.
             step._zero_grad = wrap("[Strategy]zero_grad", step._zero_grad)

@@ -43,6 +43,8 @@ class FitLoop:
         self._step_schedulers = step_schedulers
         self._log_step_metrics = trainer._log_step_metrics
         self._validate = trainer._run_validation_in_fit
+        self._make_fetcher = trainer._make_train_fetcher
+        self._close_fetcher = _close_fetcher
         profiler = trainer._loop_profiler
         self._timer = None if profiler is None else profiler.timer
         if profiler is not None:
@@ -89,7 +91,7 @@ class FitLoop:
             set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
         # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
         trainer._epoch_start_rng = rng_states()
-        fetcher = trainer._make_train_fetcher(loader, n)
+        fetcher = self._make_fetcher(loader, n)
         try:
             if skip:
                 for _ in range(skip):
@@ -101,7 +103,7 @@ class FitLoop:
                 schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds), self._timer
             )
         finally:
-            fetcher.close()
+            self._close_fetcher(fetcher)
         self._end_epoch()
 
     def _end_epoch(self) -> None:
@@ -184,6 +186,10 @@ class FitLoop:
             self._validate(log_step, stepped)
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
+
+
+def _close_fetcher(fetcher: Any) -> None:
+    fetcher.close()
 
 
 def _keep_step_views(trainer: Any, results: Any) -> None:
