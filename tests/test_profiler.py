@@ -75,7 +75,7 @@ def test_phase_times_add_up_to_the_measured_step_time(quiet, capsys) -> None:
     epoch_parts = sum(phases[n]["outside"] for n in ("[loop] start data fetcher", "[loop] close data fetcher",
                                                       "[loop] wait for data"))
     assert profiler.step_time <= clock.total
-    assert profiler.step_time + epoch_parts == pytest.approx(clock.total, rel=0.03)
+    assert profiler.step_time + epoch_parts == pytest.approx(clock.total, rel=0.05)
     step = phases["[LightningModule]Sleepy.training_step"]
     assert step["calls"] == steps
     assert step["in_step"] >= steps * STEP_SLEEP
