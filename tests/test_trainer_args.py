@@ -110,7 +110,7 @@ def test_bad_values_are_clear_errors(kwargs, exc, words) -> None:
         (dict(strategy="ddp_spawn"), ["strategy", "'ddp_spawn'", "not supported yet"]),
         (dict(strategy="fsdp"), ["'fsdp'", "not supported yet"]),
         (dict(precision="bf16-true"), ["precision", "'bf16-true'", "not supported yet"]),
-        (dict(profiler="simple"), ["profiler", "not supported yet"]),
+        (dict(profiler="advanced"), ["profiler", "not supported yet"]),
     ],
 )
 def test_valid_but_unimplemented_settings_say_so(kwargs, words) -> None:

@@ -1,7 +1,7 @@
 """Types of `ferrotrain._core`, the native loop core (PyO3). Private: the public API is
 `ferrotrain`'s. Errors are raised as the classes of `ferrotrain.errors`."""
 
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 __version__: str
 
@@ -28,6 +28,7 @@ class Schedule:
         automatic_optimization: bool,
     ) -> None: ...
     should_stop: bool
+    accumulate_grad_batches: int
     @property
     def global_step(self) -> int: ...
     @property
@@ -59,10 +60,31 @@ class Schedule:
     def count_optimizer_step(self) -> None: ...
     def estimated_stepping_batches(self, batches_per_epoch: Optional[int]) -> Optional[int]: ...
 
-def run_train_epoch(schedule: Schedule, fetcher: Any, train_batch: Any, after_batch: Any, after_every_batch: bool) -> int:
+def run_train_epoch(schedule: Schedule, fetcher: Any, train_batch: Any, after_batch: Any, after_every_batch: bool,
+                    timer: Optional[PhaseTimer] = None) -> int:
     """Drive one training epoch: `fetcher.fetch() -> (batch, is_last) | None`,
     `train_batch(batch, batch_idx, flags) -> False | None`,
     `after_batch(log, log_step, validate, stepped)`. Returns the batches run."""
+
+# ---------------------------------------------------------------- loop profiler (profile.rs)
+PHASE_DATA_WAIT: str
+
+class PhaseTimer:
+    """Exclusive time per named phase, per training step; monotonic clock."""
+    steps: int
+    step_ns: int
+    overhead_ns: int
+    def __init__(self) -> None: ...
+    def phase(self, name: str) -> int: ...
+    def enter(self, phase: int) -> None: ...
+    def exit(self) -> None: ...
+    def begin_step(self) -> None: ...
+    def end_step(self) -> None: ...
+    def cancel_step(self) -> None: ...
+    def reset(self) -> None: ...
+    def now_ns(self) -> int: ...
+    def stats(self) -> List[Tuple[str, int, int, int]]:
+        """(name, calls, in_step_ns, outside_ns) per phase."""
 
 # ---------------------------------------------------------------- metrics (metrics.rs)
 class MetricStore:

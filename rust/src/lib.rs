@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod metrics;
 pub mod prefetch;
+pub mod profile;
 pub mod schedule;
 
 #[cfg(feature = "python")]

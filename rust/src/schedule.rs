@@ -243,6 +243,28 @@ impl Schedule {
         self.cfg.has_validation = has_validation;
     }
 
+    /// Change the gradient accumulation factor (`trainer.accumulate_grad_batches = n`, as
+    /// `GradientAccumulationScheduler` does at an epoch's start). Windows are counted from the
+    /// epoch's first batch, so the new factor applies from the next batch on.
+    pub fn set_accumulate_grad_batches(&mut self, n: u64) -> Result<(), ScheduleError> {
+        if n == 0 {
+            return Err(ScheduleError::InvalidSetting(
+                "accumulate_grad_batches",
+                "0".into(),
+                "an int >= 1",
+            ));
+        }
+        if !self.cfg.automatic_optimization && n != 1 {
+            return Err(ScheduleError::InvalidSetting(
+                "accumulate_grad_batches",
+                n.to_string(),
+                "1 with manual optimization (automatic gradient accumulation is not supported)",
+            ));
+        }
+        self.cfg.accumulate_grad_batches = n;
+        Ok(())
+    }
+
     pub fn max_steps_reached(&self) -> bool {
         matches!(self.cfg.max_steps, Some(m) if self.progress.global_step >= m)
     }

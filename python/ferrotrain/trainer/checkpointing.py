@@ -109,7 +109,8 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
 
 def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
     """Write a checkpoint of the trainer's state to `path`; asynchronous unless `sync`."""
-    ckpt = dump(trainer, weights_only)
+    with trainer.profiler.profile("[Trainer]checkpoint_snapshot"):
+        ckpt = dump(trainer, weights_only)
     strategy = trainer.strategy
     if strategy.world_size > 1:
         # Every rank builds the dict (hooks may use collectives); rank zero writes the file,

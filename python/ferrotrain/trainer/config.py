@@ -421,15 +421,21 @@ def check_logger(value: Any) -> Union[bool, List[Any]]:
     raise _fail_type("logger", value, allowed)
 
 
-def check_profiler(value: Any) -> Optional[str]:
-    allowed = "None, 'simple', 'advanced' or 'pytorch'"
+def check_profiler(value: Any) -> Any:
+    allowed = "None, 'simple', 'pytorch' or a `ferrotrain.profilers.Profiler`"
     if value is None:
         return None
-    if isinstance(value, str) and value in ("simple", "advanced", "pytorch"):
-        raise NotSupportedYetError(f"`Trainer(profiler={value!r})` is valid but not supported yet by ferrotrain")
+    if isinstance(value, str) and value in ("simple", "pytorch"):
+        return value
+    if isinstance(value, str) and value == "advanced":
+        raise NotSupportedYetError("`Trainer(profiler='advanced')` is valid but not supported yet by ferrotrain")
     if isinstance(value, str):
         raise _fail_value("profiler", value, allowed)
-    raise NotSupportedYetError(f"`Trainer(profiler={value!r})`: profiler objects are not supported yet")
+    from ferrotrain.profilers import Profiler
+
+    if isinstance(value, Profiler):
+        return value
+    raise _fail_type("profiler", value, allowed)
 
 
 def reject_unsupported(name: str, value: Any, default: Any) -> None:

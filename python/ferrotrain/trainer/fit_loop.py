@@ -38,6 +38,17 @@ class FitLoop:
         self.plateau_step_scheds = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
         self.plateau_epoch_scheds = [c for c in configs if c.interval == "epoch" and c.reduce_on_plateau]
         self._last_batch_reached = False
+        # What train_batch and _after_batch call, looked up once (the loop profiler wraps them).
+        self._transfer = trainer._transfer_batch
+        self._step_schedulers = step_schedulers
+        self._log_step_metrics = trainer._log_step_metrics
+        self._validate = trainer._run_validation_in_fit
+        self._make_fetcher = trainer._make_train_fetcher
+        self._close_fetcher = _close_fetcher
+        profiler = trainer._loop_profiler
+        self._timer = None if profiler is None else profiler.timer
+        if profiler is not None:
+            profiler.instrument_fit_loop(self)
         self.train_batch = self._build_train_batch()
 
     # ------------------------------------------------------------------ epochs
@@ -80,7 +91,7 @@ class FitLoop:
             set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
         # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
         trainer._epoch_start_rng = rng_states()
-        fetcher = trainer._make_train_fetcher(loader, n)
+        fetcher = self._make_fetcher(loader, n)
         try:
             if skip:
                 for _ in range(skip):
@@ -89,10 +100,10 @@ class FitLoop:
                 if resume is not None and resume[1] is not None:
                     set_rng_states(resume[1])
             _core.run_train_epoch(
-                schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds)
+                schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds), self._timer
             )
         finally:
-            fetcher.close()
+            self._close_fetcher(fetcher)
         self._end_epoch()
 
     def _end_epoch(self) -> None:
@@ -129,7 +140,8 @@ class FitLoop:
         has_start = bool(cb_start) or m_start is not None
         has_end = bool(cb_end) or m_end is not None
         needs_transfer = trainer._needs_transfer()
-        transfer = trainer._transfer_batch
+        transfer = self._transfer
+        step_schedulers = self._step_schedulers
         run_step = self.step.run
         step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds
 
@@ -168,12 +180,16 @@ class FitLoop:
     def _after_batch(self, log: bool, log_step: int, validate: bool, stepped: bool) -> None:
         trainer = self.trainer
         if log:
-            trainer._log_step_metrics(trainer._train_results, log_step)
+            self._log_step_metrics(trainer._train_results, log_step)
         if validate:
             _keep_step_views(trainer, trainer._train_results)
-            trainer._run_validation_in_fit(log_step, stepped)
+            self._validate(log_step, stepped)
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
+
+
+def _close_fetcher(fetcher: Any) -> None:
+    fetcher.close()
 
 
 def _keep_step_views(trainer: Any, results: Any) -> None:

@@ -73,7 +73,9 @@ class Trainer:
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         self._config = cfg.resolve(dict(locals()))
-        cfg.check_profiler(profiler)
+        from ferrotrain.profilers.profiler import resolve as _resolve_profiler
+
+        self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
         cfg.reject_unsupported("overfit_batches", overfit_batches, 0.0)
         cfg.reject_unsupported("plugins", plugins, None)
         cfg.reject_unsupported("sync_batchnorm", sync_batchnorm, False)
@@ -220,6 +222,13 @@ class Trainer:
     @accumulate_grad_batches.setter
     def accumulate_grad_batches(self, value: int) -> None:
         self._accumulate = cfg.check_int("accumulate_grad_batches", value, 1)
+        # The native schedule decides when to step and the step divides the loss: both follow
+        # (GradientAccumulationScheduler sets this at each epoch's start).
+        if self._schedule is not None:
+            self._schedule.accumulate_grad_batches = self._accumulate
+        step = getattr(self._fit_loop, "step", None)
+        if hasattr(step, "accumulate"):
+            step.accumulate = self._accumulate
 
     @property
     def gradient_clip_val(self) -> Optional[float]:
@@ -334,6 +343,11 @@ class Trainer:
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
         self._schedule.should_stop = bool(value)
+
+    @property
+    def _loop_profiler(self) -> Any:
+        """The profiler that times the loop's phases, or None (profiling off: nothing is wrapped)."""
+        return self.profiler if self.profiler._times_loop else None
 
     @property
     def interrupted(self) -> bool:
@@ -633,6 +647,7 @@ class Trainer:
         if bar is not None and hasattr(bar, "_close_all"):
             bar._close_all()
         self._strategy.teardown()
+        self.profiler.teardown(self.state.fn.value if self.state.fn is not None else None)
 
     def _attach(self, model: LightningModule, datamodule: Optional[LightningDataModule]) -> None:
         self.lightning_module = model
@@ -653,6 +668,8 @@ class Trainer:
         self._attach(model, datamodule)
         self._merge_model_callbacks(model)
         self._hooks = HookTable(model, self.callbacks, datamodule)
+        if self._loop_profiler is not None:
+            self._loop_profiler.instrument_hooks(self._hooks)
         if datamodule is not None:
             datamodule.prepare_data()
         if is_overridden(model, LightningModule, "prepare_data"):
@@ -722,6 +739,7 @@ class Trainer:
             )
         self._train_results = Results(training=True)
         self._val_results = Results(training=False)
+        self.profiler.setup("fit", 0, self.log_dir)
         self._fit_loop = FitLoop(self)
         if ckpt_path is not None:
             checkpointing.restore_for_fit(self, ckpt_path)
@@ -735,6 +753,7 @@ class Trainer:
         self.state.stage = RunningStage.TRAINING
         self._fit_loop.run()
         self._call_hooks("on_fit_end")
+        self.profiler.describe()
         writer = getattr(self, "_checkpoint_writer", None)
         if writer is not None:
             writer.wait()

@@ -9,6 +9,7 @@ mod clip;
 mod errors;
 mod metrics;
 mod prefetch;
+mod profile;
 mod schedule;
 
 #[pymodule]
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     clip::register(m)?;
     checkpoint::register(m)?;
     prefetch::register(m)?;
+    profile::register(m)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::errors::ferro_err;
+use super::profile::{NoStamps, PyPhaseTimer, Stamps, TimerStamps};
 use crate::schedule::{BatchPlan, Progress, Schedule, ScheduleConfig, ScheduleError};
 
 fn to_py_err(py: Python<'_>, e: ScheduleError) -> PyErr {
@@ -140,6 +141,16 @@ impl PySchedule {
         self.inner.set_val_check_batch(val_check_batch, has_validation);
     }
 
+    #[getter]
+    fn accumulate_grad_batches(&self) -> u64 {
+        self.inner.config().accumulate_grad_batches
+    }
+
+    #[setter]
+    fn set_accumulate_grad_batches(&mut self, py: Python<'_>, value: u64) -> PyResult<()> {
+        self.inner.set_accumulate_grad_batches(value).map_err(|e| to_py_err(py, e))
+    }
+
     /// Once the train loader is set up: `None` for a loader without a length. An empty sized
     /// loader ends the fit before it starts.
     fn set_num_training_batches(&mut self, py: Python<'_>, n: Option<u64>) -> PyResult<()> {
@@ -193,10 +204,13 @@ impl PySchedule {
 ///   `on_train_batch_start` returned -1, which ends the epoch as in Lightning;
 /// - `after_batch(log, log_step, validate, stepped)` is called only when there is logging or
 ///   validation to do, or after every batch when `after_every_batch` is set (plateau schedulers
-///   stepping per batch).
+///   stepping per batch);
+/// - `timer` (profiling on): each step (fetch to `after_batch`) and its wait for data are stamped
+///   on it.
 ///
 /// Returns the number of batches run.
 #[pyfunction]
+#[pyo3(signature = (schedule, fetcher, train_batch, after_batch, after_every_batch, timer=None))]
 pub fn run_train_epoch(
     py: Python<'_>,
     schedule: &Bound<'_, PySchedule>,
@@ -204,39 +218,74 @@ pub fn run_train_epoch(
     train_batch: &Bound<'_, PyAny>,
     after_batch: &Bound<'_, PyAny>,
     after_every_batch: bool,
+    timer: Option<&Bound<'_, PyPhaseTimer>>,
 ) -> PyResult<u64> {
-    let mut ran = 0u64;
-    let automatic = schedule.borrow().inner.config().automatic_optimization;
-    loop {
-        if schedule.borrow().inner.epoch_done() {
-            break;
-        }
-        let item = fetcher.call_method0(pyo3::intern!(py, "fetch"))?;
-        if item.is_none() {
-            break;
-        }
-        let pair = item.cast_into::<PyTuple>()?;
-        let batch = pair.get_item(0)?;
-        let is_last: bool = pair.get_item(1)?.extract()?;
-        let plan = schedule.borrow_mut().inner.begin_batch(is_last).map_err(|e| to_py_err(py, e))?;
-        ran += 1;
-        let proceed = train_batch.call1((batch, plan.batch_idx, pack(&plan)))?;
-        // Only an explicit False ends the epoch (on_train_batch_start returned -1).
-        if proceed.is(&*pyo3::types::PyBool::new(py, false)) {
-            schedule.borrow_mut().inner.abort_batch().map_err(|e| to_py_err(py, e))?;
-            break;
-        }
-        let out = schedule.borrow_mut().inner.end_batch().map_err(|e| to_py_err(py, e))?;
-        if out.log || out.validate || after_every_batch {
-            // Manual optimization never accumulates: every batch counts as a stepping batch.
-            let stepped = plan.step_optimizer || !automatic;
-            after_batch.call1((out.log, out.log_step, out.validate, stepped))?;
-        }
-        if out.epoch_done {
-            break;
+    let loop_ = EpochLoop { py, schedule, fetcher, train_batch, after_batch, after_every_batch };
+    match timer {
+        None => loop_.run(&NoStamps),
+        Some(t) => {
+            let stamps = TimerStamps::new(t)?;
+            let out = loop_.run(&stamps);
+            if out.is_err() {
+                stamps.cancel_step();
+            }
+            out
         }
     }
-    Ok(ran)
+}
+
+struct EpochLoop<'a, 'py> {
+    py: Python<'py>,
+    schedule: &'a Bound<'py, PySchedule>,
+    fetcher: &'a Bound<'py, PyAny>,
+    train_batch: &'a Bound<'py, PyAny>,
+    after_batch: &'a Bound<'py, PyAny>,
+    after_every_batch: bool,
+}
+
+impl EpochLoop<'_, '_> {
+    fn run<S: Stamps>(&self, stamps: &S) -> PyResult<u64> {
+        let py = self.py;
+        let schedule = self.schedule;
+        let mut ran = 0u64;
+        let automatic = schedule.borrow().inner.config().automatic_optimization;
+        loop {
+            if schedule.borrow().inner.epoch_done() {
+                break;
+            }
+            stamps.begin_step();
+            stamps.enter_data_wait();
+            let item = self.fetcher.call_method0(pyo3::intern!(py, "fetch"))?;
+            stamps.exit();
+            if item.is_none() {
+                stamps.cancel_step();
+                break;
+            }
+            let pair = item.cast_into::<PyTuple>()?;
+            let batch = pair.get_item(0)?;
+            let is_last: bool = pair.get_item(1)?.extract()?;
+            let plan = schedule.borrow_mut().inner.begin_batch(is_last).map_err(|e| to_py_err(py, e))?;
+            ran += 1;
+            let proceed = self.train_batch.call1((batch, plan.batch_idx, pack(&plan)))?;
+            // Only an explicit False ends the epoch (on_train_batch_start returned -1).
+            if proceed.is(&*pyo3::types::PyBool::new(py, false)) {
+                schedule.borrow_mut().inner.abort_batch().map_err(|e| to_py_err(py, e))?;
+                stamps.end_step();
+                break;
+            }
+            let out = schedule.borrow_mut().inner.end_batch().map_err(|e| to_py_err(py, e))?;
+            if out.log || out.validate || self.after_every_batch {
+                // Manual optimization never accumulates: every batch counts as a stepping batch.
+                let stepped = plan.step_optimizer || !automatic;
+                self.after_batch.call1((out.log, out.log_step, out.validate, stepped))?;
+            }
+            stamps.end_step();
+            if out.epoch_done {
+                break;
+            }
+        }
+        Ok(ran)
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

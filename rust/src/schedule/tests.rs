@@ -164,3 +164,32 @@ fn checkpoint_inside_a_batch_stores_the_batch_as_done() {
     s.end_batch().unwrap();
     assert_eq!(inside, s.progress());
 }
+
+#[test]
+fn accumulation_factor_changes_between_epochs() {
+    let mut s = Schedule::new(cfg()).unwrap();
+    s.set_num_training_batches(Some(4)).unwrap();
+    let steps_in_epoch = |s: &mut Schedule| {
+        s.begin_epoch(Some(4)).unwrap();
+        let mut steps = Vec::new();
+        while !s.epoch_done() {
+            steps.push(s.begin_batch(false).unwrap().step_optimizer);
+            s.end_batch().unwrap();
+        }
+        s.end_epoch().unwrap();
+        s.complete_epoch().unwrap();
+        steps
+    };
+    assert_eq!(steps_in_epoch(&mut s), vec![true, true, true, true]);
+    s.set_accumulate_grad_batches(2).unwrap();
+    assert_eq!(steps_in_epoch(&mut s), vec![false, true, false, true]);
+    assert_eq!(s.progress().global_step, 6);
+    assert!(s.set_accumulate_grad_batches(0).is_err());
+}
+
+#[test]
+fn manual_optimization_rejects_an_accumulation_factor() {
+    let mut s = Schedule::new(ScheduleConfig { automatic_optimization: false, ..cfg() }).unwrap();
+    assert!(s.set_accumulate_grad_batches(1).is_ok());
+    assert!(s.set_accumulate_grad_batches(2).is_err());
+}
