@@ -699,7 +699,10 @@ class Trainer:
         self._call_hooks("on_fit_start")
         self._run_sanity_check()
         self.state.stage = RunningStage.TRAINING
-        self._fit_loop.run()
+        from ferrotrain.trainer.anomaly import autograd_context
+
+        with autograd_context(self._config.detect_anomaly):
+            self._fit_loop.run()
         self._call_hooks("on_fit_end")
         writer = getattr(self, "_checkpoint_writer", None)
         if writer is not None:

@@ -62,6 +62,15 @@ def _loss_from_output(out: Any) -> Optional[torch.Tensor]:
     return loss
 
 
+def _training_step_of(module: Any, trainer: Any) -> Any:
+    """The module's `training_step`, checked for a finite loss only with `detect_anomaly=True`."""
+    if trainer._config.detect_anomaly:
+        from ferrotrain.trainer.anomaly import checked_training_step
+
+        return checked_training_step(module.training_step, trainer)
+    return module.training_step
+
+
 class AutomaticStep:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
@@ -69,7 +78,7 @@ class AutomaticStep:
         hooks = trainer._hooks
         self.module = module
         self.fx = module.__dict__
-        self.training_step = module.training_step
+        self.training_step = _training_step_of(module, trainer)
         self.optimizer = trainer.optimizers[0] if trainer.optimizers else MockOptimizer()
         self.precision = trainer._precision
         self.mixed = self.precision.mixed
@@ -209,7 +218,7 @@ class ManualStep:
     def __init__(self, trainer: Any) -> None:
         module = trainer.lightning_module
         self.fx = module.__dict__
-        self.training_step = module.training_step
+        self.training_step = _training_step_of(module, trainer)
         self.precision = trainer._precision
 
     def run(self, batch: Any, batch_idx: int, flags: int) -> Dict[str, Any]:
