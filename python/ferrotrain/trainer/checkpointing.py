@@ -17,7 +17,7 @@ import torch
 
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.module import LightningModule
-from ferrotrain.errors import CheckpointError, MisconfigurationException
+from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException
 
 FORMAT_VERSION = 1
 
@@ -135,6 +135,11 @@ def wait_for_writes(trainer: Any) -> None:
 
 
 def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        raise ConfigTypeError(
+            f"`{fn}(ckpt_path={ckpt_path!r})` must be a path (str or os.PathLike), \"best\" or \"last\"; "
+            f"got {type(ckpt_path).__name__}"
+        )
     if ckpt_path in ("best", "last"):
         cb = trainer.checkpoint_callback
         if cb is None:

@@ -19,7 +19,7 @@ from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException
 from ferrotrain.trainer import config as cfg
-from ferrotrain.trainer.data import INF, Fetcher, as_loader_list, limited_batches, resolve_loaders
+from ferrotrain.trainer.data import INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
 from ferrotrain.trainer.precision import Precision
@@ -496,6 +496,11 @@ class Trainer:
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             datamodule: Optional[LightningDataModule] = None, ckpt_path: Optional[str] = None) -> None:
         self._check_model(model, "fit")
+        if not is_overridden(model, LightningModule, "training_step"):
+            raise MisconfigurationException(
+                "No `training_step()` method defined: `Trainer.fit` expects the LightningModule to define at least "
+                "`training_step()` and `configure_optimizers()`, and a training dataloader"
+            )
         if train_dataloaders is not None and isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
@@ -741,6 +746,8 @@ class Trainer:
                 from ferrotrain.trainer.combined import CombinedLoader
 
                 loader = CombinedLoader(loader, "max_size_cycle")
+        else:
+            _check_iterable(loader, "train_dataloaders")
         self._train_loader = loader
         self._count_train_batches()
 
