@@ -1,6 +1,8 @@
 //! Every `unsafe` block, impl and function in the crate's sources says why it is sound: a
 //! `SAFETY:` comment (or a `# Safety` doc section for an `unsafe fn`) within the few lines above.
 
+#![allow(clippy::panic)] // a test: a failure is a panic
+
 use std::path::{Path, PathBuf};
 
 const WINDOW: usize = 8;
