@@ -412,3 +412,53 @@ def _children() -> list:
             return f.read().split()
     except OSError:
         return []
+
+
+def test_last_checkpoint_lookup_skips_temporary_files_and_broken_links(tmp_path):
+    from ferrotrain.checkpoint import save
+    from ferrotrain.trainer.checkpointing import _latest_in
+
+    save(tmp_path / "epoch=0-step=1.ckpt", {"global_step": 1})
+    time.sleep(0.01)
+    save(tmp_path / "epoch=0-step=2.ckpt", {"global_step": 2})
+    time.sleep(0.01)
+    # Newer than both: what a crash mid-write, a hidden file and a dangling `last.ckpt` link leave.
+    (tmp_path / ".epoch=0-step=3.ckpt.1234.0.tmp").write_bytes(b"\0" * 64)
+    (tmp_path / ".hidden.ckpt").write_bytes(b"partial")
+    os.symlink("gone.ckpt", tmp_path / "last.ckpt")
+    (tmp_path / "dir.ckpt").mkdir()
+    assert _latest_in(str(tmp_path)) == str(tmp_path / "epoch=0-step=2.ckpt")
+
+
+class _Marker:
+    """Unpickling this creates a file: the proof that a loader ran code from a checkpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_is_never_unpickled(tmp_path, quiet):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state_dict": _Marker(str(marker))})
+    as_pickle = tmp_path / "evil.ckpt"
+    as_pickle.write_bytes(payload)
+    torch_file = tmp_path / "evil_torch.ckpt"
+    torch.save({"state_dict": {}, "x": _Marker(str(marker))}, torch_file)
+    marker.unlink(missing_ok=True)  # torch.save does not run it; make sure nothing is left over
+    from ferrotrain.errors import CorruptCheckpointError
+
+    for path in (as_pickle, torch_file):
+        with pytest.raises(CorruptCheckpointError, match=path.name):
+            load(path)
+        with pytest.raises(CorruptCheckpointError, match=path.name):
+            BoringModel.load_from_checkpoint(path)
+        with pytest.raises(CorruptCheckpointError, match=path.name):
+            L.Trainer(max_epochs=1, **quiet).fit(BoringModel(), DataLoader(make_dataset(), batch_size=8), ckpt_path=path)
+        with pytest.raises(CorruptCheckpointError, match=path.name):
+            L.Trainer(**quiet).validate(BoringModel(), DataLoader(make_dataset(), batch_size=8), ckpt_path=path)
+    assert not marker.exists()

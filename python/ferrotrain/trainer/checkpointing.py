@@ -162,7 +162,10 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
 def _latest_in(folder: Optional[str]) -> str:
     if not folder or not os.path.isdir(folder):
         return ""
-    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+    # Only complete checkpoints: a crashed write leaves a hidden `.<name>.<pid>.<n>.tmp` file, and a
+    # `last.ckpt` link whose target was removed is skipped rather than failing the lookup.
+    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith(".")]
+    files = [f for f in files if os.path.isfile(f)]
     return max(files, key=os.path.getmtime) if files else ""
 
 
