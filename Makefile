@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test dev rust-test py-test bench wheel clean
+.PHONY: quickstart test dev rust-test rust-memcheck py-test bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,17 @@ quickstart: $(PY)
 dev: $(PY)
 	$(PY) -m pip install -e ".[test]"
 
-test: dev rust-test py-test
+test: dev rust-test rust-memcheck py-test
 
+# Lints first (no unwrap/expect/panic on reachable paths: see [lints.clippy] in rust/Cargo.toml),
+# then the Rust tests (the checkpoint reader's fuzz target included).
 rust-test:
+	cargo clippy --workspace --all-targets --features python -- -D warnings
 	cargo test --workspace
+
+# The Rust tests that touch tensor memory, under valgrind's memcheck (about a minute).
+rust-memcheck:
+	scripts/memcheck.sh
 
 py-test:
 	$(PY) -m pytest

@@ -114,6 +114,9 @@ def test_no_training_data_fails_before_anything_runs(tmp_path) -> None:
         def on_fit_start(self):
             started.append(True)
 
+        def training_step(self, batch, batch_idx):
+            return self.l(batch[0]).sum()
+
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 

@@ -37,3 +37,8 @@ class CorruptCheckpointError(CheckpointError, ValueError):
 class NonFiniteNormError(FerrotrainError, RuntimeError):
     """A gradient norm is NaN or infinite and `error_if_nonfinite=True` asked to stop; the
     message names the norm. A `RuntimeError`, as torch raises in the same case."""
+
+
+class NonFiniteLossError(FerrotrainError, RuntimeError):
+    """`training_step` returned a NaN or infinite loss while `Trainer(detect_anomaly=True)`; the
+    message names the global step, the epoch and the batch."""

@@ -164,6 +164,7 @@ macro_rules! multiversion {
 
             #[cfg(target_arch = "x86_64")]
             {
+                // SAFETY (callers): only called once the CPU is known to support AVX2 and FMA.
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)

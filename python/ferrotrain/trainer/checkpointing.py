@@ -17,7 +17,7 @@ import torch
 
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.module import LightningModule
-from ferrotrain.errors import CheckpointError, MisconfigurationException
+from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException
 
 FORMAT_VERSION = 1
 
@@ -150,6 +150,11 @@ def wait_for_writes(trainer: Any) -> None:
 
 
 def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        raise ConfigTypeError(
+            f"`{fn}(ckpt_path={ckpt_path!r})` must be a path (str or os.PathLike), \"best\" or \"last\"; "
+            f"got {type(ckpt_path).__name__}"
+        )
     if ckpt_path in ("best", "last"):
         cb = trainer.checkpoint_callback
         if cb is None:
@@ -172,7 +177,10 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
 def _latest_in(folder: Optional[str]) -> str:
     if not folder or not os.path.isdir(folder):
         return ""
-    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+    # Only complete checkpoints: a crashed write leaves a hidden `.<name>.<pid>.<n>.tmp` file, and a
+    # `last.ckpt` link whose target was removed is skipped rather than failing the lookup.
+    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith(".")]
+    files = [f for f in files if os.path.isfile(f)]
     return max(files, key=os.path.getmtime) if files else ""
 
 

@@ -18,7 +18,7 @@ from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException
 from ferrotrain.trainer import config as cfg
-from ferrotrain.trainer.data import INF, Fetcher, as_loader_list, limited_batches, resolve_loaders
+from ferrotrain.trainer.data import INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
 from ferrotrain.trainer.precision import Precision
@@ -529,6 +529,11 @@ class Trainer:
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             datamodule: Optional[LightningDataModule] = None, ckpt_path: Optional[str] = None) -> None:
         self._check_model(model, "fit")
+        if not is_overridden(model, LightningModule, "training_step"):
+            raise MisconfigurationException(
+                "No `training_step()` method defined: `Trainer.fit` expects the LightningModule to define at least "
+                "`training_step()` and `configure_optimizers()`, and a training dataloader"
+            )
         if train_dataloaders is not None and isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
@@ -751,7 +756,10 @@ class Trainer:
             self._setup_train_data(model, datamodule, train_dataloaders)
         self._configure_val_check()
         self.state.stage = RunningStage.TRAINING
-        self._fit_loop.run()
+        from ferrotrain.trainer.anomaly import autograd_context
+
+        with autograd_context(self._config.detect_anomaly):
+            self._fit_loop.run()
         self._call_hooks("on_fit_end")
         self.profiler.describe()
         writer = getattr(self, "_checkpoint_writer", None)
@@ -791,6 +799,8 @@ class Trainer:
                 from ferrotrain.utilities.combined_loader import CombinedLoader
 
                 loader = CombinedLoader(loader, "max_size_cycle")
+        else:
+            _check_iterable(loader, "train_dataloaders")
         self._train_loader = self._prepare_loader(loader, "train")
         self._count_train_batches()
 

@@ -62,6 +62,17 @@ def _loss_from_output(out: Any) -> Optional[torch.Tensor]:
     return loss
 
 
+def _training_step_of(module: Any, trainer: Any) -> Any:
+    """The strategy's `training_step` callable (the module's method, or routed through the DDP
+    wrapper), checked for a finite loss only with `detect_anomaly=True`."""
+    step = trainer.strategy.step_fn(module, "training_step")
+    if trainer._config.detect_anomaly:
+        from ferrotrain.trainer.anomaly import checked_training_step
+
+        return checked_training_step(step, trainer)
+    return step
+
+
 class AutomaticStep:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
@@ -69,8 +80,7 @@ class AutomaticStep:
         hooks = trainer._hooks
         self.module = module
         self.fx = module.__dict__
-        # The strategy's callable: the module's method, or (DDP) routed through the wrapper.
-        self.training_step = trainer.strategy.step_fn(module, "training_step")
+        self.training_step = _training_step_of(module, trainer)
         self.optimizer = trainer.optimizers[0] if trainer.optimizers else MockOptimizer()
         self.precision = trainer._precision
         self.mixed = self.precision.mixed
@@ -220,7 +230,7 @@ class ManualStep:
     def __init__(self, trainer: Any) -> None:
         module = trainer.lightning_module
         self.fx = module.__dict__
-        self.training_step = trainer.strategy.step_fn(module, "training_step")
+        self.training_step = _training_step_of(module, trainer)
         self.precision = trainer._precision
 
     def run(self, batch: Any, batch_idx: int, flags: int) -> Dict[str, Any]:

@@ -16,6 +16,8 @@ pub mod io;
 pub mod parallel;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use async_writer::{AsyncWriter, ByteSource};
