@@ -14,8 +14,10 @@ What it does not own: the arithmetic (`ferrotrain._core`, from `rust/src/clip.rs
 from __future__ import annotations
 
 import math
+import operator
+import weakref
 from functools import reduce
-from typing import Dict, Iterable, List, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -62,6 +64,68 @@ def _split(grads: List[torch.Tensor]) -> Tuple[List[Buf], List[torch.Tensor]]:
                 # (cheaper to catch than to check every gradient's layout).
                 pass
         slow.append(g)
+    return fast, slow
+
+
+_ITEMSIZE = {code: torch.empty((), dtype=dt).element_size() for dt, code in _CODES.items()}
+_data_ptr = torch.Tensor.data_ptr
+_nbytes = operator.attrgetter("nbytes")
+_deref = operator.call
+
+
+class _BufCache:
+    """The triples of the last gradients seen, reused while the very same gradient tensors
+    come back with the same memory (gradients kept across steps: `zero_grad(set_to_none=False)`,
+    or clipping called again on the same gradients).
+
+    A hit needs, for every gradient: the same object (held weakly, so the cache never keeps
+    gradient memory alive), the same `data_ptr()` and the same `nbytes`: the memory the
+    native core reads and writes is then the tensor's own, whatever happened to it in
+    between. The `type(g) is Tensor`, CPU and dtype checks of the triples hold for the life of
+    a tensor object; contiguity could only change through `.data =`/`set_`, which give a new
+    pointer or size unless the new data is a view starting at the same byte (clipping then
+    covers the same bytes, so the norm and the scaling are unchanged).
+    A cache is built only when a call sees the same pointers as the call before it, so loops
+    that make new gradients every step (`set_to_none=True`) pay one list comparison, not the
+    weak references. The entry is one tuple, swapped whole, so threads never mix two entries."""
+
+    __slots__ = ("entry", "last_ptrs")
+
+    def __init__(self) -> None:
+        self.entry: Optional[Tuple[list, List[int], List[int], List[Buf]]] = None
+        self.last_ptrs: Optional[List[int]] = None
+
+    def lookup(self, grads: List[torch.Tensor]) -> Optional[List[Buf]]:
+        entry = self.entry
+        if entry is None:
+            return None
+        refs, ptrs, nbytes, fast = entry
+        if (len(refs) == len(grads) and all(map(operator.is_, grads, map(_deref, refs)))
+                and list(map(_data_ptr, grads)) == ptrs and list(map(_nbytes, grads)) == nbytes):
+            return fast
+        return None
+
+    def remember(self, grads: List[torch.Tensor], fast: List[Buf], slow: List[torch.Tensor]) -> None:
+        if slow:
+            self.entry = self.last_ptrs = None
+            return
+        ptrs = [b[0] for b in fast]
+        if ptrs == self.last_ptrs:
+            self.entry = ([weakref.ref(g) for g in grads], ptrs, [n * _ITEMSIZE[c] for _, n, c in fast], fast)
+        else:
+            self.entry = None
+        self.last_ptrs = ptrs
+
+
+_cache = _BufCache()
+
+
+def _split_cached(grads: List[torch.Tensor]) -> Tuple[List[Buf], List[torch.Tensor]]:
+    fast = _cache.lookup(grads)
+    if fast is not None:
+        return fast, []
+    fast, slow = _split(grads)
+    _cache.remember(grads, fast, slow)
     return fast, slow
 
 
@@ -123,12 +187,12 @@ def clip_grad_norm_(
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    fast, slow = _split(grads)
+    fast, slow = _split_cached(grads)
     if not slow:
         norm, _, mask = _core.clip_grad_norm_bufs(fast, max_norm, p, error_if_nonfinite)
         if error_if_nonfinite and not math.isfinite(norm):
             raise _non_finite(p, norm)
-        return torch.full((), norm, dtype=_MASK_DTYPE.get(mask, torch.float32))
+        return torch.scalar_tensor(norm, dtype=_MASK_DTYPE.get(mask, torch.float32))
     return _clip_mixed(grads, fast, slow, max_norm, p, error_if_nonfinite)
 
 
@@ -183,7 +247,7 @@ def clip_grad_value_(parameters: Parameters, clip_value: float) -> None:
     grads = _grads(parameters)
     if not grads:
         return
-    fast, slow = _split(grads)
+    fast, slow = _split_cached(grads)
     if fast:
         _core.clamp_bufs(fast, clip_value)
     if slow:
