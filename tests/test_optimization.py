@@ -475,3 +475,65 @@ def test_manual_optimization_gan_toggle_matches_hand_loop():
         assert steps == 2 * 4 * EPOCHS and trainable  # untoggled: everything trains again
         assert frozen_during_g == [True] * 4 * EPOCHS
         assert_close(state, want, rtol=0, atol=0)
+
+
+# --- the native clip path's reuse of gradient buffers -------------------------------------------
+
+
+def _params(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.empty(s)) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g)
+    return ps
+
+
+def _clip_both(ps, max_norm=1.0):
+    from ferrotrain.utilities.clip import clip_grad_norm_
+
+    ps = [p for p in ps if p.grad is not None]
+    twins = [torch.nn.Parameter(torch.empty(p.grad.shape)) for p in ps]
+    for t, p in zip(twins, ps):
+        t.grad = p.grad.clone()
+    got = clip_grad_norm_(ps, max_norm)
+    want = torch.nn.utils.clip_grad_norm_(twins, max_norm)
+    assert_close(got, want, rtol=1e-6, atol=0)
+    assert_close([p.grad for p in ps], [t.grad for t in twins], rtol=1e-6, atol=0)
+
+
+def test_clip_on_kept_gradients_stays_exact_as_they_change():
+    """Each change below meets a reuse entry built by the two calls before it (the second call
+    on unchanged gradients builds it), and must be seen."""
+    ps = _params([(30, 20), (20,), (7, 3)])
+    for _ in range(3):  # the same gradient tensors, refilled in place (zero_grad(set_to_none=False))
+        for p in ps:
+            p.grad.normal_()
+        _clip_both(ps)
+    changes = [
+        lambda: setattr(ps[1], "grad", torch.randn(20)),  # a new tensor for one parameter
+        lambda: setattr(ps[0].grad, "data", torch.randn(5, 4)),  # same object, other memory and size
+        lambda: ps[2].grad.resize_(2, 2).normal_(),  # same object and memory, fewer elements
+        lambda: setattr(ps[0].grad, "data", torch.randn(4, 5).t()),  # strided: torch's own path
+        lambda: setattr(ps[0].grad, "data", torch.randn(6)),  # and back
+        lambda: setattr(ps[0], "grad", None),  # fewer gradients
+    ]
+    for change in changes:
+        change()
+        _clip_both(ps)
+        _clip_both(ps)
+
+
+def test_clip_does_not_keep_gradients_alive():
+    import gc
+    import weakref
+
+    from ferrotrain.utilities.clip import clip_grad_norm_
+
+    ps = _params([(100,), (100,)])
+    clip_grad_norm_(ps, 1.0)
+    clip_grad_norm_(ps, 1.0)  # the second call on the same gradients builds the reuse entry
+    refs = [weakref.ref(p.grad) for p in ps]
+    for p in ps:
+        p.grad = None
+    gc.collect()
+    assert all(r() is None for r in refs)

@@ -79,23 +79,25 @@ class _BufCache:
     or clipping called again on the same gradients).
 
     A hit needs, for every gradient: the same object (held weakly, so the cache never keeps
-    gradient memory alive), the same `data_ptr()` and the same `nbytes`: the memory the
-    native core reads and writes is then the tensor's own, whatever happened to it in
-    between. The `type(g) is Tensor`, CPU and dtype checks of the triples hold for the life of
-    a tensor object; contiguity could only change through `.data =`/`set_`, which give a new
-    pointer or size unless the new data is a view starting at the same byte (clipping then
-    covers the same bytes, so the norm and the scaling are unchanged).
-    A cache is built only when a call sees the same pointers as the call before it, so loops
+    gradient memory alive), the same `data_ptr()` and the same `nbytes`. Memory safety: a
+    tensor holds its storage, so a storage swapped in by `.data =` or `set_` is allocated
+    while the old one still lives and gets another address; the same address can come back
+    only after two swaps, and then the `nbytes` check bounds what the core touches. What a hit
+    cannot see is `.data =` a view of the tensor's own bytes (same start, same size, another
+    dtype or layout): torch's result may then differ, but no memory outside the tensor's
+    storage is read or written.
+    The entry is built only when a call sees the same pointers as the call before it, so loops
     that make new gradients every step (`set_to_none=True`) pay one list comparison, not the
-    weak references. The entry is one tuple, swapped whole, so threads never mix two entries."""
+    weak references. The entry is one tuple, swapped whole, so threads never mix two entries.
+    Its triples are held by a native `GradBufs`, checked once."""
 
     __slots__ = ("entry", "last_ptrs")
 
     def __init__(self) -> None:
-        self.entry: Optional[Tuple[list, List[int], List[int], List[Buf]]] = None
+        self.entry: Optional[Tuple[list, List[int], List[int], "_core.GradBufs"]] = None
         self.last_ptrs: Optional[List[int]] = None
 
-    def lookup(self, grads: List[torch.Tensor]) -> Optional[List[Buf]]:
+    def lookup(self, grads: List[torch.Tensor]) -> Optional["_core.GradBufs"]:
         entry = self.entry
         if entry is None:
             return None
@@ -111,7 +113,9 @@ class _BufCache:
             return
         ptrs = [b[0] for b in fast]
         if ptrs == self.last_ptrs:
-            self.entry = ([weakref.ref(g) for g in grads], ptrs, [n * _ITEMSIZE[c] for _, n, c in fast], fast)
+            # Checked once into a native handle: a hit skips re-reading the triples too.
+            prepared = _core.GradBufs(fast)
+            self.entry = ([weakref.ref(g) for g in grads], ptrs, [n * _ITEMSIZE[c] for _, n, c in fast], prepared)
         else:
             self.entry = None
         self.last_ptrs = ptrs
@@ -120,7 +124,7 @@ class _BufCache:
 _cache = _BufCache()
 
 
-def _split_cached(grads: List[torch.Tensor]) -> Tuple[List[Buf], List[torch.Tensor]]:
+def _split_cached(grads: List[torch.Tensor]) -> Tuple[Union[List[Buf], "_core.GradBufs"], List[torch.Tensor]]:
     fast = _cache.lookup(grads)
     if fast is not None:
         return fast, []

@@ -74,6 +74,47 @@ fn checked(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<(Vec<RawBu
     Ok((out, mask))
 }
 
+/// Triples checked once and kept by Python's cache (`utilities/clip.py`, `_BufCache`), so
+/// repeated calls on the same gradients skip re-reading 3 ints per gradient. Holding one is a
+/// promise by the Python side: it passes it only after checking, in the same call, that every
+/// gradient is the same live tensor with the same `data_ptr()` and `nbytes` (and it holds
+/// those tensors for the call), so the memory is still the gradients' own.
+#[pyclass(frozen, module = "ferrotrain._core", name = "GradBufs")]
+pub struct GradBufs {
+    bufs: Vec<RawBuf>,
+    mask: u8,
+}
+
+#[pymethods]
+impl GradBufs {
+    #[new]
+    fn new(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<Self> {
+        let (bufs, mask) = checked(py, bufs)?;
+        Ok(Self { bufs, mask })
+    }
+
+    fn __len__(&self) -> usize {
+        self.bufs.len()
+    }
+}
+
+/// The buffers of a call: prepared (`GradBufs`) or a list of `(data_ptr, numel, dtype_code)`.
+#[derive(FromPyObject)]
+enum BufsArg<'py> {
+    Prepared(Bound<'py, GradBufs>),
+    Raw(Vec<(usize, usize, u8)>),
+}
+
+impl BufsArg<'_> {
+    fn resolve(self, py: Python<'_>) -> PyResult<(Vec<RawBuf>, u8)> {
+        match self {
+            // A copy of a few words per gradient, far cheaper than re-checking the triples.
+            BufsArg::Prepared(b) => Ok((b.get().bufs.clone(), b.get().mask)),
+            BufsArg::Raw(v) => checked(py, v),
+        }
+    }
+}
+
 fn norm_type(py: Python<'_>, p: f64) -> PyResult<NormType> {
     NormType::from_p(p).ok_or_else(|| {
         ferro_err(
@@ -102,9 +143,9 @@ fn scale(bufs: &[RawBuf], coef: f64) {
 
 /// The total `norm_type`-norm of the buffers, seen as one vector, and the dtype mask.
 #[pyfunction]
-fn grad_norm_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64) -> PyResult<(f64, u8)> {
+fn grad_norm_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResult<(f64, u8)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, mask) = checked(py, bufs)?;
+    let (bufs, mask) = bufs.resolve(py)?;
     Ok((py.detach(|| total(&bufs, norm)), mask))
 }
 
@@ -134,13 +175,13 @@ fn grad_norms_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64
 #[pyfunction]
 fn clip_grad_norm_bufs(
     py: Python<'_>,
-    bufs: Vec<(usize, usize, u8)>,
+    bufs: BufsArg<'_>,
     max_norm: f64,
     norm_type: f64,
     error_if_nonfinite: bool,
 ) -> PyResult<(f64, bool, u8)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, mask) = checked(py, bufs)?;
+    let (bufs, mask) = bufs.resolve(py)?;
     let (t, scaled) = py.detach(|| {
         let t = total(&bufs, norm);
         if error_if_nonfinite && !t.is_finite() {
@@ -159,16 +200,16 @@ fn clip_grad_norm_bufs(
 
 /// Multiply every element of the buffers by `coef` in place.
 #[pyfunction]
-fn scale_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, coef: f64) -> PyResult<()> {
-    let (bufs, _) = checked(py, bufs)?;
+fn scale_bufs(py: Python<'_>, bufs: BufsArg<'_>, coef: f64) -> PyResult<()> {
+    let (bufs, _) = bufs.resolve(py)?;
     py.detach(|| scale(&bufs, coef));
     Ok(())
 }
 
 /// Clamp every element of the buffers to `[-clip_value, clip_value]` in place.
 #[pyfunction]
-fn clamp_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, clip_value: f64) -> PyResult<()> {
-    let (bufs, _) = checked(py, bufs)?;
+fn clamp_bufs(py: Python<'_>, bufs: BufsArg<'_>, clip_value: f64) -> PyResult<()> {
+    let (bufs, _) = bufs.resolve(py)?;
     py.detach(|| {
         for b in &bufs {
             // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
@@ -179,6 +220,7 @@ fn clamp_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, clip_value: f64) ->
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<GradBufs>()?;
     m.add_function(wrap_pyfunction!(grad_norm_bufs, m)?)?;
     m.add_function(wrap_pyfunction!(grad_norms_bufs, m)?)?;
     m.add_function(wrap_pyfunction!(clip_grad_norm_bufs, m)?)?;
