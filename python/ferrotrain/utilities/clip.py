@@ -67,7 +67,6 @@ def _split(grads: List[torch.Tensor]) -> Tuple[List[Buf], List[torch.Tensor]]:
     return fast, slow
 
 
-_ITEMSIZE = {code: torch.empty((), dtype=dt).element_size() for dt, code in _CODES.items()}
 _data_ptr = torch.Tensor.data_ptr
 _nbytes = operator.attrgetter("nbytes")
 _deref = operator.call
@@ -107,15 +106,13 @@ class _BufCache:
             return fast
         return None
 
-    def remember(self, grads: List[torch.Tensor], fast: List[Buf], slow: List[torch.Tensor]) -> None:
+    def remember(self, grads: List[torch.Tensor], fast: "_core.GradBufs", slow: List[torch.Tensor]) -> None:
         if slow:
             self.entry = self.last_ptrs = None
             return
-        ptrs = [b[0] for b in fast]
+        ptrs = fast.ptrs()
         if ptrs == self.last_ptrs:
-            # Checked once into a native handle: a hit skips re-reading the triples too.
-            prepared = _core.GradBufs(fast)
-            self.entry = ([weakref.ref(g) for g in grads], ptrs, [n * _ITEMSIZE[c] for _, n, c in fast], prepared)
+            self.entry = ([weakref.ref(g) for g in grads], ptrs, fast.nbytes(), fast)
         else:
             self.entry = None
         self.last_ptrs = ptrs
@@ -124,11 +121,14 @@ class _BufCache:
 _cache = _BufCache()
 
 
-def _split_cached(grads: List[torch.Tensor]) -> Tuple[Union[List[Buf], "_core.GradBufs"], List[torch.Tensor]]:
+def _split_cached(grads: List[torch.Tensor]) -> Tuple["_core.GradBufs", List[torch.Tensor]]:
+    """`_split` for the clip functions: the native buffers as a `GradBufs` (sorted in one
+    native call, or reused from the last call on the same gradients) and torch's gradients."""
     fast = _cache.lookup(grads)
     if fast is not None:
         return fast, []
-    fast, slow = _split(grads)
+    fast, slow_idx = _core.split_grads(grads, _Tensor, _DTYPES)
+    slow = [grads[i] for i in slow_idx]
     _cache.remember(grads, fast, slow)
     return fast, slow
 
@@ -203,7 +203,7 @@ def clip_grad_norm_(
 @torch.no_grad()
 def _clip_mixed(
     grads: List[torch.Tensor],
-    fast: List[Buf],
+    fast: "_core.GradBufs",
     slow: List[torch.Tensor],
     max_norm: float,
     p: float,
