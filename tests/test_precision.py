@@ -296,3 +296,68 @@ def test_lbfgs_with_16_mixed_is_a_clear_error():
 
     with pytest.raises(MisconfigurationException, match="LBFGS"):
         trainer(ferrotrain, max_epochs=1, precision="16-mixed").fit(M(), loader(4))
+
+
+def _scaled_hand(clip: float = 0.0, batches: int = 8) -> Dict[str, torch.Tensor]:
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(EPOCHS):
+        for x, y in loader(batches, batch_size=4):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16, cache_enabled=False):
+                loss = F.mse_loss(net(x).float(), y) * 1e-3
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            scaler.step(opt)
+            scaler.update()
+    return _state(net)
+
+
+@needs_fp16_amp
+def test_16_mixed_clips_the_unscaled_gradients():
+    class M(ferrotrain.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _net()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.net(x).float(), y) * 1e-3
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    m = M()
+    trainer(ferrotrain, max_epochs=EPOCHS, precision="16-mixed", gradient_clip_val=1e-3).fit(m, loader(8, batch_size=4))
+    want = _scaled_hand(clip=1e-3)
+    assert not torch.allclose(want["0.weight"], _scaled_hand()["0.weight"])  # the clip mattered
+    assert_close(_state(m.net), want, rtol=1e-5, atol=1e-7)
+
+
+@needs_fp16_amp
+def test_16_mixed_manual_optimization_steps_through_the_scaler():
+    class M(ferrotrain.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = _net()
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+            loss = F.mse_loss(self.net(x).float(), y) * 1e-3
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    m = M()
+    t = trainer(ferrotrain, max_epochs=EPOCHS, precision="16-mixed")
+    t.fit(m, loader(8, batch_size=4))
+    assert_close(_state(m.net), _scaled_hand(), rtol=0, atol=0)
+    assert t.global_step == 2 * EPOCHS
