@@ -4,7 +4,10 @@ side by side in one run, single-threaded torch.
     PYTHONPATH=python python benches/bench_clip.py [--repeats N] [--quick]
 
 Prints a table of medians and the ratio ours/torch (below 1 is faster). Gradients are restored
-before every timed call (outside the timing), so every call really clips. The same functions
+before every timed call (outside the timing), so every call really clips: in place ("kept": the
+same gradient tensors every call, as with `zero_grad(set_to_none=False)`, where ferrotrain reuses
+the gradients' buffer list), or as new tensors ("fresh": `set_to_none=True`, new gradients
+every step). The same functions
 also run under pytest-benchmark: `pytest benches/bench_clip.py --benchmark-only`.
 """
 
@@ -31,12 +34,15 @@ def make_grads(count: int, numel: int, seed: int = 0):
     return params, originals
 
 
-def timed(fn, params, originals, repeats: int) -> float:
-    """Median seconds of `fn(params)`, gradients restored before each call."""
+def timed(fn, params, originals, repeats: int, fresh: bool = False) -> float:
+    """Median seconds of `fn(params)`, gradients restored (or replaced) before each call."""
     samples = []
     for _ in range(repeats):
         for p, g in zip(params, originals):
-            p.grad.copy_(g)
+            if fresh:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
         t0 = time.perf_counter()
         fn(params)
         samples.append(time.perf_counter() - t0)
@@ -58,19 +64,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}")
-    print(f"{'case':>9} {'norm':>5} {'ferrotrain':>12} {'torch':>12} {'ratio':>7}")
+    print(f"{'case':>9} {'grads':>5} {'norm':>5} {'ferrotrain':>12} {'torch':>12} {'ratio':>7}")
     for name, (count, numel) in CASES.items():
         if args.quick and name != "200x1000":
             continue
         repeats = args.repeats or (400 if numel < 100_000 else 15)
         params, originals = make_grads(count, numel)
-        for p in ORDERS:
-            # Interleave a warm-up of both before timing either.
-            timed(ours(p), params, originals, 3)
-            timed(theirs(p), params, originals, 3)
-            a = timed(ours(p), params, originals, repeats)
-            b = timed(theirs(p), params, originals, repeats)
-            print(f"{name:>9} {p:>5} {a * 1e6:>9.1f} us {b * 1e6:>9.1f} us {a / b:>7.3f}")
+        for fresh in (False, True):
+            kind = "fresh" if fresh else "kept"
+            for p in ORDERS:
+                # Interleave a warm-up of both before timing either.
+                timed(ours(p), params, originals, 3, fresh)
+                timed(theirs(p), params, originals, 3, fresh)
+                a = timed(ours(p), params, originals, repeats, fresh)
+                b = timed(theirs(p), params, originals, repeats, fresh)
+                print(f"{name:>9} {kind:>5} {p:>5} {a * 1e6:>9.1f} us {b * 1e6:>9.1f} us {a / b:>7.3f}")
 
 
 # pytest-benchmark entry points (optional; off in normal test runs, which collect tests/ only).

@@ -58,7 +58,7 @@ PRECISIONS = {
     "16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
     "16-true": "16-true", "bf16-true": "bf16-true",
 }
-SUPPORTED_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
+SUPPORTED_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed", "16-true", "bf16-true")
 CLIP_ALGORITHMS = ("norm", "value")
 
 
@@ -227,6 +227,15 @@ def _check_precision(value: Any) -> str:
     if key not in PRECISIONS:
         raise _fail_value("precision", value, allowed)
     resolved = PRECISIONS[key]
+    if key in ("16", "bf16"):
+        # Lightning's warning for the legacy half-precision spellings (not for 32 and 64).
+        import warnings
+
+        warnings.warn(
+            f"`precision={key}` is supported for historical reasons but its usage is discouraged. "
+            f"Please set your precision to {resolved} instead!",
+            UserWarning,
+        )
     if resolved not in SUPPORTED_PRECISIONS:
         raise NotSupportedYetError(
             f"`Trainer(precision={value!r})` is valid but not supported yet by ferrotrain; supported now: "

@@ -50,13 +50,21 @@ def resolve_loaders(stage: str, given: Any, datamodule: Optional[LightningDataMo
     """The loader(s) for `stage` ('train', 'val', 'test', 'predict'): the argument, else the
     datamodule's hook, else the module's hook; None when nobody provides one."""
     if given is not None:
-        return given
+        return _seed_workers(given)
     hook = f"{stage}_dataloader"
     if datamodule is not None and is_overridden(datamodule, LightningDataModule, hook):
-        return getattr(datamodule, hook)()
+        return _seed_workers(getattr(datamodule, hook)())
     if is_overridden(module, LightningModule, hook):
-        return getattr(module, hook)()
+        return _seed_workers(getattr(module, hook)())
     return None
+
+
+def _seed_workers(loaders: Any) -> Any:
+    """`seed_everything(..., workers=True)`: loaders without a `worker_init_fn` get Lightning's."""
+    from ferrotrain.trainer.reproducibility import auto_add_worker_init_fn
+
+    auto_add_worker_init_fn(loaders)
+    return loaders
 
 
 def sized_len(loader: Any) -> Union[int, float]:

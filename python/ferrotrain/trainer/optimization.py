@@ -181,7 +181,11 @@ def step_schedulers(trainer: Any, configs: Sequence[LRSchedulerConfig], interval
                         f"Available metrics are: {sorted(metrics)}. Set the `monitor` key of the lr scheduler dict "
                         "to one of them, or `strict=False`"
                     )
-                warnings.warn(f"ReduceLROnPlateau conditioned on metric {cfg.monitor!r} which is not available; skipping", UserWarning)
+                warnings.warn(
+                    f"ReduceLROnPlateau conditioned on metric {cfg.monitor!r} which is not available but strict is set "
+                    "to `False`. Skipping learning rate update.",
+                    RuntimeWarning,
+                )
                 continue
         if override:
             module.__dict__["_current_fx_name"] = "lr_scheduler_step"

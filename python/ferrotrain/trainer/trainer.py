@@ -173,11 +173,9 @@ class Trainer:
         return _checkpoints_last(callbacks)
 
     def _apply_determinism(self) -> None:
-        d = self._config.deterministic
-        if d:
-            torch.use_deterministic_algorithms(True, warn_only=(d == "warn"))
-        if self._config.benchmark is not None and torch.backends.cudnn.is_available():
-            torch.backends.cudnn.benchmark = self._config.benchmark
+        from ferrotrain.trainer.reproducibility import set_torch_flags
+
+        set_torch_flags(self._config.deterministic, self._config.benchmark)
 
     def _new_schedule(self, has_validation: bool, automatic: bool) -> None:
         c = self._config
@@ -258,6 +256,11 @@ class Trainer:
     @property
     def precision(self) -> str:
         return self._config.precision
+
+    @property
+    def precision_plugin(self) -> Precision:
+        """Lightning's `trainer.precision_plugin`: `.scaler` is the GradScaler under "16-mixed"."""
+        return self._precision
 
     @property
     def default_root_dir(self) -> str:
@@ -691,6 +694,7 @@ class Trainer:
         if is_overridden(model, LightningModule, "configure_model"):
             model.configure_model()
         model.to(self._device)
+        self._precision.convert_module(model)
 
     def _merge_model_callbacks(self, model: LightningModule) -> None:
         if not is_overridden(model, LightningModule, "configure_callbacks"):
@@ -973,11 +977,15 @@ class Trainer:
     # ------------------------------------------------------------------ batches and devices
     def _needs_transfer(self) -> bool:
         t = self._hooks.transfer if self._hooks else {}
-        return any(v is not None for v in t.values()) or self._device.type != "cpu"
+        return (any(v is not None for v in t.values()) or self._device.type != "cpu"
+                or self._precision.convert_input is not None)
 
     def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
         t = self._hooks.transfer
         module = self.lightning_module
+        convert = self._precision.convert_input
+        if convert is not None:  # "64-true", "16-true", "bf16-true": Lightning casts first
+            batch = convert(batch)
         f = t["on_before_batch_transfer"]
         if f is not None:
             module.__dict__["_current_fx_name"] = "on_before_batch_transfer"
@@ -1003,7 +1011,8 @@ class Trainer:
             after = lambda: self._before_optimizer_step_hooks(optimizer)  # noqa: E731
         if closure is None:
             closure = _do_nothing
-        return self._precision.optimizer_step(optimizer, closure, after, **kwargs)
+        automatic = self.lightning_module.automatic_optimization
+        return self._precision.optimizer_step(optimizer, closure, after, automatic, **kwargs)
 
     def _before_optimizer_step_hooks(self, optimizer: Any) -> None:
         hooks = self._hooks

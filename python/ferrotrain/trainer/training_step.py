@@ -83,7 +83,7 @@ class AutomaticStep:
         self.training_step = _training_step_of(module, trainer)
         self.optimizer = trainer.optimizers[0] if trainer.optimizers else MockOptimizer()
         self.precision = trainer._precision
-        self.mixed = self.precision.mixed
+        self.mixed = self.precision.has_step_context
         self.scaler = self.precision.scaler
         self.accumulate = trainer.accumulate_grad_batches
         cb, mod, ov = hooks.cb, hooks.mod, hooks.overridden

@@ -1,5 +1,21 @@
-"""Utilities users import as they do from `lightning.pytorch.utilities`."""
+"""Utilities users import as in Lightning (`from ferrotrain.utilities import grad_norm,
+CombinedLoader`). Loaded on first use, so importing a submodule (the seed helpers, at
+`import ferrotrain`) stays cheap."""
 
-from ferrotrain.utilities.combined_loader import CombinedLoader
+from __future__ import annotations
 
-__all__ = ["CombinedLoader"]
+import importlib
+from typing import Any
+
+_LAZY = {"grad_norm": "clip", "CombinedLoader": "combined_loader"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferrotrain.utilities' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ferrotrain.utilities.{module}"), name)
+    globals()[name] = value
+    return value

@@ -3,7 +3,10 @@
 //! for the call; these functions check the triples, release the GIL and run the kernels on the
 //! raw memory. Every non-CPU or strided gradient stays in Python, on torch's `_foreach` path.
 
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple, PyType};
 
 use super::errors::ferro_err;
 use crate::clip::{self, DType, Grad, GradMut, NormAcc, NormType};
@@ -74,6 +77,124 @@ fn checked(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<(Vec<RawBu
     Ok((out, mask))
 }
 
+/// Triples checked once and kept by Python's cache (`utilities/clip.py`, `_BufCache`), so
+/// repeated calls on the same gradients skip re-reading 3 ints per gradient. Holding one is a
+/// promise by the Python side: it passes it only after checking, in the same call, that every
+/// gradient is the same live tensor with the same `data_ptr()` and `nbytes` (and it holds
+/// those tensors for the call), so the memory is still the gradients' own.
+#[pyclass(frozen, module = "ferrotrain._core", name = "GradBufs")]
+pub struct GradBufs {
+    /// The non-empty buffers, checked.
+    bufs: Vec<RawBuf>,
+    mask: u8,
+    /// `data_ptr()` and `nbytes` of every gradient it covers, empty ones included, in order.
+    ptrs: Vec<usize>,
+    nbytes: Vec<usize>,
+}
+
+impl GradBufs {
+    fn from_triples(py: Python<'_>, triples: Vec<(usize, usize, u8)>) -> PyResult<Self> {
+        let ptrs = triples.iter().map(|t| t.0).collect();
+        // An unknown code fails in `checked`, so its size here does not matter.
+        let nbytes = triples
+            .iter()
+            .map(|t| t.1.saturating_mul(DType::from_code(t.2).map_or(0, DType::size)))
+            .collect();
+        let (bufs, mask) = checked(py, triples)?;
+        Ok(Self { bufs, mask, ptrs, nbytes })
+    }
+}
+
+#[pymethods]
+impl GradBufs {
+    #[new]
+    fn new(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<Self> {
+        Self::from_triples(py, bufs)
+    }
+
+    /// The number of gradients covered (empty ones included).
+    fn __len__(&self) -> usize {
+        self.ptrs.len()
+    }
+
+    /// `data_ptr()` of each gradient covered, in order.
+    fn ptrs(&self) -> Vec<usize> {
+        self.ptrs.clone()
+    }
+
+    /// `nbytes` of each gradient covered, in order.
+    fn nbytes(&self) -> Vec<usize> {
+        self.nbytes.clone()
+    }
+}
+
+/// Sort gradients as `utilities/clip.py`'s `_split` does, in one call: a gradient goes to the
+/// native path when its type is exactly `tensor_type` (a subclass may override `data_ptr`),
+/// its dtype is one of `dtypes` (the codes' order), it is on the CPU, contiguous, and has a
+/// data pointer (sparse and mkldnn tensors raise RuntimeError). Returns the native buffers and
+/// the indices of the gradients left to torch. Same calls as the Python loop, without the
+/// interpreter between them and without building a tuple per gradient.
+#[pyfunction]
+fn split_grads(
+    py: Python<'_>,
+    grads: &Bound<'_, PyList>,
+    tensor_type: &Bound<'_, PyType>,
+    dtypes: &Bound<'_, PyTuple>,
+) -> PyResult<(GradBufs, Vec<usize>)> {
+    let mut triples = Vec::with_capacity(grads.len());
+    let mut slow = Vec::new();
+    for (i, g) in grads.iter().enumerate() {
+        match native_triple(py, &g, tensor_type, dtypes)? {
+            Some(t) => triples.push(t),
+            None => slow.push(i),
+        }
+    }
+    Ok((GradBufs::from_triples(py, triples)?, slow))
+}
+
+fn native_triple(
+    py: Python<'_>,
+    g: &Bound<'_, PyAny>,
+    tensor_type: &Bound<'_, PyType>,
+    dtypes: &Bound<'_, PyTuple>,
+) -> PyResult<Option<(usize, usize, u8)>> {
+    if !g.get_type().is(tensor_type) {
+        return Ok(None);
+    }
+    let dtype = g.getattr(intern!(py, "dtype"))?;
+    let Some(code) = dtypes.iter().position(|d| d.is(&dtype)) else {
+        return Ok(None);
+    };
+    if !g.getattr(intern!(py, "is_cpu"))?.is_truthy()? || !g.call_method0(intern!(py, "is_contiguous"))?.is_truthy()? {
+        return Ok(None);
+    }
+    let ptr = match g.call_method0(intern!(py, "data_ptr")) {
+        Ok(p) => p.extract::<usize>()?,
+        Err(e) if e.is_instance_of::<PyRuntimeError>(py) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let numel = g.call_method0(intern!(py, "numel"))?.extract::<usize>()?;
+    // At most 4 dtypes are passed: the position fits a u8.
+    Ok(Some((ptr, numel, u8::try_from(code).unwrap_or(u8::MAX))))
+}
+
+/// The buffers of a call: prepared (`GradBufs`) or a list of `(data_ptr, numel, dtype_code)`.
+#[derive(FromPyObject)]
+enum BufsArg<'py> {
+    Prepared(Bound<'py, GradBufs>),
+    Raw(Vec<(usize, usize, u8)>),
+}
+
+impl BufsArg<'_> {
+    fn resolve(self, py: Python<'_>) -> PyResult<(Vec<RawBuf>, u8)> {
+        match self {
+            // A copy of a few words per gradient, far cheaper than re-checking the triples.
+            BufsArg::Prepared(b) => Ok((b.get().bufs.clone(), b.get().mask)),
+            BufsArg::Raw(v) => checked(py, v),
+        }
+    }
+}
+
 fn norm_type(py: Python<'_>, p: f64) -> PyResult<NormType> {
     NormType::from_p(p).ok_or_else(|| {
         ferro_err(
@@ -102,9 +223,9 @@ fn scale(bufs: &[RawBuf], coef: f64) {
 
 /// The total `norm_type`-norm of the buffers, seen as one vector, and the dtype mask.
 #[pyfunction]
-fn grad_norm_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64) -> PyResult<(f64, u8)> {
+fn grad_norm_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResult<(f64, u8)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, mask) = checked(py, bufs)?;
+    let (bufs, mask) = bufs.resolve(py)?;
     Ok((py.detach(|| total(&bufs, norm)), mask))
 }
 
@@ -134,13 +255,13 @@ fn grad_norms_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64
 #[pyfunction]
 fn clip_grad_norm_bufs(
     py: Python<'_>,
-    bufs: Vec<(usize, usize, u8)>,
+    bufs: BufsArg<'_>,
     max_norm: f64,
     norm_type: f64,
     error_if_nonfinite: bool,
 ) -> PyResult<(f64, bool, u8)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, mask) = checked(py, bufs)?;
+    let (bufs, mask) = bufs.resolve(py)?;
     let (t, scaled) = py.detach(|| {
         let t = total(&bufs, norm);
         if error_if_nonfinite && !t.is_finite() {
@@ -159,16 +280,16 @@ fn clip_grad_norm_bufs(
 
 /// Multiply every element of the buffers by `coef` in place.
 #[pyfunction]
-fn scale_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, coef: f64) -> PyResult<()> {
-    let (bufs, _) = checked(py, bufs)?;
+fn scale_bufs(py: Python<'_>, bufs: BufsArg<'_>, coef: f64) -> PyResult<()> {
+    let (bufs, _) = bufs.resolve(py)?;
     py.detach(|| scale(&bufs, coef));
     Ok(())
 }
 
 /// Clamp every element of the buffers to `[-clip_value, clip_value]` in place.
 #[pyfunction]
-fn clamp_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, clip_value: f64) -> PyResult<()> {
-    let (bufs, _) = checked(py, bufs)?;
+fn clamp_bufs(py: Python<'_>, bufs: BufsArg<'_>, clip_value: f64) -> PyResult<()> {
+    let (bufs, _) = bufs.resolve(py)?;
     py.detach(|| {
         for b in &bufs {
             // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
@@ -179,6 +300,8 @@ fn clamp_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, clip_value: f64) ->
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<GradBufs>()?;
+    m.add_function(wrap_pyfunction!(split_grads, m)?)?;
     m.add_function(wrap_pyfunction!(grad_norm_bufs, m)?)?;
     m.add_function(wrap_pyfunction!(grad_norms_bufs, m)?)?;
     m.add_function(wrap_pyfunction!(clip_grad_norm_bufs, m)?)?;
