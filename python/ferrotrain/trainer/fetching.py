@@ -14,7 +14,8 @@ import itertools
 import time
 from typing import Any, Optional, Tuple, Union
 
-from ferrotrain.trainer.data import _MISSING, Fetcher
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException
+from ferrotrain.trainer.data import Fetcher
 
 # Batches read in the main thread before deciding, and the decision's thresholds.
 PROBE_BATCHES = 3
@@ -23,17 +24,24 @@ MIN_READ_S = 100e-6  # reads faster than this are not worth a thread hand-off
 
 
 class TrainFetcher:
-    __slots__ = ("_sync", "_prefetcher", "_depth", "_probe_left", "_wall", "_cpu", "fetch")
+    __slots__ = ("_sync", "_prefetcher", "_depth", "_probes", "_probe_left", "_wall", "_cpu", "fetch")
 
-    def __init__(self, loader: Any, num_batches: Union[int, float], depth: int) -> None:
+    def __init__(self, loader: Any, num_batches: Union[int, float], depth: int,
+                 probe: Optional[int] = None) -> None:
+        """`probe`: batches to read and time in the main thread before deciding (default
+        `PROBE_BATCHES`); 0 with `depth > 0` prefetches from the first batch, undecided."""
         self._sync = Fetcher(loader, num_batches)
         self._prefetcher: Optional[Any] = None
         self._depth = depth
-        self._probe_left = PROBE_BATCHES if depth > 0 else 0
+        probe = PROBE_BATCHES if probe is None else probe
+        self._probes = probe
+        self._probe_left = probe if depth > 0 else 0
         self._wall = 0.0
         self._cpu = 0.0
         # `fetch` is rebound as the strategy settles, so the steady state pays no dispatch.
         self.fetch = self._probe if self._probe_left else self._sync.fetch
+        if depth > 0 and probe == 0:
+            self._start_prefetcher()
 
     @property
     def prefetching(self) -> bool:
@@ -52,16 +60,19 @@ class TrainFetcher:
         return item
 
     def _decide(self, last_item: Tuple[Any, bool]) -> None:
-        mean_read = self._wall / PROBE_BATCHES
+        mean_read = self._wall / self._probes
         waiting = 1.0 - (self._cpu / self._wall if self._wall > 0 else 1.0)
         if last_item[1] or mean_read < MIN_READ_S or waiting < WAIT_SHARE:
             self.fetch = self._sync.fetch
             return
+        self._start_prefetcher()
+
+    def _start_prefetcher(self) -> None:
         from ferrotrain.data import Prefetcher
 
         sync = self._sync
         # Hand the rest of the iterator (and a batch already read ahead) to the prefetcher.
-        rest = sync._it if sync._next is _MISSING else itertools.chain([sync._next], sync._it)
+        rest = sync.rest()
         remaining = sync._remaining
         self._prefetcher = Prefetcher(_Limited(rest, remaining), depth=self._depth)
         self.fetch = self._prefetcher.fetch
@@ -88,3 +99,16 @@ class _Limited:
         if self._count == float("inf"):
             raise TypeError("unknown length")
         return int(self._count)
+
+
+def check_depth(value: Any) -> int:
+    """`trainer.prefetch_batches`: an int >= 0."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigTypeError(
+            f"`trainer.prefetch_batches` must be an int >= 0 (0: no prefetching), got {value!r} ({type(value).__name__})"
+        )
+    if value < 0:
+        raise MisconfigurationException(
+            f"`trainer.prefetch_batches` must be an int >= 0 (0: no prefetching), got {value!r}"
+        )
+    return value

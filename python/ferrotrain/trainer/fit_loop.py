@@ -128,7 +128,7 @@ class FitLoop:
         cb_end, m_end = hooks.cb["on_train_batch_end"], hooks.mod["on_train_batch_end"]
         has_start = bool(cb_start) or m_start is not None
         has_end = bool(cb_end) or m_end is not None
-        needs_transfer = trainer._needs_transfer()
+        needs_transfer = trainer._needs_transfer() and not trainer._train_feeds_ahead()
         transfer = trainer._transfer_batch
         run_step = self.step.run
         step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds

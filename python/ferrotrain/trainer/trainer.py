@@ -28,6 +28,8 @@ from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, Tra
 from ferrotrain.utilities.apply_func import move_data_to_device
 from ferrotrain.utilities.rank_zero import rank_zero_info
 
+DEFAULT_PREFETCH_BATCHES = 2
+
 
 class Trainer:
     def __init__(
@@ -121,8 +123,7 @@ class Trainer:
         self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
         self._should_stop = False
-        # Batches the training prefetcher keeps ready (0: read in the main thread).
-        self.prefetch_batches = 2
+        self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
 
     # ------------------------------------------------------------------ construction helpers
@@ -212,6 +213,19 @@ class Trainer:
     @accumulate_grad_batches.setter
     def accumulate_grad_batches(self, value: int) -> None:
         self._accumulate = cfg.check_int("accumulate_grad_batches", value, 1)
+
+    @property
+    def prefetch_batches(self) -> int:
+        """How many training batches the background prefetcher keeps ready (default 2; 0 reads
+        every batch in the main thread). A ferrotrain extension, set as an attribute so that the
+        constructor keeps Lightning's signature; a change applies from the next epoch."""
+        return self._prefetch_batches
+
+    @prefetch_batches.setter
+    def prefetch_batches(self, value: int) -> None:
+        from ferrotrain.trainer.fetching import check_depth
+
+        self._prefetch_batches = check_depth(value)
 
     @property
     def gradient_clip_val(self) -> Optional[float]:
@@ -763,7 +777,19 @@ class Trainer:
         from ferrotrain.trainer.fetching import TrainFetcher
 
         depth = 0 if self._config.deterministic else self.prefetch_batches
+        if self._device.type == "cuda":  # pinned memory, copies one batch ahead (`device_feed`)
+            from ferrotrain.trainer import device_feed
+
+            return device_feed.train_fetcher(self, loader, lambda l: TrainFetcher(l, n, depth), self._train_feeds_ahead())
         return TrainFetcher(loader, n, depth)
+
+    def _train_feeds_ahead(self) -> bool:
+        """Whether training batches reach the device through `device_feed`'s copy-ahead: on CUDA,
+        when no transfer hook is overridden (those run in Lightning's order, before each step) and
+        not `deterministic` (reading ahead would reorder random draws against the step's)."""
+        t = self._hooks.transfer if self._hooks else {}
+        return (self._device.type == "cuda" and not self._config.deterministic
+                and all(v is None for v in t.values()))
 
     def _setup_val_data(self, model: LightningModule, datamodule: Optional[LightningDataModule], given: Any,
                         for_fit: bool) -> None:
@@ -1063,50 +1089,9 @@ def _default_logger(root: str) -> Any:
 
 
 def _select_device(accelerator: str, devices: Any) -> Any:
-    def _count_ok(available: int, what: str) -> None:
-        if isinstance(devices, int) and devices > 1 or isinstance(devices, list) and len(devices) > 1:
-            raise cfg.NotSupportedYetError(
-                f"`Trainer(devices={devices!r})` selects several devices, which needs a distributed strategy; "
-                "not supported yet by ferrotrain"
-            )
-        if isinstance(devices, list) and devices and devices[0] >= available:
-            raise MisconfigurationException(
-                f"`Trainer(devices={devices!r})` asks for {what} device {devices[0]}, but only {available} are available"
-            )
+    from ferrotrain.trainer.accelerators import select_device
 
-    if accelerator == "auto":
-        if torch.cuda.is_available():
-            accelerator = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            accelerator = "mps"
-        else:
-            accelerator = "cpu"
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise MisconfigurationException(
-                f"`Trainer(accelerator={accelerator!r})` needs a CUDA GPU, but `torch.cuda.is_available()` is False "
-                "(no NVIDIA driver or no GPU found); use accelerator='cpu' or 'auto'"
-            )
-        _count_ok(torch.cuda.device_count(), "CUDA")
-        index = devices[0] if isinstance(devices, list) else 0
-        return "cuda", torch.device("cuda", index)
-    if accelerator == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise MisconfigurationException("`Trainer(accelerator='mps')` needs Apple's Metal (MPS) backend, which is not available here")
-        _count_ok(1, "MPS")
-        return "mps", torch.device("mps")
-    if accelerator == "tpu":
-        if importlib.util.find_spec("torch_xla") is None:
-            raise MisconfigurationException(
-                "`Trainer(accelerator='tpu')` needs the `torch_xla` package, which is not installed"
-            )
-        raise cfg.NotSupportedYetError("`Trainer(accelerator='tpu')` is not supported yet by ferrotrain")
-    if isinstance(devices, int) and devices > 1 or isinstance(devices, list) and len(devices) > 1:
-        raise cfg.NotSupportedYetError(
-            f"`Trainer(accelerator='cpu', devices={devices!r})` runs several processes, which needs a distributed "
-            "strategy; not supported yet by ferrotrain"
-        )
-    return "cpu", torch.device("cpu")
+    return select_device(accelerator, devices)
 
 
 def _print_results(metrics: List[Dict[str, float]], stage_fn: str) -> None:
