@@ -396,6 +396,36 @@ def test_prefetch_batches_sets_whether_fit_prefetches(quiet, setting, threads) -
     assert no_prefetch_thread_left()
 
 
+class Reads(Dataset):
+    """Items whose read either waits (sleeps, GIL free) or computes (a Python busy loop)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if self.how == "wait":
+            time.sleep(0.002)
+        else:
+            end = time.thread_time() + 0.0005
+            while time.thread_time() < end:
+                pass
+        return i
+
+
+@pytest.mark.parametrize("how,prefetches", [("wait", True), ("compute", False)])
+def test_the_probe_prefetches_reads_that_wait_and_not_reads_that_compute(how, prefetches) -> None:
+    fetcher = TrainFetcher(DataLoader(Reads(how), batch_size=None), 8, depth=2)
+    got = [fetcher.fetch() for _ in range(PROBE_BATCHES)]
+    assert fetcher.prefetching == prefetches
+    while (item := fetcher.fetch()) is not None:
+        got.append(item)
+    fetcher.close()
+    assert got == [(i, i == 7) for i in range(8)]
+
+
 def test_forced_prefetch_starts_with_the_first_batch_and_keeps_order() -> None:
     for loader in (list(range(7)), (i for i in range(7))):
         fetcher = TrainFetcher(loader, 7 if isinstance(loader, list) else float("inf"), depth=2, probe=0)
@@ -559,6 +589,13 @@ class SlowStep(BoringModel):
         return super().training_step(batch, batch_idx)
 
 
+class InlineSlowStep(SlowStep):
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        # An overridden transfer hook keeps Lightning's order: no copy-ahead, batches moved inline.
+        assert batch[0].is_cuda
+        return batch
+
+
 @needs_cuda
 def test_cuda_fit_copies_ahead_with_the_same_result_as_inline_transfers(quiet) -> None:
     ds = make_dataset(256, seed=1)
@@ -566,9 +603,7 @@ def test_cuda_fit_copies_ahead_with_the_same_result_as_inline_transfers(quiet) -
     runs = {}
     for name in ("ahead", "ahead-no-prefetch", "pinned-loader", "inline"):
         torch.manual_seed(0)
-        model = SlowStep()
-        if name == "inline":  # an overridden transfer hook keeps Lightning's order: no copy-ahead
-            model.on_after_batch_transfer = lambda batch, idx: batch  # type: ignore[method-assign]
+        model = InlineSlowStep() if name == "inline" else SlowStep()
         trainer = L.Trainer(accelerator="cuda", devices=1, max_epochs=2, **quiet)
         if name == "ahead-no-prefetch":
             trainer.prefetch_batches = 0
@@ -578,7 +613,8 @@ def test_cuda_fit_copies_ahead_with_the_same_result_as_inline_transfers(quiet) -
             loader.dataset.x, loader.dataset.y = ds.tensors
         trainer.fit(model, loader)
         torch.cuda.synchronize()
-        assert [float(s) for s in model.sums] == expected_sums * 2, name
+        assert trainer._train_feeds_ahead() == (name != "inline")
+        assert [float(s) for s in model.sums] == pytest.approx(expected_sums * 2, rel=1e-12), name
         runs[name] = [p.detach().cpu() for p in model.parameters()]
     for name, ps in runs.items():
         assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(ps, runs["inline"])), name
