@@ -6,7 +6,8 @@ network reads, DataLoader workers, sleeps). When the loader's Python code itself
 `TensorDataset` read in the main thread) prefetching from the first batch costs more than it
 saves (`benches/bench_w1.py`, "forced-pf" row). So the first few batches of each epoch are read
 in the main thread and each read is timed; the rest of the epoch comes from the prefetcher when
-most of those reads waited.
+most of those reads waited (decided as soon as the majority is known: 2 reads of 3 when they
+agree, each probe read being one whose wait is not overlapped).
 
 A read waited when most of its wall time was not this thread's CPU time and, where the OS counts
 them (Linux), the thread blocked voluntarily during it. The second test matters on a loaded
@@ -79,15 +80,18 @@ class TrainFetcher:
         if wall > 0 and (wall - cpu) / wall > WAIT_SHARE and blocked:
             self._waits += 1
         self._probe_left -= 1
-        if item is None:
+        if item is None or item[1]:
             self.fetch = self._sync.fetch
-        elif self._probe_left == 0:
-            self._decide(item)
+        elif 2 * self._waits > self._probes or 2 * (self._waits + self._probe_left) <= self._probes:
+            # Decided as soon as the majority is known: each probe read is one not overlapped.
+            self._decide()
         return item
 
-    def _decide(self, last_item: Tuple[Any, bool]) -> None:
+    def _decide(self) -> None:
         # Most probe reads must have waited: one preempted or slow read alone does not decide.
-        if last_item[1] or self._wall / self._probes < MIN_READ_S or 2 * self._waits <= self._probes:
+        reads = self._probes - self._probe_left
+        self._probe_left = 0
+        if self._wall / reads < MIN_READ_S or 2 * self._waits <= self._probes:
             self.fetch = self._sync.fetch
             return
         self._start_prefetcher()
