@@ -9,7 +9,8 @@ passed, so that a typo in `devices` is reported as such and not as a missing fea
 
 Resolution, as in Lightning: `"auto"` picks a TPU (when `torch_xla` is installed and sees one),
 else MPS, else CUDA, else the CPU (MPS and CUDA are never both present); `"gpu"` is MPS or CUDA.
-`devices="auto"` means one device here (Lightning takes every GPU, which needs a strategy).
+`devices="auto"` means one device here (Lightning takes every GPU, which needs a strategy). On
+the CPU, `-1` ("all devices") and `[0]` select the one CPU (Lightning rejects any list and -1 there).
 """
 
 from __future__ import annotations
@@ -120,11 +121,6 @@ def select_device(accelerator: str, devices: Any) -> Tuple[str, torch.device]:
                     f"`Trainer(accelerator='cpu', devices={devices!r})`: the CPU is one device; pass an int "
                     "(the number of processes) or 'auto'"
                 )
-        elif devices == -1:
-            raise MisconfigurationException(
-                "`Trainer(accelerator='cpu', devices=-1)`: with the CPU, `devices` is a number of processes; "
-                "pass an int >= 1 or 'auto'"
-            )
         elif isinstance(devices, int) and devices > 1:
             raise NotSupportedYetError(
                 f"`Trainer(accelerator='cpu', devices={devices!r})` runs several processes, which needs a "
