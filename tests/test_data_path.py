@@ -259,6 +259,7 @@ def test_map_tensors_keeps_every_container_type() -> None:
     assert out.pair.x.tolist() == [2.0, 2.0] and out.extra["k"][1][0] == "s"
     assert out.extra["k"][1][1].tolist() == [2.0, 2.0, 2.0]
     assert batch.pair.x.tolist() == [1.0, 1.0], "the input batch must not change"
+    assert [t.tolist() for t in device_feed.iter_tensors(batch)] == [[1.0, 1.0], [0.0], [1.0], [1.0, 1.0, 1.0]]
 
 
 # ---------------------------------------------------------------------- prefetching through fit

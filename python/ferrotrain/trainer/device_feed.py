@@ -51,6 +51,21 @@ def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return batch
 
 
+def iter_tensors(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested batch, without rebuilding any container."""
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for v in batch.values():
+            yield from iter_tensors(v)
+    elif isinstance(batch, (list, tuple)):
+        for v in batch:
+            yield from iter_tensors(v)
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        for f in dataclasses.fields(batch):
+            yield from iter_tensors(getattr(batch, f.name))
+
+
 def _pin(t: torch.Tensor) -> torch.Tensor:
     # Only dense CPU tensors can be page-locked; anything else is copied as it is.
     if t.device.type != "cpu" or t.is_pinned() or t.layout != torch.strided:
@@ -94,13 +109,9 @@ class CudaCopy:
     def hand_over(self, batch: Any) -> Any:
         compute = torch.cuda.current_stream(self.device)
         compute.wait_stream(self.stream)
-
-        def record(t: torch.Tensor) -> torch.Tensor:
-            if t.device.type == "cuda":
+        for t in iter_tensors(batch):
+            if t.is_cuda:
                 t.record_stream(compute)
-            return t
-
-        map_tensors(batch, record)
         return batch
 
 
