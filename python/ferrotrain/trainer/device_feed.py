@@ -7,7 +7,7 @@ fetchers in `fetching`) nor the user's transfer hooks: when the module or datamo
 any of `on_before_batch_transfer`, `transfer_batch_to_device` or `on_after_batch_transfer`, the
 loop runs them in Lightning's order right before each batch's step, and batches are only pinned
 here (the default transfer then copies them with `non_blocking=True` on the compute stream).
-Nothing here runs, or is imported, on CPU or MPS.
+The Trainer imports this module only for a CUDA run: the CPU and MPS paths pay nothing for it.
 
 Why the copy-ahead is correct (the three hazards of an asynchronous copy):
 
