@@ -67,7 +67,9 @@ def module_class(L):  # noqa: N803 - the framework module, as users import it
     return W1
 
 
-def trainer_run(L, quiet: bool) -> Callable[[int, TensorDataset], None]:  # noqa: N803
+def trainer_run(L, quiet: bool, prefetch: str = "adaptive") -> Callable[[int, TensorDataset], None]:  # noqa: N803
+    """`prefetch` (ferrotrain only): "adaptive" (the default: decide from the first batches of each
+    epoch), "forced" (prefetch depth 2 from the first batch) or "off" (`prefetch_batches = 0`)."""
     cls = module_class(L)
 
     def run(epochs: int, ds: TensorDataset) -> None:
@@ -79,9 +81,18 @@ def trainer_run(L, quiet: bool) -> Callable[[int, TensorDataset], None]:  # noqa
             kw["accelerator"] = "cpu"
             kw["devices"] = 1
         trainer = L.Trainer(**kw)
+        fetching, probe = None, 0
+        if prefetch == "off":
+            trainer.prefetch_batches = 0
+        elif prefetch == "forced":
+            from ferrotrain.trainer import fetching
+
+            probe, fetching.PROBE_BATCHES = fetching.PROBE_BATCHES, 0  # the prefetcher starts with batch 0
         try:
             trainer.fit(cls(), DataLoader(ds, batch_size=BATCH, shuffle=False))
         finally:
+            if fetching is not None:
+                fetching.PROBE_BATCHES = probe
             shutil.rmtree(root, ignore_errors=True)
 
     return run
@@ -117,6 +128,8 @@ def main() -> None:
         "raw loop": raw_loop,
         "ferrotrain defaults": trainer_run(ferrotrain, quiet=False),
         "ferrotrain quiet": trainer_run(ferrotrain, quiet=True),
+        "ferro quiet forced-pf": trainer_run(ferrotrain, quiet=True, prefetch="forced"),
+        "ferro quiet no-pf": trainer_run(ferrotrain, quiet=True, prefetch="off"),
     }
     try:
         import warnings

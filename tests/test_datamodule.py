@@ -52,9 +52,12 @@ def _run(tmp_path) -> list:
     t = L.Trainer(default_root_dir=str(tmp_path), max_epochs=1, enable_progress_bar=False, logger=False,
                   enable_model_summary=False, num_sanity_val_steps=1, limit_train_batches=1, limit_val_batches=1)
     dm = DM()
-    t.fit(M(), datamodule=dm)
+    # Both override `on_before_batch_transfer`: Lightning warns, and so do we.
+    with pytest.warns(UserWarning, match="overridden `on_before_batch_transfer` in both"):
+        t.fit(M(), datamodule=dm)
     calls.append("---")
-    t.test(datamodule=dm, verbose=False)
+    with pytest.warns(UserWarning, match="overridden `on_before_batch_transfer` in both"):
+        t.test(datamodule=dm, verbose=False)
     return calls
 
 

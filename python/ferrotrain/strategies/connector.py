@@ -6,71 +6,32 @@ constructor; every check about device counts lives here.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, List, Tuple
 
 import torch
 
 from ferrotrain.errors import MisconfigurationException, NotSupportedYetError
 from ferrotrain.strategies.strategy import Strategy
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def resolve_accelerator(accelerator: str) -> str:
-    if accelerator == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if _mps_available() else "cpu"
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise MisconfigurationException(
-                f"`Trainer(accelerator={accelerator!r})` needs a CUDA GPU, but `torch.cuda.is_available()` is False "
-                "(no NVIDIA driver or no GPU found); use accelerator='cpu' or 'auto'"
-            )
-        return "cuda"
-    if accelerator == "mps":
-        if not _mps_available():
-            raise MisconfigurationException("`Trainer(accelerator='mps')` needs Apple's Metal (MPS) backend, which is not available here")
-        return "mps"
-    if accelerator == "tpu":
-        if importlib.util.find_spec("torch_xla") is None:
-            raise MisconfigurationException(
-                "`Trainer(accelerator='tpu')` needs the `torch_xla` package, which is not installed"
-            )
-        raise NotSupportedYetError("`Trainer(accelerator='tpu')` is not supported yet by ferrotrain")
-    return "cpu"
+from ferrotrain.trainer.accelerators import device_ids, resolve_accelerator
 
 
 def resolve_devices(accelerator: str, devices: Any) -> List[torch.device]:
     """The devices of this node, one per process."""
+    if accelerator == "tpu":
+        raise NotSupportedYetError("`Trainer(accelerator='tpu')` selects a TPU (`torch_xla`), which is not supported yet by ferrotrain")
     if accelerator == "cuda":
-        available = torch.cuda.device_count()
-        if isinstance(devices, list):
-            indices = devices
-        elif devices in ("auto", -1):
-            indices = list(range(available))
-        else:
-            indices = list(range(int(devices)))
-        bad = [i for i in indices if i >= available]
-        if bad:
-            raise MisconfigurationException(
-                f"`Trainer(devices={devices!r})` asks for CUDA device {bad[0]}, but only {available} are available"
-            )
-        return [torch.device("cuda", i) for i in indices]
+        return [torch.device("cuda", i) for i in device_ids(devices, torch.cuda.device_count(), "CUDA")]
     if accelerator == "mps":
-        if isinstance(devices, list) and (len(devices) != 1 or devices[0] != 0) or isinstance(devices, int) and devices > 1:
-            raise MisconfigurationException(f"`Trainer(accelerator='mps', devices={devices!r})`: there is one MPS device")
-        return [torch.device("mps")]
-    # CPU: `devices` is the number of processes ("auto" and -1: one).
+        return [torch.device("mps") for _ in device_ids(devices, 1, "MPS")]
+    # CPU: `devices` is the number of processes ("auto", -1 and [0]: one).
     if isinstance(devices, list):
-        n = len(devices)
-    elif devices in ("auto", -1):
-        n = 1
-    else:
-        n = int(devices)
+        if devices != [0]:
+            raise MisconfigurationException(
+                f"`Trainer(accelerator='cpu', devices={devices!r})`: the CPU is one device; pass an int "
+                "(the number of processes) or 'auto'"
+            )
+        return [torch.device("cpu")]
+    n = 1 if devices in ("auto", -1) else int(devices)
     return [torch.device("cpu")] * n
 
 

@@ -8,6 +8,7 @@ device: the loops call the transfer hooks.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -112,6 +113,8 @@ class Fetcher:
         except StopIteration:
             self._next = _MISSING
             self._exhausted = True
+        except Exception as exc:  # raised when the loop reaches this batch, not one batch early
+            self._next = _ReadError(exc)
 
     def fetch(self) -> Optional[Tuple[Any, bool]]:
         if self._remaining <= 0:
@@ -126,8 +129,18 @@ class Fetcher:
         if self._next is _MISSING:
             return None
         batch = self._next
+        if type(batch) is _ReadError:
+            self._next = _MISSING
+            raise batch.exc
         self._advance()
         return batch, self._exhausted
+
+    def rest(self) -> Iterator[Any]:
+        """The batches not fetched yet (a batch already read ahead first), for a prefetcher to
+        take over from here."""
+        if self._next is _MISSING:
+            return self._it
+        return itertools.chain(_replay(self._next), self._it)
 
     def close(self) -> None:
         self._remaining = 0
@@ -135,3 +148,18 @@ class Fetcher:
 
 
 _MISSING = object()
+
+
+class _ReadError:
+    """An exception raised while reading a batch ahead, kept until the loop reaches that batch."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def _replay(item: Any) -> Iterator[Any]:
+    if type(item) is _ReadError:
+        raise item.exc
+    yield item

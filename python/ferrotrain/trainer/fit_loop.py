@@ -139,7 +139,8 @@ class FitLoop:
         cb_end, m_end = hooks.cb["on_train_batch_end"], hooks.mod["on_train_batch_end"]
         has_start = bool(cb_start) or m_start is not None
         has_end = bool(cb_end) or m_end is not None
-        needs_transfer = trainer._needs_transfer()
+        # Batches copied ahead to the device (CUDA copy-ahead) arrive already transferred.
+        needs_transfer = trainer._needs_transfer() and not trainer._train_feeds_ahead()
         transfer = self._transfer
         step_schedulers = self._step_schedulers
         run_step = self.step.run

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
+from ferrotrain.utilities.rank_zero import rank_zero_warn
 
 CALLBACK_HOOKS = tuple(
     name for name in vars(Callback) if (name.startswith("on_") or name in ("setup", "teardown")) and callable(vars(Callback)[name])
@@ -104,9 +105,16 @@ class HookTable:
         # Batch transfer: the datamodule's hook wins when it overrides one (Lightning's selector).
         self.transfer: Dict[str, Optional[Callable[..., Any]]] = {}
         for name in TRANSFER_HOOKS:
+            on_module = is_overridden(module, LightningModule, name)
             if datamodule is not None and is_overridden(datamodule, LightningDataModule, name):
+                if on_module:
+                    rank_zero_warn(f"You have overridden `{name}` in both `LightningModule` and `LightningDataModule`."
+                                   " It will use the implementation from `LightningDataModule` instance.")
                 self.transfer[name] = getattr(datamodule, name)
-            elif is_overridden(module, LightningModule, name):
+            elif on_module:
+                if datamodule is not None:
+                    rank_zero_warn(f"You have overridden `{name}` in `LightningModule` but have passed in a"
+                                   " `LightningDataModule`. It will use the implementation from `LightningModule` instance.")
                 self.transfer[name] = getattr(module, name)
             else:
                 self.transfer[name] = None

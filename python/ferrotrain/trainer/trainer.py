@@ -27,6 +27,8 @@ from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, Tra
 from ferrotrain.utilities.apply_func import move_data_to_device
 from ferrotrain.utilities.rank_zero import rank_zero_info
 
+DEFAULT_PREFETCH_BATCHES = 2
+
 
 class Trainer:
     def __init__(
@@ -126,8 +128,7 @@ class Trainer:
         self._resume_rng: Any = None
         self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
-        # Batches the training prefetcher keeps ready (0: read in the main thread).
-        self.prefetch_batches = 2
+        self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
 
     # ------------------------------------------------------------------ construction helpers
@@ -227,6 +228,19 @@ class Trainer:
         step = getattr(self._fit_loop, "step", None)
         if hasattr(step, "accumulate"):
             step.accumulate = self._accumulate
+
+    @property
+    def prefetch_batches(self) -> int:
+        """How many training batches the background prefetcher keeps ready (default 2; 0 reads
+        every batch in the main thread). A ferrotrain extension, set as an attribute so that the
+        constructor keeps Lightning's signature; a change applies from the next epoch."""
+        return self._prefetch_batches
+
+    @prefetch_batches.setter
+    def prefetch_batches(self, value: int) -> None:
+        from ferrotrain.trainer.fetching import check_depth
+
+        self._prefetch_batches = check_depth(value)
 
     @property
     def gradient_clip_val(self) -> Optional[float]:
@@ -836,7 +850,19 @@ class Trainer:
         from ferrotrain.trainer.fetching import TrainFetcher
 
         depth = 0 if self._config.deterministic else self.prefetch_batches
+        if self._device.type == "cuda":  # pinned memory, copies one batch ahead (`device_feed`)
+            from ferrotrain.trainer import device_feed
+
+            return device_feed.train_fetcher(self, loader, lambda l: TrainFetcher(l, n, depth), self._train_feeds_ahead())
         return TrainFetcher(loader, n, depth)
+
+    def _train_feeds_ahead(self) -> bool:
+        """Whether training batches reach the device through `device_feed`'s copy-ahead: on CUDA,
+        when no transfer hook is overridden (those run in Lightning's order, before each step) and
+        not `deterministic` (reading ahead would reorder random draws against the step's)."""
+        t = self._hooks.transfer if self._hooks else {}
+        return (self._device.type == "cuda" and not self._config.deterministic
+                and all(v is None for v in t.values()))
 
     def _setup_val_data(self, model: LightningModule, datamodule: Optional[LightningDataModule], given: Any,
                         for_fit: bool) -> None:
