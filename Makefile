@@ -35,7 +35,7 @@ py-test:
 
 bench: dev
 	$(PY) -m pip install -e ".[test,bench]"
-	$(PY) benches/bench_w1.py
+	$(PY) -m ferrotrain.bench
 
 wheel: $(PY)
 	$(PY) -m pip install "maturin>=1.9.4,<2"
