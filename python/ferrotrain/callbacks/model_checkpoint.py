@@ -272,10 +272,11 @@ class ModelCheckpoint(Checkpoint):
     def _remove(self, trainer: Any, path: str) -> None:
         from ferrotrain.trainer import checkpointing
 
-        # The file may still be in flight: wait before deleting it.
-        checkpointing.wait_for_writes(trainer)
-        if os.path.exists(path) and path != self.last_model_path:
-            os.remove(path)
+        # Deleted only once the checkpoint replacing it is durable, without blocking the loop.
+        checkpointing.remove_when_durable(trainer, self, path)
+
+    def _may_remove(self, path: str) -> bool:
+        return path not in self.best_k_models and path not in (self.best_model_path, self.last_model_path)
 
     def _unique_path(self, name: str, trainer: Any) -> str:
         path = os.path.join(self.dirpath or "", name)
