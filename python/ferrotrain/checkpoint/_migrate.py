@@ -74,7 +74,9 @@ def from_lightning(ckpt: Dict[str, Any]) -> Dict[str, Any]:
         # counted: the batch was trained on, so `processed` is the position.
         in_epoch = max(int(batches["current"]["processed"]), int(batches["current"]["completed"]))
         progress = {
-            "epoch": int(ckpt.get("epoch", max(int(epochs["started"]) - 1, 0))),
+            # The epoch the batch counters belong to: the last one started (Lightning's
+            # `current_epoch` has moved past it when the save came after the fit ended).
+            "epoch": max(int(epochs["started"]) - 1, 0),
             "epochs_processed": int(epochs["processed"]),
             "batches_in_epoch": in_epoch,
             "total_batches": max(int(batches["total"]["processed"]), int(batches["total"]["completed"])),
