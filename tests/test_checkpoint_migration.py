@@ -156,3 +156,27 @@ def test_pickle_payload_in_our_format_is_data_not_code(tmp_path) -> None:
     assert ckpt["blob"] == payload and bytes(ckpt["raw"].numpy()) == payload
     Net.load_from_checkpoint(path)
     assert not marker.exists()
+
+
+@pytest.mark.skipif(not HAS_LIGHTNING, reason="lightning is not installed")
+def test_mid_epoch_lightning_checkpoint_resumes_exactly(tmp_path) -> None:
+    # Lightning saves after step 3 of 4 (epoch 0) and after step 6 (epoch 1): ferrotrain resumes
+    # each one to the same weights as Lightning's uninterrupted run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import lightning
+
+        torch.manual_seed(0)
+        model = _net_class(lightning.LightningModule)(lr=0.05)
+        quiet = {k: v for k, v in QUIET.items() if k != "enable_checkpointing"}
+        cb = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path), every_n_train_steps=3, save_top_k=-1)
+        lightning.Trainer(default_root_dir=str(tmp_path), max_epochs=2, accelerator="cpu", callbacks=[cb], **quiet).fit(model, _loader())
+    full = [p.detach().clone() for p in model.parameters()]
+    files = sorted(f for f in os.listdir(tmp_path) if f.endswith(".ckpt"))
+    assert files == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"]
+    for name in files:
+        resumed = Net(lr=0.05)
+        trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=2, **QUIET)
+        trainer.fit(resumed, _loader(), ckpt_path=str(tmp_path / name))
+        assert trainer.global_step == 8
+        torch.testing.assert_close(list(resumed.parameters()), full, rtol=0, atol=0)
