@@ -207,9 +207,9 @@ class ModelCheckpoint(Checkpoint):
 
     def _save_latest(self, trainer: Any, metrics: Dict[str, torch.Tensor]) -> None:
         path = self._unique_path(self.format_checkpoint_name(metrics), trainer)
-        previous = self.best_model_path
+        # Bookkeeping first, as Lightning: the checkpoint then records itself as the best.
+        previous, self.best_model_path = self.best_model_path, path
         self._write(trainer, path)
-        self.best_model_path = path
         if self.save_top_k == 1 and previous and previous != path:
             self._remove(trainer, previous)
 
@@ -228,18 +228,20 @@ class ModelCheckpoint(Checkpoint):
                 print(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} was not in top {self.save_top_k}")
             return
         path = self._unique_path(self.format_checkpoint_name(metrics), trainer)
-        self._write(trainer, path)
+        # Bookkeeping first, as Lightning: the checkpoint then holds the top k it belongs to.
         self.best_k_models[path] = current
+        worst = None
         if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
             worst = max(self.best_k_models, key=self._rank_key)
             self.best_k_models.pop(worst)
-            if worst != path:
-                self._remove(trainer, worst)
         if self.best_k_models:
             self.kth_best_model_path = max(self.best_k_models, key=self._rank_key)
             self.kth_value = self.best_k_models[self.kth_best_model_path]
             self.best_model_path = min(self.best_k_models, key=self._rank_key)
             self.best_model_score = self.best_k_models[self.best_model_path]
+        self._write(trainer, path)
+        if worst is not None and worst != path:
+            self._remove(trainer, worst)
         if self.verbose:
             print(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} reached {float(current):.5f}; saved {path!r}")
 
@@ -263,6 +265,7 @@ class ModelCheckpoint(Checkpoint):
             os.symlink(os.path.relpath(self._last_checkpoint_saved, os.path.dirname(path)), tmp)
             os.replace(tmp, path)
         else:
+            self.last_model_path = path
             self._write(trainer, path)
         self.last_model_path = path
 
@@ -275,12 +278,13 @@ class ModelCheckpoint(Checkpoint):
     def _remove(self, trainer: Any, path: str) -> None:
         from ferrotrain.trainer import checkpointing
 
-        # The file may still be in flight: wait before deleting it.
-        checkpointing.wait_for_writes(trainer)
         if not getattr(trainer, "is_global_zero", True):
             return  # files belong to rank zero
-        if os.path.exists(path) and path != self.last_model_path:
-            os.remove(path)
+        # Deleted only once the checkpoint replacing it is durable, without blocking the loop.
+        checkpointing.remove_when_durable(trainer, self, path)
+
+    def _may_remove(self, path: str) -> bool:
+        return path not in self.best_k_models and path not in (self.best_model_path, self.last_model_path)
 
     def _unique_path(self, name: str, trainer: Any) -> str:
         path = os.path.join(self.dirpath or "", name)

@@ -31,6 +31,11 @@ API:
 - `AsyncCheckpointWriter()`: `submit(path, checkpoint)` snapshots the tensors into a reusable host
   buffer and returns while a background thread writes; `wait()`; `close()`; `buffer_nbytes`.
 
+- `convert(src, dst) -> dict`: a Lightning `.ckpt` (`torch.save`, read with
+  `torch.load(weights_only=True)` only) rewritten in this format; also
+  `python -m ferrotrain.checkpoint convert IN.ckpt OUT.ckpt`. The Trainer and
+  `load_from_checkpoint` read such files directly too.
+
 Errors: `ferrotrain.errors.CheckpointError` (cannot save a value, cannot write or open a file:
 the message names the key path or the file) and its subclass `CorruptCheckpointError` (damaged,
 truncated or foreign file: the message names the file, and the tensor for a checksum mismatch).
@@ -38,5 +43,6 @@ truncated or foreign file: the message names the file, and the tensor for a chec
 
 from ._async import AsyncCheckpointWriter
 from ._io import load, save
+from ._migrate import convert
 
-__all__ = ["AsyncCheckpointWriter", "load", "save"]
+__all__ = ["AsyncCheckpointWriter", "convert", "load", "save"]

@@ -28,8 +28,10 @@ class AsyncCheckpointWriter:
     `submit(path, checkpoint)` blocks only while the checkpoint's tensors are copied into a host
     buffer (CPU tensors by Rust threads with the GIL released; CUDA tensors by a device-to-host
     copy into pinned memory, synchronised before returning). When it returns, the caller may
-    modify or free every tensor: what gets written is the snapshot. A Rust thread then writes the
-    file exactly as `save` does (atomic, fsynced, checksummed).
+    modify or free every tensor: what gets written is the snapshot. A Rust thread writes the
+    file exactly as `save` does (atomic, fsynced, checksummed), from the snapshot buffer only: it
+    starts on the pieces already copied while `submit` is still copying the later ones, so the
+    copy overlaps the write; it runs at a lower CPU priority than the training thread.
 
     - A write still in flight when `submit` is called again is awaited first.
     - A background failure is raised as `CheckpointError` (naming the file) by the next

@@ -130,13 +130,15 @@ def _write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     writer = getattr(trainer, "_checkpoint_writer", None)
     if sync:
-        if writer is not None:
-            writer.wait()
+        wait_for_writes(trainer)
         io.save(path, ckpt)
+        _flush_removals(trainer)
     else:
         if writer is None:
             writer = io.AsyncCheckpointWriter()
             trainer._checkpoint_writer = writer
+        # The previous file is durable once this returns: the files it replaced may go now.
+        wait_for_writes(trainer)
         writer.submit(path, ckpt)
     for lg in trainer.loggers:
         if hasattr(lg, "after_save_checkpoint"):
@@ -144,9 +146,39 @@ def _write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
 
 
 def wait_for_writes(trainer: Any) -> None:
+    """Block until the checkpoint in flight is durable (raising its error), then delete the
+    files it replaced."""
     writer = getattr(trainer, "_checkpoint_writer", None)
     if writer is not None:
         writer.wait()
+    _flush_removals(trainer)
+
+
+def close_writer(trainer: Any) -> None:
+    """End of a run: wait for the write in flight, delete what it replaced, release the buffer."""
+    writer = getattr(trainer, "_checkpoint_writer", None)
+    if writer is not None:
+        trainer._checkpoint_writer = None
+        writer.close()
+    _flush_removals(trainer)
+
+
+def remove_when_durable(trainer: Any, owner: Any, path: str) -> None:
+    """Delete `path` once every checkpoint submitted so far is durable (at the next save, wait
+    or the end of the run), so a crash never leaves fewer files than the top k; `owner`
+    (a `ModelCheckpoint`) may still veto it then with `_may_remove(path)`, e.g. when a newer
+    checkpoint was written under the same name."""
+    trainer.__dict__.setdefault("_checkpoint_removals", []).append((owner, path))
+
+
+def _flush_removals(trainer: Any) -> None:
+    pending = trainer.__dict__.get("_checkpoint_removals")
+    if not pending:
+        return
+    trainer._checkpoint_removals = []
+    for owner, path in pending:
+        if owner._may_remove(path) and os.path.exists(path):
+            os.remove(path)
 
 
 def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
@@ -185,9 +217,15 @@ def _latest_in(folder: Optional[str]) -> str:
 
 
 def load(path: str, map_location: Any = None) -> Dict[str, Any]:
-    from ferrotrain import checkpoint as io
+    """A ferrotrain checkpoint, or a Lightning one (read with `torch.load(weights_only=True)`)."""
+    from ferrotrain.checkpoint._migrate import load_any
 
-    return io.load(path, map_location=map_location)
+    return load_any(path, map_location=map_location)
+
+
+def _strict(module: Any) -> bool:
+    strict = getattr(module, "strict_loading", None)
+    return True if strict is None else bool(strict)
 
 
 def restore_weights(trainer: Any, ckpt_path: str) -> None:
@@ -197,7 +235,7 @@ def restore_weights(trainer: Any, ckpt_path: str) -> None:
     ckpt = load(path, map_location=trainer._device)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
         module.on_load_checkpoint(ckpt)
-    module.load_state_dict(ckpt["state_dict"])
+    load_weights(module, ckpt["state_dict"], path, _strict(module))
     trainer._ckpt_path = path
 
 
@@ -208,7 +246,7 @@ def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
     ckpt = load(path, map_location=trainer._device)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
         module.on_load_checkpoint(ckpt)
-    module.load_state_dict(ckpt["state_dict"])
+    load_weights(module, ckpt["state_dict"], path, _strict(module))
     if trainer.datamodule is not None:
         state = ckpt.get(type(trainer.datamodule).__qualname__)
         if state:
@@ -240,19 +278,55 @@ def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
 
 def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any, strict: Optional[bool],
                                 kwargs: Dict[str, Any]) -> LightningModule:
-    ckpt = load(os.fspath(checkpoint_path), map_location=map_location)
-    hparams = dict(ckpt.get("hyper_parameters", {}))
+    """Lightning's `LightningModule.load_from_checkpoint`: rebuild `cls` from the saved
+    hyperparameters (overridden by `kwargs`; filtered to the constructor's parameters unless it
+    takes `**kwargs`), run `on_load_checkpoint`, load the weights."""
+    import inspect
+
+    path = os.fspath(checkpoint_path)
+    ckpt = load(path, map_location=map_location)
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' entry: it is not a model checkpoint")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        hparams = {k: v for k, v in hparams.items() if k in params and k != "self"}
     hparams.update(kwargs)
     try:
         model = cls(**hparams)
     except TypeError as exc:
         raise CheckpointError(
-            f"Could not build {cls.__name__} from the hyperparameters saved in {os.fspath(checkpoint_path)!r} "
+            f"Could not build {cls.__name__} from the hyperparameters saved in {path!r} "
             f"({sorted(hparams)}): {exc}"
         ) from exc
     if is_overridden(model, LightningModule, "on_load_checkpoint"):
         model.on_load_checkpoint(ckpt)
-    model.load_state_dict(ckpt["state_dict"], strict=True if strict is None else strict)
+    if strict is None:
+        strict = getattr(model, "strict_loading", None)
+    load_weights(model, ckpt["state_dict"], path, True if strict is None else bool(strict))
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
     return model
+
+
+def load_weights(model: torch.nn.Module, state_dict: Dict[str, Any], path: str, strict: bool) -> None:
+    """`model.load_state_dict` with torch's error wording, as a `CheckpointError` (a
+    RuntimeError) naming the file. Mis-shaped keys are always an error; with `strict=False`,
+    missing and unexpected keys are warnings listing them, as in Lightning."""
+    import warnings
+
+    try:
+        keys = model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{e}\n\t(checkpoint: '{path}')") from None
+    if not strict:
+        if keys.missing_keys:
+            warnings.warn(
+                f"Found keys that are in the model state dict but not in the checkpoint: {keys.missing_keys}",
+                UserWarning, stacklevel=3,
+            )
+        if keys.unexpected_keys:
+            warnings.warn(
+                f"Found keys that are not in the model state dict but in the checkpoint: {keys.unexpected_keys}",
+                UserWarning, stacklevel=3,
+            )

@@ -661,10 +661,9 @@ class Trainer:
         for f in list(self._eval_fetchers):
             f.close()
         self._eval_fetchers.clear()
-        writer = getattr(self, "_checkpoint_writer", None)
-        if writer is not None:
-            self._checkpoint_writer = None
-            writer.close()
+        from ferrotrain.trainer import checkpointing
+
+        checkpointing.close_writer(self)
         bar = self.progress_bar_callback
         if bar is not None and hasattr(bar, "_close_all"):
             bar._close_all()
@@ -780,9 +779,7 @@ class Trainer:
             self._fit_loop.run()
         self._call_hooks("on_fit_end")
         self.profiler.describe()
-        writer = getattr(self, "_checkpoint_writer", None)
-        if writer is not None:
-            writer.wait()
+        checkpointing.wait_for_writes(self)
         for lg in self.loggers:
             lg.finalize("success")
         self._finish_run("fit")

@@ -1,6 +1,8 @@
 //! The background writer: one write in flight at a time, on its own thread, from a snapshot
-//! buffer the caller filled. Owns the thread's lifetime and the hand-back of its result; it
-//! does not own the buffer (see `ByteSource`), nor the snapshot (the caller copies first).
+//! buffer. Owns the thread's lifetime, the hand-back of its result, and the snapshot copy of
+//! `submit`, which overlaps with the write (see `gate`): the writer starts on the first pieces
+//! while later ones are still being copied, and `submit` returns once the copy is complete.
+//! It does not own the buffer's memory (see `ByteSource`).
 //!
 //! A result is reported exactly once: by the `wait` (or the next `start`, which waits first).
 //! Fork safety: a forked child inherits the handle but not the thread; `wait` in the child
@@ -9,18 +11,25 @@
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
+use std::sync::Arc;
+
 use super::error::CheckpointError;
 use super::format::Layout;
-use super::io::write_atomic;
+use super::gate::{piece_offset, Gate, RawBuffer};
+use super::io::write_atomic_with;
+use super::parallel;
 
-/// Memory holding a checkpoint's data region, readable from the writer thread.
+/// Memory holding a checkpoint's data region (the snapshot buffer), kept allocated while the
+/// writer owns it.
 pub trait ByteSource: Send + 'static {
-    fn bytes(&self) -> &[u8];
+    /// The buffer as raw memory (called once, before any copy or write).
+    fn raw(&mut self) -> RawBuffer;
 }
 
 impl ByteSource for Vec<u8> {
-    fn bytes(&self) -> &[u8] {
-        self
+    fn raw(&mut self) -> RawBuffer {
+        // SAFETY: the Vec's heap allocation does not move while the Box holding it lives.
+        unsafe { RawBuffer::new(self.as_mut_ptr(), self.len()) }
     }
 }
 
@@ -67,38 +76,62 @@ impl AsyncWriter {
         })
     }
 
-    /// Start writing `buffer` (the data region laid out as `layout` says) to `path`. A write
-    /// still in flight is awaited first, and its error returned (the new write is then not
-    /// started).
+    /// Start writing `buffer` (the data region laid out as `layout` says, already filled) to
+    /// `path`. A write still in flight is awaited first, and its error returned (the new write
+    /// is then not started).
     pub fn start(
         &mut self,
         path: PathBuf,
         layout: Layout,
         buffer: Box<dyn ByteSource>,
     ) -> Result<(), CheckpointError> {
+        self.submit(path, layout, buffer, &[])
+    }
+
+    /// Copy `copies` (`(bytes, offset in the data region)`, each one whole tensor of `layout`)
+    /// into `buffer`, writing the buffer to `path` on the background thread meanwhile; return
+    /// once every copy is done (the caller may then modify the sources), while the write goes
+    /// on. The rest of the buffer must already hold its tensors. A write still in flight is
+    /// awaited first (its error is returned and nothing is started).
+    pub fn submit(
+        &mut self,
+        path: PathBuf,
+        layout: Layout,
+        mut buffer: Box<dyn ByteSource>,
+        copies: &[(&[u8], u64)],
+    ) -> Result<(), CheckpointError> {
         self.wait()?;
-        if (buffer.bytes().len() as u64) < layout.data_len() {
+        let raw = buffer.raw();
+        if (raw.len() as u64) < layout.data_len() {
             return Err(CheckpointError::Invalid(
                 "snapshot buffer smaller than the checkpoint".into(),
             ));
         }
+        let pieces = parallel::pieces(layout.nbytes());
+        let copy_of = match_copies(&layout, raw, copies)?;
+        let gate = Arc::new(Gate::new(pieces.len()));
+        let mut to_copy = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            match copy_of.get(p.tensor).copied().flatten() {
+                Some(src) => to_copy.push((i, src)),
+                None => gate.preopen(i),
+            }
+        }
         let thread_path = path.clone();
+        let thread_gate = Arc::clone(&gate);
+        let offsets = layout.offsets().to_vec();
+        let copy_offsets = offsets.clone();
         let handle = std::thread::Builder::new()
             .name("ferrotrain-ckpt".into())
             .spawn(move || {
-                let bytes = buffer.bytes();
-                let sources = layout
-                    .offsets()
-                    .iter()
-                    .zip(layout.nbytes())
-                    .map(|(&o, &n)| bytes.get(o as usize..(o + n) as usize))
-                    .collect::<Option<Vec<&[u8]>>>()
-                    .ok_or_else(|| {
-                        CheckpointError::Invalid(
-                            "snapshot buffer smaller than the checkpoint".into(),
-                        )
-                    })?;
-                write_atomic(&thread_path, &layout, &sources)
+                let _buffer = buffer; // kept allocated until the write is done
+                lower_priority();
+                write_atomic_with(&thread_path, &layout, |i, p| {
+                    thread_gate.wait(i)?;
+                    // SAFETY: the gate is open, so the copy of this piece is finished and
+                    // nothing writes these bytes until the write is waited for.
+                    unsafe { raw.piece(piece_offset(&offsets, p)?, p.len) }
+                })
             })
             .map_err(|e| {
                 CheckpointError::io(&path, "cannot start the background writer thread", e)
@@ -108,8 +141,94 @@ impl AsyncWriter {
             pid: std::process::id(),
             path,
         });
+        let copied = copy(&pieces, &to_copy, raw, &copy_offsets, &gate);
+        if let Err(e) = copied {
+            gate.abort();
+            // The writer gives up on the aborted gate and removes its temporary file.
+            let _ = self.wait();
+            return Err(e);
+        }
         Ok(())
     }
+}
+
+/// Run this thread (and the worker threads it starts, which inherit it) at a lower priority:
+/// the snapshot copy and the training loop come first when the cores are busy, and the write
+/// uses what they leave. Best effort (Linux only; errors ignored).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls; `gettid` names this thread, and nice applies per thread on Linux.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+fn copy(
+    pieces: &[parallel::Piece],
+    to_copy: &[(usize, &[u8])],
+    raw: RawBuffer,
+    copy_offsets: &[u64],
+    gate: &Gate,
+) -> Result<(), CheckpointError> {
+    parallel::run(to_copy.len(), |k| {
+        let (i, src) = to_copy[k];
+        let p = pieces[i];
+        let from = src
+            .get(p.start as usize..(p.start + p.len) as usize)
+            .ok_or_else(|| CheckpointError::Invalid("internal error: piece out of range".into()))?;
+        // SAFETY: the writer reads this piece only after `open(i)` below; pieces are
+        // disjoint, and `match_copies` checked that no source overlaps the buffer.
+        unsafe { raw.fill(piece_offset(copy_offsets, p)?, from)? };
+        gate.open(i);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// For each tensor of `layout`, the source to copy into it (if any). Every non-empty copy must
+/// cover exactly one tensor, at most once, and not overlap the buffer.
+fn match_copies<'c>(
+    layout: &Layout,
+    raw: RawBuffer,
+    copies: &[(&'c [u8], u64)],
+) -> Result<Vec<Option<&'c [u8]>>, CheckpointError> {
+    let offsets = layout.offsets();
+    let lens = layout.nbytes();
+    let mut out: Vec<Option<&[u8]>> = vec![None; offsets.len()];
+    let mut by_offset: Vec<usize> = (0..offsets.len()).collect();
+    by_offset.sort_by_key(|&t| offsets[t]);
+    let buf_start = raw.addr();
+    let buf_end = buf_start + raw.len();
+    for &(src, off) in copies {
+        if src.is_empty() {
+            continue;
+        }
+        let s = src.as_ptr() as usize;
+        if s < buf_end && buf_start < s + src.len() {
+            return Err(CheckpointError::Invalid(
+                "a source tensor overlaps the snapshot buffer".into(),
+            ));
+        }
+        // Offsets are not in spec order (the layout groups tensors by alignment): search the
+        // spec indices sorted by offset.
+        let first = by_offset.partition_point(|&t| offsets[t] < off);
+        let t = by_offset[first..]
+            .iter()
+            .copied()
+            .take_while(|&t| offsets[t] == off)
+            .find(|&t| lens[t] == src.len() as u64)
+            .ok_or_else(|| {
+                CheckpointError::Invalid(format!(
+                    "a copy of {} bytes at {off} does not match a tensor of the checkpoint",
+                    src.len()
+                ))
+            })?;
+        if out[t].replace(src).is_some() {
+            return Err(CheckpointError::Invalid("snapshot copies overlap".into()));
+        }
+    }
+    Ok(out)
 }
 
 impl Drop for AsyncWriter {

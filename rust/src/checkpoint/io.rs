@@ -3,7 +3,7 @@
 //! Writing goes to a temporary file in the target's folder (created exclusively), which is
 //! preallocated (so a full disk fails before any byte is written where the filesystem allows),
 //! filled in parallel (each piece is checksummed right before it is written, while it is hot in
-//! cache), given its header last, fsynced, renamed over the target, and the folder is fsynced.
+//! cache, and its writeback to disk is started at once so the final fsync has little left), given its header last, fsynced, renamed over the target, and the folder is fsynced.
 //! A crash at any instant therefore leaves either the previous file or the new one under the
 //! final name; at worst a stray `.<name>.<pid>.<n>.tmp` file remains. Any failure removes the
 //! temporary file and is reported with the target's path.
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{CheckpointError, FormatError};
 use super::format::{self, Layout, ParsedHeader};
-use super::parallel;
+use super::parallel::{self, Piece};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -76,12 +76,33 @@ fn preallocate(file: &File, len: u64, path: &Path) -> Result<(), CheckpointError
     Ok(())
 }
 
-fn write_body(
+/// Ask the kernel to start writing `len` bytes at `at` back to disk now, without waiting: the
+/// disk then works while later pieces are still being checksummed and copied, and the final
+/// fsync has little left to flush. Advice only: errors are ignored (fsync reports real ones).
+fn start_writeback(file: &File, at: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if let (Ok(at), Ok(len)) = (libc::off64_t::try_from(at), libc::off64_t::try_from(len)) {
+            // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+            unsafe {
+                libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, at, len);
+}
+
+fn write_body<'s, F>(
     file: &File,
     path: &Path,
     layout: &Layout,
-    sources: &[&[u8]],
-) -> Result<(), CheckpointError> {
+    piece_bytes: F,
+) -> Result<(), CheckpointError>
+where
+    F: Fn(usize, Piece) -> Result<&'s [u8], CheckpointError> + Sync,
+{
     preallocate(file, layout.file_len(), path)?;
     let lens = layout.nbytes();
     let offsets = layout.offsets();
@@ -89,15 +110,13 @@ fn write_body(
     let pieces = parallel::pieces(lens);
     let states = parallel::run(pieces.len(), |i| {
         let p = pieces[i];
-        let bytes = sources
-            .get(p.tensor)
-            .and_then(|s| s.get(p.start as usize..(p.start + p.len) as usize))
-            .ok_or_else(|| CheckpointError::Invalid("internal error: piece out of range".into()))?;
+        let bytes = piece_bytes(i, p)?;
         let mut h = crc32fast::Hasher::new();
         h.update(bytes);
         let at = data_start + offsets[p.tensor] + p.start;
         file.write_all_at(bytes, at)
             .map_err(|e| CheckpointError::io(path, "cannot write tensor data", e))?;
+        start_writeback(file, at, p.len);
         Ok(h)
     })?;
     let crcs = parallel::combine_crcs(lens, &pieces, &states);
@@ -125,6 +144,24 @@ pub fn write_atomic(
             "tensor byte counts do not match the layout".into(),
         ));
     }
+    write_atomic_with(path, layout, |_, p: Piece| {
+        sources
+            .get(p.tensor)
+            .and_then(|s| s.get(p.start as usize..(p.start + p.len) as usize))
+            .ok_or_else(|| CheckpointError::Invalid("internal error: piece out of range".into()))
+    })
+}
+
+/// `write_atomic` with the bytes of each piece (`parallel::pieces(layout.nbytes())`, by index)
+/// supplied by `piece_bytes`, called once per piece from the writing threads.
+pub fn write_atomic_with<'s, F>(
+    path: &Path,
+    layout: &Layout,
+    piece_bytes: F,
+) -> Result<(), CheckpointError>
+where
+    F: Fn(usize, Piece) -> Result<&'s [u8], CheckpointError> + Sync,
+{
     let (dir, tmp) = temp_path(path)?;
     let file = OpenOptions::new()
         .write(true)
@@ -137,7 +174,7 @@ pub fn write_atomic(
                 e,
             )
         })?;
-    let written = write_body(&file, path, layout, sources);
+    let written = write_body(&file, path, layout, piece_bytes);
     drop(file);
     // Hold the file being replaced open across the rename: the kernel then frees its blocks
     // when we close it (off the critical path, below) instead of inside `rename`, which costs

@@ -6,12 +6,14 @@
 //!
 //! - `format`: dtypes, the layout of a file to write, header serialisation and validation.
 //! - `io`: the atomic write, the header read and the checksum verification.
-//! - `async_writer`: one write in flight on a background thread.
+//! - `async_writer`: one write in flight on a background thread, overlapped with the snapshot copy.
+//! - `gate`: the per-piece hand-off between that copy and the write.
 //! - `parallel`: the piece-wise work split shared by the three passes over tensor bytes.
 
 pub mod async_writer;
 pub mod error;
 pub mod format;
+pub mod gate;
 pub mod io;
 pub mod parallel;
 
@@ -23,4 +25,4 @@ mod tests;
 pub use async_writer::{AsyncWriter, ByteSource};
 pub use error::{CheckpointError, FormatError};
 pub use format::{Dtype, Entry, Layout, ParsedHeader, TensorSpec};
-pub use io::{check_bytes, open_checkpoint, write_atomic};
+pub use io::{check_bytes, open_checkpoint, write_atomic, write_atomic_with};

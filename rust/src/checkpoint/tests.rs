@@ -408,3 +408,62 @@ proptest! {
         prop_assert!(msg.contains("checksum mismatch in tensor"), "{}", msg);
     }
 }
+
+#[test]
+fn submit_copies_while_writing_and_the_file_holds_the_snapshot() {
+    let dir = temp_dir("submit");
+    let n_big = 3 * parallel::PIECE + 11;
+    let layout = Layout::new(
+        vec![
+            spec("big", Dtype::U8, &[n_big]),
+            spec("pre", Dtype::U8, &[7]),
+            spec("small", Dtype::U8, &[5]),
+        ],
+        "{}",
+        meta(),
+    )
+    .unwrap();
+    let mut big = bytes_for(9, n_big);
+    let small = bytes_for(4, 5);
+    let pre = bytes_for(2, 7);
+    let mut buffer = vec![0u8; layout.data_len() as usize];
+    // "pre" is filled by the caller before submit (as torch does for device tensors).
+    let at = layout.offsets()[1] as usize;
+    buffer[at..at + 7].copy_from_slice(&pre);
+    let mut w = AsyncWriter::new();
+    let path = dir.join("s.ckpt");
+    let expected = big.clone();
+    w.submit(
+        path.clone(),
+        layout.clone(),
+        Box::new(buffer),
+        &[(&big, layout.offsets()[0]), (&small, layout.offsets()[2])],
+    )
+    .unwrap();
+    // The caller may modify its tensors as soon as submit returns: the file keeps the snapshot.
+    big.iter_mut().for_each(|b| *b = 0xAA);
+    w.wait().unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let header = check_bytes(&file, true).unwrap();
+    let data = &file[header.data_start as usize..];
+    let get = |name: &str| {
+        let e = header.entries.iter().find(|e| e.name == name).unwrap();
+        data[e.start as usize..e.end as usize].to_vec()
+    };
+    assert_eq!(get("big"), expected);
+    assert_eq!(get("pre"), pre);
+    assert_eq!(get("small"), small);
+    // A copy that matches no tensor is refused before anything starts.
+    let err = w
+        .submit(
+            dir.join("bad.ckpt"),
+            layout.clone(),
+            Box::new(vec![0u8; layout.data_len() as usize]),
+            &[(&small, layout.offsets()[0])],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(!w.in_flight());
+    assert!(!dir.join("bad.ckpt").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

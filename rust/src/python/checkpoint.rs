@@ -16,8 +16,8 @@ use pyo3::prelude::*;
 
 use super::errors::ferro_err;
 use crate::checkpoint::{
-    open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource, CheckpointError, Dtype,
-    Layout, TensorSpec,
+    gate::RawBuffer, open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource,
+    CheckpointError, Dtype, Layout, TensorSpec,
 };
 
 fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
@@ -164,10 +164,10 @@ struct ForeignBuffer {
 }
 
 impl ByteSource for ForeignBuffer {
-    fn bytes(&self) -> &[u8] {
+    fn raw(&mut self) -> RawBuffer {
         // SAFETY: the buffer object is referenced by the writer until `wait` returns, and the
-        // Python writer does not write to it while a write is in flight (module docs).
-        unsafe { bytes_at(self.ptr, self.len) }
+        // Python writer does not touch it while a write is in flight (module docs).
+        unsafe { RawBuffer::new(self.ptr as *mut u8, self.len) }
     }
 }
 
@@ -208,8 +208,9 @@ impl PyAsyncWriter {
     }
 
     /// Await the previous write (raising its error), copy the CPU tensors `(data_ptr, nbytes,
-    /// offset)` into `buffer` (address `buffer_ptr`, `buffer_len` bytes) in parallel, then start
-    /// writing the buffer to `path` in the background and return.
+    /// offset)` into `buffer` (address `buffer_ptr`, `buffer_len` bytes) in parallel while the
+    /// background thread already writes the pieces copied so far to `path`; return once the copy
+    /// is complete (the write goes on).
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
@@ -233,30 +234,28 @@ impl PyAsyncWriter {
         self.last_buffer = buffer_ptr;
         let inner = &mut self.inner;
         py.detach(|| {
-            let mut empty = [0u8; 0];
-            let dst: &mut [u8] = if buffer_len == 0 {
-                &mut empty
-            } else {
-                // SAFETY: the buffer is a live Python-owned allocation of `buffer_len` bytes that
-                // nothing else reads or writes during this call (no write is in flight).
-                unsafe { std::slice::from_raw_parts_mut(buffer_ptr as *mut u8, buffer_len) }
-            };
-            // SAFETY: see the module docs; the caller holds the source tensors for the call.
+            if fresh && buffer_len > 0 {
+                // SAFETY: a live Python-owned allocation of `buffer_len` bytes that nothing
+                // reads or writes during this call (no write is in flight: awaited above).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(buffer_ptr as *mut u8, buffer_len) };
+                parallel::advise_huge_pages(dst);
+            }
+            // SAFETY: see the module docs; the caller holds the source tensors for the call,
+            // and `submit` returns only once it has finished reading them.
             let srcs: Vec<(&[u8], u64)> = copies
                 .iter()
                 .map(|&(p, n, off)| (unsafe { bytes_at(p, n) }, off))
                 .collect();
-            if fresh {
-                parallel::advise_huge_pages(dst);
-            }
-            parallel::parallel_copy(dst, &srcs)?;
-            inner.start(
+            // The copy overlaps with the write it feeds; it is complete when this returns.
+            inner.submit(
                 path,
                 layout,
                 Box::new(ForeignBuffer {
                     ptr: buffer_ptr,
                     len: buffer_len,
                 }),
+                &srcs,
             )
         })
         .map_err(|e| to_py(py, e))?;
