@@ -203,7 +203,8 @@ class TensorBoardLogger(Logger):
 
     @rank_zero_only
     def save(self) -> None:
-        self.experiment.flush()
+        # No flush here: the Trainer calls `save()` after every logging step, and the writer
+        # already flushes in the background (`flush_secs`) and in `finalize` (as Lightning's does).
         log_dir = self.log_dir
         hparams_file = os.path.join(log_dir, self.NAME_HPARAMS_FILE)
         if os.path.isdir(log_dir) and not os.path.isfile(hparams_file):

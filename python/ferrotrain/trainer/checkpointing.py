@@ -29,7 +29,11 @@ def _version() -> str:
 
 
 def rng_states() -> Dict[str, Any]:
-    states: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    version, internal, gauss = random.getstate()
+    # Python's Mersenne Twister state (625 ints) as one int64 tensor: a single entry in the file
+    # instead of 625 JSON numbers, which made every checkpoint's metadata slow to build.
+    python_state = {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+    states: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": python_state}
     try:
         import numpy as np
 
@@ -46,7 +50,10 @@ def set_rng_states(states: Dict[str, Any]) -> None:
         torch.set_rng_state(states["torch"])
     if "python" in states:
         py = states["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
+        if isinstance(py, dict):
+            random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+        else:  # (version, internal state, gauss), as `random.getstate()` returns it
+            random.setstate((py[0], tuple(py[1]), py[2]))
     if "numpy" in states:
         try:
             import numpy as np
