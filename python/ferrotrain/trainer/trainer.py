@@ -1121,7 +1121,15 @@ def _do_nothing() -> None:
 
 
 def _is_batch_like(obj: Any) -> bool:
-    return isinstance(obj, torch.Tensor)
+    """A batch rather than a loader: a tensor, or a tuple/list/dict whose items are batches.
+    A list of such batches is one training source; a list of loaders is several."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return bool(obj) and all(_is_batch_like(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return bool(obj) and all(_is_batch_like(v) for v in obj)
+    return False
 
 
 def _checkpoints_last(callbacks: List[Callback]) -> List[Callback]:
