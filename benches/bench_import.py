@@ -27,10 +27,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    rows = [("ferrotrain", measure("ferrotrain", args.runs))]
+    rows = [("ferrotrain", measure("ferrotrain", args.runs)),
+            # The Trainer and its loops load on first use: this row includes them.
+            ("+ Trainer", measure("ferrotrain; ferrotrain.Trainer", args.runs))]
     if importlib.util.find_spec("lightning") is not None:
         rows.append(("lightning", measure("lightning", args.runs)))
     print(f"W4: import after torch, median of {args.runs} fresh interpreters")
+    print("(run once without PYTHONDONTWRITEBYTECODE first: an installed package has its bytecode)")
     print(f"{'module':<12}{'seconds':>10}{'vs ferrotrain':>16}")
     for name, t in rows:
         print(f"{name:<12}{t:>10.4f}{t / rows[0][1]:>16.1f}")

@@ -126,6 +126,8 @@ def main() -> None:
 
     configs: Dict[str, Callable[[int, TensorDataset], None]] = {
         "raw loop": raw_loop,
+        # The same raw loop again, timed in its own slot: its ratio is this run's noise floor.
+        "raw loop (control)": raw_loop,
         "ferrotrain defaults": trainer_run(ferrotrain, quiet=False),
         "ferrotrain quiet": trainer_run(ferrotrain, quiet=True),
         "ferro quiet forced-pf": trainer_run(ferrotrain, quiet=True, prefetch="forced"),
@@ -143,7 +145,7 @@ def main() -> None:
         print("lightning is not installed: its rows are skipped")
     if args.only:
         wanted = set(args.only.split(","))
-        configs = {k: v for k, v in configs.items() if any(w in k for w in wanted) or k == "raw loop"}
+        configs = {k: v for k, v in configs.items() if any(w in k for w in wanted) or k.startswith("raw loop")}
     ds = make_data()
     steps_per_epoch = N // BATCH
     per_step: Dict[str, List[float]] = {k: [] for k in configs}
