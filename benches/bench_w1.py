@@ -24,47 +24,13 @@ from typing import Callable, Dict, List
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-N, DIM, BATCH = 4096, 32, 32
+from ferrotrain.bench.workloads import W1_BATCH as BATCH, w1_data, w1_module_class as module_class, w1_net as make_net, w1_raw as raw_loop  # noqa: F401
+
+N = 4096
 
 
 def make_data() -> TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(N, DIM, generator=g), torch.randn(N, 1, generator=g))
-
-
-def make_net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-
-
-def raw_loop(epochs: int, ds: TensorDataset) -> None:
-    net = make_net()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    loader = DataLoader(ds, batch_size=BATCH, shuffle=False)
-    for _ in range(epochs):
-        for x, y in loader:
-            loss = torch.nn.functional.mse_loss(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-
-def module_class(L):  # noqa: N803 - the framework module, as users import it
-    class W1(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = make_net()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss, prog_bar=True)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    return W1
+    return w1_data(N)
 
 
 def trainer_run(L, quiet: bool, prefetch: str = "adaptive") -> Callable[[int, TensorDataset], None]:  # noqa: N803

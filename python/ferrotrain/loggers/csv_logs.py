@@ -13,8 +13,8 @@ import os
 from argparse import Namespace
 from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
-from ferrotrain.loggers.logger import Logger, rank_zero_experiment
-from ferrotrain.loggers.utilities import _add_prefix, _convert_params, _next_version, save_hparams_to_yaml
+from ferrotrain.loggers.logger import VersionedLogger, rank_zero_experiment
+from ferrotrain.loggers.utilities import _add_prefix, _convert_params, save_hparams_to_yaml
 from ferrotrain.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 
@@ -86,7 +86,7 @@ class ExperimentWriter:
                 os.remove(self.metrics_file_path)
 
 
-class CSVLogger(Logger):
+class CSVLogger(VersionedLogger):
     """Log to the local file system: `metrics.csv` and `hparams.yaml` in
     `save_dir/name/version_N` (Lightning's `CSVLogger`).
 
@@ -109,32 +109,10 @@ class CSVLogger(Logger):
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        super().__init__()
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._prefix = prefix
         self._flush_logs_every_n_steps = max(1, int(flush_logs_every_n_steps))
         self._experiment: Optional[ExperimentWriter] = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> Union[int, str]:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """`save_dir/name`: the folder that holds the `version_N` folders."""
-        return os.path.join(self._save_dir, self._name)
 
     @property
     def log_dir(self) -> str:

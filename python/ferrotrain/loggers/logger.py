@@ -5,6 +5,7 @@ logged tensors into numbers only when it flushes them to loggers."""
 from __future__ import annotations
 
 import functools
+import os
 from abc import ABC, abstractmethod
 from argparse import Namespace
 from typing import Any, Callable, Dict, Mapping, Optional, Union
@@ -81,3 +82,35 @@ class _DummyExperiment:
 
     def __getitem__(self, idx: int) -> "_DummyExperiment":
         return self
+
+
+class VersionedLogger(Logger):
+    """A logger that writes under `save_dir/name/version_N` (or a string version), the layout
+    Lightning's file loggers share; the next free `version_N` is chosen on first use."""
+
+    def __init__(self, save_dir: Union[str, "os.PathLike[str]"], name: Optional[str], version: Optional[Union[int, str]]) -> None:
+        super().__init__()
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> Union[int, str]:
+        if self._version is None:
+            from ferrotrain.loggers.utilities import _next_version
+
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """`save_dir/name`: the folder that holds the `version_N` folders."""
+        return os.path.join(self._save_dir, self._name)

@@ -14,12 +14,11 @@ import sys
 from argparse import Namespace
 from typing import Any, Dict, Mapping, Optional, Union
 
-from ferrotrain.loggers.logger import Logger, rank_zero_experiment
+from ferrotrain.loggers.logger import VersionedLogger, rank_zero_experiment
 from ferrotrain.loggers.utilities import (
     _add_prefix,
     _convert_params,
     _flatten_dict,
-    _next_version,
     _sanitize_params,
     save_hparams_to_yaml,
 )
@@ -38,7 +37,7 @@ def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(VersionedLogger):
     """Log to TensorBoard event files in `save_dir/name/version_N` (Lightning's `TensorBoardLogger`).
 
     Args:
@@ -73,10 +72,7 @@ class TensorBoardLogger(Logger):
     ) -> None:
         if not _tensorboard_available():
             raise ModuleNotFoundError(_MISSING_TENSORBOARD, name="tensorboard")
-        super().__init__()
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
@@ -84,25 +80,6 @@ class TensorBoardLogger(Logger):
         self._kwargs = kwargs
         self._experiment: Any = None
         self.hparams: Dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> Union[int, str]:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """`save_dir/name`: the folder that holds the `version_N` folders."""
-        return os.path.join(self._save_dir, self._name)
 
     @property
     def sub_dir(self) -> Optional[str]:

@@ -25,45 +25,11 @@ Why the copy-ahead is correct (the three hazards of an asynchronous copy):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
-from ferrotrain.utilities.apply_func import move_data_to_device
-
-
-def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """`fn` applied to every tensor in a nested batch (dicts, lists, tuples, namedtuples,
-    dataclasses), keeping the container types; other values pass through unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return fn(batch)
-    if isinstance(batch, dict):
-        items = [(k, map_tensors(v, fn)) for k, v in batch.items()]
-        return dict(items) if type(batch) is dict else type(batch)(items)
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(map_tensors(v, fn) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(map_tensors(v, fn) for v in batch)
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        changes = {f.name: map_tensors(getattr(batch, f.name), fn) for f in dataclasses.fields(batch) if f.init}
-        return dataclasses.replace(batch, **changes)
-    return batch
-
-
-def iter_tensors(batch: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a nested batch, without rebuilding any container."""
-    if isinstance(batch, torch.Tensor):
-        yield batch
-    elif isinstance(batch, dict):
-        for v in batch.values():
-            yield from iter_tensors(v)
-    elif isinstance(batch, (list, tuple)):
-        for v in batch:
-            yield from iter_tensors(v)
-    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        for f in dataclasses.fields(batch):
-            yield from iter_tensors(getattr(batch, f.name))
+from ferrotrain.utilities.apply_func import iter_tensors, map_tensors, move_data_to_device
 
 
 def _pin(t: torch.Tensor) -> torch.Tensor:

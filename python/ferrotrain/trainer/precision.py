@@ -34,6 +34,7 @@ from typing import Any, Callable, ContextManager, Iterator, Optional
 import torch
 
 from ferrotrain.errors import MisconfigurationException
+from ferrotrain.utilities.apply_func import map_tensors
 
 _TRUE_DTYPES = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}
 _MIXED_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -56,19 +57,7 @@ def cpu_float16_amp_available() -> bool:
 def convert_floats(data: Any, dtype: torch.dtype) -> Any:
     """Cast every floating tensor inside `data` (dicts, lists, tuples, namedtuples, dataclasses)
     to `dtype`; other values are returned unchanged (Lightning's `_convert_fp_tensor`)."""
-    if isinstance(data, torch.Tensor):
-        return data.to(dtype) if data.is_floating_point() else data
-    if isinstance(data, dict):
-        items = ((k, convert_floats(v, dtype)) for k, v in data.items())
-        return dict(items) if type(data) is dict else type(data)(items)
-    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
-        return type(data)(*(convert_floats(v, dtype) for v in data))
-    if isinstance(data, (list, tuple)):
-        return type(data)(convert_floats(v, dtype) for v in data)
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        changes = {f.name: convert_floats(getattr(data, f.name), dtype) for f in dataclasses.fields(data) if f.init}
-        return dataclasses.replace(data, **changes)
-    return data
+    return map_tensors(data, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 @contextlib.contextmanager

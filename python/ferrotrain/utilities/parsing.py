@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 
 class AttributeDict(dict):
@@ -77,16 +77,3 @@ def save_hyperparameters(
         hp.pop(k, None)
     obj._hparams = AttributeDict(hp)
     obj._hparams_initial = AttributeDict(dict(hp))
-
-
-def iter_tensors(obj: Any) -> Iterable[Any]:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from iter_tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from iter_tensors(v)
