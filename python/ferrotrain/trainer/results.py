@@ -189,7 +189,7 @@ class Results:
                 raise MisconfigurationException(
                     f"`self.log({entry.name!r}, value)` needs a scalar (one-element) tensor, got shape {tuple(value.shape)}"
                 )
-            if value.device.type == "cpu":
+            if value.is_cpu:
                 code = _DTYPE_CODES.get(value.dtype)
                 if code is not None:
                     self._store.update_from_ptr(entry.slot, value.data_ptr(), code, weight)
