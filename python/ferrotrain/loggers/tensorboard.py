@@ -80,6 +80,7 @@ class TensorBoardLogger(VersionedLogger):
         self._kwargs = kwargs
         self._experiment: Any = None
         self.hparams: Dict[str, Any] = {}
+        self._hparams_file_written = False
 
     @property
     def sub_dir(self) -> Optional[str]:
@@ -182,10 +183,16 @@ class TensorBoardLogger(VersionedLogger):
     def save(self) -> None:
         # No flush here: the Trainer calls `save()` after every logging step, and the writer
         # already flushes in the background (`flush_secs`) and in `finalize` (as Lightning's does).
+        # `hparams.yaml` is written once, as soon as the log folder exists; remembering that saves
+        # two file-system lookups per logging step.
+        if self._hparams_file_written:
+            return
         log_dir = self.log_dir
         hparams_file = os.path.join(log_dir, self.NAME_HPARAMS_FILE)
-        if os.path.isdir(log_dir) and not os.path.isfile(hparams_file):
-            save_hparams_to_yaml(hparams_file, self.hparams)
+        if os.path.isdir(log_dir):
+            if not os.path.isfile(hparams_file):
+                save_hparams_to_yaml(hparams_file, self.hparams)
+            self._hparams_file_written = True
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
