@@ -56,8 +56,13 @@ def _run(tmp_path) -> list:
     with pytest.warns(UserWarning, match="overridden `on_before_batch_transfer` in both"):
         t.fit(M(), datamodule=dm)
     calls.append("---")
-    with pytest.warns(UserWarning, match="overridden `on_before_batch_transfer` in both"):
+    # Without a model, `test` evaluates the fit's best checkpoint and says so (Lightning's rule).
+    with pytest.warns(UserWarning) as record:
         t.test(datamodule=dm, verbose=False)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "overridden `on_before_batch_transfer` in both" in messages
+    assert "The best model of the previous `fit` call will be used" in messages
+    assert t.ckpt_path == t.checkpoint_callback.best_model_path
     return calls
 
 

@@ -169,3 +169,28 @@ def test_save_checkpoint_and_load_from_checkpoint(tmp_path) -> None:
     trainer.save_checkpoint(weights_only, weights_only=True)
     with pytest.raises(Exception, match="weights"):
         _trainer(tmp_path, max_epochs=2, enable_checkpointing=False).fit(NoisyModel(), train, val, ckpt_path=str(weights_only))
+
+
+def test_evaluating_without_a_model_after_fit_uses_the_best_checkpoint(tmp_path) -> None:
+    """Lightning's rule for `validate/test/predict()` without a model after `fit`."""
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss")
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[ck])
+    train, val = _loaders()
+    trainer.fit(NoisyModel(), train, val)
+    with pytest.warns(UserWarning, match="best model of the previous `fit` call will be used"):
+        out = trainer.validate(dataloaders=val, verbose=False)
+    assert trainer.ckpt_path == ck.best_model_path
+    assert out[0]["val_loss"] == pytest.approx(float(ck.best_model_score), rel=1e-5)
+
+    quiet = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    quiet.fit(NoisyModel(), train, val)
+    with pytest.warns(UserWarning, match="without a model"), pytest.raises(MisconfigurationException, match="ModelCheckpoint"):
+        quiet.test(dataloaders=val)
+
+
+def test_ckpt_path_last_without_a_last_checkpoint_warns_and_starts_fresh(tmp_path) -> None:
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[ModelCheckpoint(dirpath=tmp_path / "none")])
+    train, val = _loaders()
+    with pytest.warns(UserWarning, match='there is no last checkpoint available'):
+        trainer.fit(NoisyModel(), train, val, ckpt_path="last")
+    assert trainer.global_step == 10

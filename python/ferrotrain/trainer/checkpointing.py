@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -188,24 +189,41 @@ def _flush_removals(trainer: Any) -> None:
             os.remove(path)
 
 
-def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> str:
+def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
+    """The file `ckpt_path` names ("best", "last" or a path); None for "last" when there is none."""
     if not isinstance(ckpt_path, (str, os.PathLike)):
         raise ConfigTypeError(
             f"`{fn}(ckpt_path={ckpt_path!r})` must be a path (str or os.PathLike), \"best\" or \"last\"; "
             f"got {type(ckpt_path).__name__}"
         )
-    if ckpt_path in ("best", "last"):
+    if ckpt_path == "best":
         cb = trainer.checkpoint_callback
         if cb is None:
             raise MisconfigurationException(
-                f'`{fn}(ckpt_path="{ckpt_path}")` needs a `ModelCheckpoint` callback, but the Trainer has none'
+                f'`{fn}(ckpt_path="best")` needs a `ModelCheckpoint` callback, but the Trainer has none '
+                "(`enable_checkpointing=False`?); pass a checkpoint path instead"
             )
         wait_for_writes(trainer)
-        path = cb.best_model_path if ckpt_path == "best" else cb.last_model_path or _latest_in(cb.dirpath)
-        if not path:
+        if not cb.best_model_path:
             raise MisconfigurationException(
-                f'`{fn}(ckpt_path="{ckpt_path}")`: no {ckpt_path} checkpoint has been saved yet'
+                f'`{fn}(ckpt_path="best")`: the `ModelCheckpoint` has not saved a best model yet; '
+                "pass a checkpoint path instead"
             )
+        return cb.best_model_path
+    if ckpt_path == "last":
+        cb = trainer.checkpoint_callback
+        if cb is not None:
+            wait_for_writes(trainer)
+        path = (cb.last_model_path or _latest_in(cb.dirpath)) if cb is not None else ""
+        if not path:
+            # As in Lightning: not an error, so "last" can be set before the first run.
+            warnings.warn(
+                f'`.{fn}(ckpt_path="last")` is set, but there is no last checkpoint available. No checkpoint '
+                "will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
         return path
     path = os.fspath(ckpt_path)
     if not os.path.isfile(path):
@@ -238,6 +256,8 @@ def _strict(module: Any) -> bool:
 def restore_weights(trainer: Any, ckpt_path: str) -> None:
     fn = trainer.state.fn.value if trainer.state.fn is not None else "validate"
     path = resolve_path(trainer, ckpt_path, fn)
+    if path is None:
+        return
     module = trainer.lightning_module
     ckpt = load(path, map_location=trainer._device)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
@@ -249,6 +269,8 @@ def restore_weights(trainer: Any, ckpt_path: str) -> None:
 def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
     """Restore model, optimizers, schedulers, precision, callbacks, RNG and loop progress."""
     path = resolve_path(trainer, ckpt_path, "fit")
+    if path is None:
+        return
     module = trainer.lightning_module
     ckpt = load(path, map_location=trainer._device)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):

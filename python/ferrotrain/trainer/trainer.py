@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Union
 
 import torch
@@ -568,6 +569,7 @@ class Trainer:
     def predict(self, model: Optional[LightningModule] = None, dataloaders: Any = None,
                 datamodule: Optional[LightningDataModule] = None, return_predictions: Optional[bool] = None,
                 ckpt_path: Optional[str] = None) -> Optional[List[Any]]:
+        ckpt_path = self._default_ckpt_path("predict", model, ckpt_path)
         model = self._model_for_eval(model, "predict")
         if dataloaders is not None and isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
@@ -578,6 +580,7 @@ class Trainer:
 
     def _evaluate_entry(self, stage_fn: str, model: Optional[LightningModule], dataloaders: Any,
                         ckpt_path: Optional[str], verbose: bool, datamodule: Optional[LightningDataModule]) -> List[Dict[str, float]]:
+        ckpt_path = self._default_ckpt_path(stage_fn, model, ckpt_path)
         model = self._model_for_eval(model, stage_fn)
         if dataloaders is not None and isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
@@ -593,6 +596,20 @@ class Trainer:
             raise ConfigTypeError(
                 f"`Trainer.{fn}()` requires a `LightningModule`, got {model!r} ({type(model).__name__})"
             )
+
+    def _default_ckpt_path(self, fn: str, model: Optional[LightningModule], ckpt_path: Optional[str]) -> Optional[str]:
+        """Lightning's rule: `validate/test/predict()` without a model after a `fit` evaluates the
+        best checkpoint of that fit (with a warning), not the weights the fit ended with."""
+        if model is not None or ckpt_path is not None or self.lightning_module is None:
+            return ckpt_path
+        warnings.warn(
+            f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call "
+            f"will be used. You can pass `.{fn}(ckpt_path='best')` to use the best model or "
+            f"`.{fn}(ckpt_path='last')` to use the last model. If you pass a value, this warning will be silenced.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "best"
 
     def _model_for_eval(self, model: Optional[LightningModule], fn: str) -> LightningModule:
         if model is None:
