@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -633,3 +634,22 @@ def test_rich_progress_bar_needs_rich():
             RichProgressBar()
     else:
         assert isinstance(RichProgressBar(refresh_rate=2), TQDMProgressBar)
+
+
+def test_a_loop_after_fit_starts_its_bar_at_zero(tmp_path, monkeypatch) -> None:
+    """A count left over from the fit's validation bar must not show on `test`'s first bar."""
+    import ferrotrain as L
+    from torch.utils.data import DataLoader
+
+    from tests.conftest import BoringModel, make_dataset
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    t = L.Trainer(max_epochs=1, default_root_dir=str(tmp_path), enable_model_summary=False, logger=False,
+                  enable_checkpointing=False)
+    model = BoringModel()
+    t.fit(model, DataLoader(make_dataset(64), batch_size=8), DataLoader(make_dataset(64), batch_size=16))
+    start = len(terminal.getvalue())
+    t.test(model, DataLoader(make_dataset(48), batch_size=16), verbose=False)
+    frames = [f for f in terminal.getvalue()[start:].replace("\n", "\r").split("\r") if f.strip()]
+    assert frames and all(f.startswith("Testing DataLoader 0") for f in frames), frames

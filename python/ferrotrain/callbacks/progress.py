@@ -503,6 +503,7 @@ class TQDMProgressBar(ProgressBar):
         if self._eval_bar is not None:
             self._eval_bar.close()
         self._eval_bar = None
+        self._eval_seen = 0
         self._eval_next = _NEVER
 
     # -- training --
@@ -585,6 +586,7 @@ class TQDMProgressBar(ProgressBar):
             bar.close()
             self._eval_bar = None
         self._eval_next = _NEVER
+        self._eval_seen = 0  # a stale count would show on the next loop's first bar
         self.reset_dataloader_idx_tracker()
         train_bar = self._train_bar
         if train_bar is not None and trainer.state.fn == "fit" and train_bar.tty:
@@ -663,6 +665,7 @@ class TQDMProgressBar(ProgressBar):
             self._eval_bar.close()
         self._eval_bar = None
         self._eval_next = _NEVER
+        self._eval_seen = 0  # a stale count would show on the next loop's first bar
         self.reset_dataloader_idx_tracker()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
