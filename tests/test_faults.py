@@ -76,18 +76,8 @@ def test_kill9_during_checkpoint_writes_leaves_only_complete_resumable_files(tmp
 # a write error during a Trainer checkpoint
 
 
-@contextlib.contextmanager
-def _unprivileged():
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
+# Runs file operations without root's rights over every folder (shared with the I/O tests).
+from tests.test_checkpoint_io import unprivileged as _unprivileged  # noqa: E402
 
 
 class _SaveOnce(Callback):
