@@ -4,7 +4,6 @@ exceptions from every kind of user code, Ctrl-C, non-finite losses, and what a r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
