@@ -169,3 +169,14 @@ def memory_logger(L: Any) -> Any:
             pass
 
     return MemoryLogger()
+
+
+def tiny_net() -> torch.nn.Module:
+    """The small regressor the parity tests train under both libraries (seeded)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def state_of(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached copy of `module`'s state dict, to compare final weights."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -16,18 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from tests.lightning_ref import check, is_lightning, libraries, loader, memory_logger, misconfiguration, trainer
+from tests.lightning_ref import check, is_lightning, libraries, loader, memory_logger, misconfiguration, trainer, state_of, tiny_net
 
 EPOCHS = 2
 
 
-def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-
-
-def _state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+# The shared parity helpers, under the short names these tests use.
+_net, _state = tiny_net, state_of
 
 
 def _fit(L: Any, model: Any, train: Any, val: Any = None, **kwargs: Any) -> Any:

@@ -21,19 +21,14 @@ import ferrotrain
 from ferrotrain.checkpoint import load
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.precision import cpu_float16_amp_available
-from tests.lightning_ref import is_lightning, libraries, loader, trainer
+from tests.lightning_ref import is_lightning, libraries, loader, trainer, state_of, tiny_net
 
 EPOCHS = 2
 CPU_FP16_AMP = cpu_float16_amp_available()
 
 
-def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-
-
-def _state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+# The shared parity helpers, under the short names these tests use.
+_net, _state = tiny_net, state_of
 
 
 def fit(L: Any, precision: Any, batches: int = 8, **kwargs: Any) -> Dict[str, Any]:
