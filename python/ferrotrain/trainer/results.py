@@ -250,46 +250,33 @@ class Results:
         """(logger, progress bar, callback) views of the latest step-level values; with
         `dataloader_idx`, only what that dataloader's batches logged. As in Lightning, step values
         of evaluation loops never reach the callback metrics."""
-        log: Dict[str, float] = {}
-        bar: Dict[str, float] = {}
-        cb: Dict[str, float] = {}
-        training = self.training
-        for e in self._entries.values():
-            if not e.on_step or self._store.count(e.slot) == 0:
-                continue
-            if dataloader_idx is not None and e.src_dl != dataloader_idx:
-                continue
-            v = self._last(e)
-            if v is None:
-                continue
-            name = e.step_key
-            if e.logger:
-                log[name] = v
-            if e.prog_bar:
-                bar[name] = v
-            if training:
-                cb[name] = v
-                cb[e.key] = v
-        return log, bar, cb
+        entries = [e for e in self._entries.values()
+                   if e.on_step and (dataloader_idx is None or e.src_dl == dataloader_idx)]
+        return self._views(entries, self._last, "step_key", self.training)
 
     def epoch_metrics(self) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
         """(logger, progress bar, callback) views of the epoch-level reduced values."""
+        return self._views([e for e in self._entries.values() if e.on_epoch], self._reduced, "epoch_key", True)
+
+    def _views(self, entries: List[_Entry], value_of: Any, key_attr: str,
+               to_callbacks: bool) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
         log: Dict[str, float] = {}
         bar: Dict[str, float] = {}
         cb: Dict[str, float] = {}
-        for e in self._entries.values():
-            if not e.on_epoch or self._store.count(e.slot) == 0:
+        for e in entries:
+            if self._store.count(e.slot) == 0:
                 continue
-            v = self._reduced(e)
+            v = value_of(e)
             if v is None:
                 continue
-            name = e.epoch_key
+            name = getattr(e, key_attr)
             if e.logger:
                 log[name] = v
             if e.prog_bar:
                 bar[name] = v
-            cb[name] = v
-            cb[e.key] = v
+            if to_callbacks:
+                cb[name] = v
+                cb[e.key] = v
         return log, bar, cb
 
     def reset(self) -> None:
