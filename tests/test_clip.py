@@ -149,6 +149,46 @@ def test_non_contiguous_grads_take_the_torch_path(norm_type):
     assert all(torch.equal(p.grad, b) for p, b in zip(only_strided, before))
 
 
+def test_grads_viewing_part_of_a_larger_storage_touch_only_their_own_elements():
+    # Contiguous views that start inside a bigger buffer: the native path must read where each
+    # view starts (its storage offset), and scale nothing around it.
+    backing = torch.randn(300, dtype=torch.float64).float()
+    untouched = backing.clone()
+    a = torch.nn.Parameter(torch.zeros(100))
+    a.grad = backing[50:150]
+    b = torch.nn.Parameter(torch.zeros(10, 5))
+    b.grad = backing[200:250].view(10, 5)
+    assert a.grad.is_contiguous() and a.grad.storage_offset() == 50
+    ours = [a, b]
+    theirs = twin(ours)
+    got = clip_grad_norm_(ours, 0.5)
+    want = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    assert rel_err(got.item(), want.item()) <= 1e-6
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+    for lo, hi in [(0, 50), (150, 200), (250, 300)]:
+        assert torch.equal(backing[lo:hi], untouched[lo:hi])
+
+
+def test_grads_that_require_grad_and_channels_last_grads_match_torch():
+    # A gradient built with create_graph=True requires grad itself; a channels-last gradient is
+    # dense but not contiguous, so it stays on torch's path.
+    x = torch.nn.Parameter(torch.randn(64))
+    (x.grad,) = torch.autograd.grad((x**3).sum(), x, create_graph=True)
+    conv = torch.nn.Parameter(torch.zeros(2, 3, 4, 4))
+    conv.grad = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert x.grad.requires_grad and not conv.grad.is_contiguous()
+    ours = [x, conv]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for q, p in zip(theirs, ours):
+        q.grad = p.grad.detach().clone(memory_format=torch.preserve_format)
+    got = clip_grad_norm_(ours, 1.0)
+    want = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    assert rel_err(got.item(), want.item()) <= 1e-6
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.grad.detach(), q.grad, rtol=1e-6, atol=0)
+
+
 def test_empty_and_single_tensor_inputs():
     assert torch.equal(clip_grad_norm_([], 1.0), torch.tensor(0.0))
     no_grads = [torch.nn.Parameter(torch.ones(3))]

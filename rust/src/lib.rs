@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod dlpack;
 pub mod metrics;
 pub mod prefetch;
 pub mod profile;

@@ -2,8 +2,8 @@
 `torch.nn.utils.clip_grad_value_` and Lightning's `grad_norm`.
 
 What this module owns: sorting gradients into the two paths and every torch call. Contiguous
-CPU gradients of float32/float64/float16/bfloat16 go to the native core as
-`(data_ptr, numel, dtype_code)` triples: one pass over their memory computes the total norm
+CPU gradients of float32/float64/float16/bfloat16 go to the native core, which reads where
+each one's memory starts and ends through torch's DLPack exchange table: one pass over their memory computes the total norm
 (accumulated in float64), and the scale (or clamp) happens in place, skipped when no clipping
 is needed. Every other gradient (on an accelerator, strided, sparse, a tensor subclass, another
 dtype) takes torch's `_foreach` path, whose norm and clip coefficient stay on the device.
@@ -14,10 +14,8 @@ What it does not own: the arithmetic (`ferrotrain._core`, from `rust/src/clip.rs
 from __future__ import annotations
 
 import math
-import operator
-import weakref
 from functools import reduce
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Tuple, Union
 
 import torch
 
@@ -39,8 +37,6 @@ _MASK_DTYPE = {
 }
 _Tensor = torch.Tensor
 
-Buf = Tuple[int, int, int]
-
 
 def _grads(parameters: Parameters) -> List[torch.Tensor]:
     if isinstance(parameters, torch.Tensor):
@@ -48,89 +44,12 @@ def _grads(parameters: Parameters) -> List[torch.Tensor]:
     return [g for p in parameters if (g := p.grad) is not None]
 
 
-def _split(grads: List[torch.Tensor]) -> Tuple[List[Buf], List[torch.Tensor]]:
-    """Triples for the native path, and the gradients that stay on torch's path."""
-    fast: List[Buf] = []
-    slow: List[torch.Tensor] = []
-    for g in grads:
-        code = _CODES.get(g.dtype)
-        # Exact type: a subclass may override data_ptr/numel.
-        if code is not None and type(g) is _Tensor and g.is_cpu and g.is_contiguous():
-            try:
-                fast.append((g.data_ptr(), g.numel(), code))
-                continue
-            except RuntimeError:
-                # Sparse/mkldnn tensors call themselves contiguous but have no data pointer
-                # (cheaper to catch than to check every gradient's layout).
-                pass
-        slow.append(g)
-    return fast, slow
-
-
-_data_ptr = torch.Tensor.data_ptr
-_nbytes = operator.attrgetter("nbytes")
-_deref = operator.call
-
-
-class _BufCache:
-    """The triples of the last gradients seen, reused while the very same gradient tensors
-    come back with the same memory (gradients kept across steps: `zero_grad(set_to_none=False)`,
-    or clipping called again on the same gradients).
-
-    A hit needs, for every gradient: the same object (held weakly, so the cache never keeps
-    gradient memory alive), the same `data_ptr()` and the same `nbytes`. Memory safety: a
-    tensor holds its storage, so a storage swapped in by `.data =` or `set_` is allocated
-    while the old one still lives and gets another address; the same address can come back
-    only after two swaps, and then the `nbytes` check bounds what the core touches. What a hit
-    cannot see is `.data =` a view of the tensor's own bytes (same start, same size, another
-    dtype or layout): torch's result may then differ, but no memory outside the tensor's
-    storage is read or written.
-    The entry is built only when a call sees the same pointers as the call before it, so loops
-    that make new gradients every step (`set_to_none=True`) pay one list comparison, not the
-    weak references. The entry is one tuple, swapped whole, so threads never mix two entries.
-    Its triples are held by a native `GradBufs`, checked once."""
-
-    __slots__ = ("entry", "last_ptrs")
-
-    def __init__(self) -> None:
-        self.entry: Optional[Tuple[list, List[int], List[int], "_core.GradBufs"]] = None
-        self.last_ptrs: Optional[List[int]] = None
-
-    def lookup(self, grads: List[torch.Tensor]) -> Optional["_core.GradBufs"]:
-        entry = self.entry
-        if entry is None:
-            return None
-        refs, ptrs, nbytes, fast = entry
-        if (len(refs) == len(grads) and all(map(operator.is_, grads, map(_deref, refs)))
-                and list(map(_data_ptr, grads)) == ptrs and list(map(_nbytes, grads)) == nbytes):
-            return fast
-        return None
-
-    def remember(self, grads: List[torch.Tensor], fast: "_core.GradBufs", slow: List[torch.Tensor]) -> None:
-        if slow:
-            self.entry = self.last_ptrs = None
-            return
-        ptrs = fast.ptrs()
-        if ptrs == self.last_ptrs:
-            self.entry = ([weakref.ref(g) for g in grads], ptrs, fast.nbytes(), fast)
-        else:
-            self.entry = None
-        self.last_ptrs = ptrs
-
-
-_cache = _BufCache()
-
-
-def _split_cached(grads: List[torch.Tensor]) -> Tuple["_core.GradBufs", List[torch.Tensor]]:
-    """`_split` for the clip functions: the native buffers as a `GradBufs` (sorted in one
-    native call, or reused from the last call on the same gradients) and torch's gradients."""
-    fast = _cache.lookup(grads)
-    if fast is not None:
-        return fast, []
+def _split(grads: List[torch.Tensor]) -> Tuple["_core.GradBufs", List[torch.Tensor]]:
+    """The native buffers (as one checked `GradBufs`) and the gradients left to torch, sorted in
+    one native call. With torch's DLPack exchange table each gradient is described by one C call
+    (no Python attribute reads); older torch builds get the same sort through the attributes."""
     fast, slow_idx = _core.split_grads(grads, _Tensor, _DTYPES)
-    slow = [grads[i] for i in slow_idx]
-    _cache.remember(grads, fast, slow)
-    return fast, slow
+    return fast, [grads[i] for i in slow_idx]
 
 
 def _group(tensors: List[torch.Tensor]) -> Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]]:
@@ -191,7 +110,7 @@ def clip_grad_norm_(
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    fast, slow = _split_cached(grads)
+    fast, slow = _split(grads)
     if not slow:
         norm, _, mask = _core.clip_grad_norm_bufs(fast, max_norm, p, error_if_nonfinite)
         if error_if_nonfinite and not math.isfinite(norm):
@@ -251,7 +170,7 @@ def clip_grad_value_(parameters: Parameters, clip_value: float) -> None:
     grads = _grads(parameters)
     if not grads:
         return
-    fast, slow = _split_cached(grads)
+    fast, slow = _split(grads)
     if fast:
         _core.clamp_bufs(fast, clip_value)
     if slow:

@@ -252,3 +252,39 @@ proptest! {
         prop_assert_eq!(f32_to_f16(v), f16_round_ref(v));
     }
 }
+
+/// Long f32 buffers (many vector chunks, a ragged tail) over any mix of magnitudes, including
+/// squares outside f32's range: the f64 accumulation keeps them within 1e-6 of exact.
+fn any_magnitude_f32() -> impl Strategy<Value = f32> {
+    prop_oneof![-1e3f32..1e3, -1e-3f32..1e-3, -1e-25f32..1e-25, -1e25f32..1e25, Just(0.0f32)]
+}
+
+proptest! {
+    #[test]
+    fn long_f32_norms_stay_within_1e_6_of_exact(
+        values in prop::collection::vec(any_magnitude_f32(), 200..2000),
+        p_index in 0usize..4,
+    ) {
+        let p = ORDERS[p_index];
+        let got = total_norm(&[Grad::F32(&values)], NormType::from_p(p).unwrap());
+        let want = naive(&values.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), p);
+        prop_assert!(rel_close(got, want, 1e-6), "p={}: {} vs {}", p, got, want);
+    }
+}
+
+#[test]
+fn long_f32_blocks_outside_f32_range_are_exact() {
+    // Squares below f32's smallest normal, and above its largest finite value.
+    for &v in &[3e-25f32, -7e-30, 2e20, -3e37] {
+        let xs = vec![v; 1000];
+        let want = f64::from(v).abs() * 1000f64.sqrt();
+        let got = total_norm(&[Grad::F32(&xs)], NormType::L2);
+        assert!(rel_close(got, want, 1e-12), "{v}: {got} vs {want}");
+    }
+    let mut xs = vec![1.0f32; 1000];
+    xs[300] = f32::NAN;
+    assert!(total_norm(&[Grad::F32(&xs)], NormType::L2).is_nan());
+    assert!(total_norm(&[Grad::F32(&xs)], NormType::L1).is_nan());
+    xs[300] = f32::INFINITY;
+    assert_eq!(total_norm(&[Grad::F32(&xs)], NormType::L2), f64::INFINITY);
+}

@@ -1,7 +1,8 @@
-//! Bindings for the gradient-norm and clip math (`crate::clip`). Python passes, for each
-//! contiguous CPU gradient, a `(data_ptr, numel, dtype_code)` triple and keeps the tensors alive
-//! for the call; these functions check the triples, release the GIL and run the kernels on the
-//! raw memory. Every non-CPU or strided gradient stays in Python, on torch's `_foreach` path.
+//! Bindings for the gradient-norm and clip math (`crate::clip`). `split_grads` describes each
+//! contiguous CPU gradient as a `(data_ptr, numel, dtype_code)` triple (through torch's DLPack
+//! exchange table, `crate::dlpack`) while Python keeps the tensors alive for the call; the other
+//! functions check the triples, release the GIL and run the kernels on the raw memory. Every
+//! non-CPU or strided gradient stays in Python, on torch's `_foreach` path.
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
@@ -10,6 +11,7 @@ use pyo3::types::{PyList, PyTuple, PyType};
 
 use super::errors::ferro_err;
 use crate::clip::{self, DType, Grad, GradMut, NormAcc, NormType};
+use crate::dlpack;
 
 /// A checked `(data_ptr, numel, dtype)` triple.
 #[derive(Clone, Copy)]
@@ -77,31 +79,24 @@ fn checked(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<(Vec<RawBu
     Ok((out, mask))
 }
 
-/// Triples checked once and kept by Python's cache (`utilities/clip.py`, `_BufCache`), so
-/// repeated calls on the same gradients skip re-reading 3 ints per gradient. Holding one is a
-/// promise by the Python side: it passes it only after checking, in the same call, that every
-/// gradient is the same live tensor with the same `data_ptr()` and `nbytes` (and it holds
-/// those tensors for the call), so the memory is still the gradients' own.
+/// The buffers of a list of gradients as `split_grads` sorted them, checked once, for the
+/// calls that follow within the same Python function (`utilities/clip.py`), which holds the
+/// gradient tensors alive alongside it. Never kept across steps: gradients come and go.
 #[pyclass(frozen, module = "ferrotrain._core", name = "GradBufs")]
 pub struct GradBufs {
     /// The non-empty buffers, checked.
     bufs: Vec<RawBuf>,
     mask: u8,
-    /// `data_ptr()` and `nbytes` of every gradient it covers, empty ones included, in order.
-    ptrs: Vec<usize>,
-    nbytes: Vec<usize>,
+    /// For every gradient covered, in order: whether it has elements (per-gradient norms
+    /// report the empty ones too).
+    nonempty: Vec<bool>,
 }
 
 impl GradBufs {
     fn from_triples(py: Python<'_>, triples: Vec<(usize, usize, u8)>) -> PyResult<Self> {
-        let ptrs = triples.iter().map(|t| t.0).collect();
-        // An unknown code fails in `checked`, so its size here does not matter.
-        let nbytes = triples
-            .iter()
-            .map(|t| t.1.saturating_mul(DType::from_code(t.2).map_or(0, DType::size)))
-            .collect();
+        let nonempty = triples.iter().map(|t| t.1 != 0).collect();
         let (bufs, mask) = checked(py, triples)?;
-        Ok(Self { bufs, mask, ptrs, nbytes })
+        Ok(Self { bufs, mask, nonempty })
     }
 }
 
@@ -114,26 +109,16 @@ impl GradBufs {
 
     /// The number of gradients covered (empty ones included).
     fn __len__(&self) -> usize {
-        self.ptrs.len()
-    }
-
-    /// `data_ptr()` of each gradient covered, in order.
-    fn ptrs(&self) -> Vec<usize> {
-        self.ptrs.clone()
-    }
-
-    /// `nbytes` of each gradient covered, in order.
-    fn nbytes(&self) -> Vec<usize> {
-        self.nbytes.clone()
+        self.nonempty.len()
     }
 }
 
-/// Sort gradients as `utilities/clip.py`'s `_split` does, in one call: a gradient goes to the
-/// native path when its type is exactly `tensor_type` (a subclass may override `data_ptr`),
-/// its dtype is one of `dtypes` (the codes' order), it is on the CPU, contiguous, and has a
-/// data pointer (sparse and mkldnn tensors raise RuntimeError). Returns the native buffers and
-/// the indices of the gradients left to torch. Same calls as the Python loop, without the
-/// interpreter between them and without building a tuple per gradient.
+/// Sort gradients for `utilities/clip.py` in one call: a gradient goes to the native path when
+/// its type is exactly `tensor_type` (a subclass may override what it reports), its dtype is one
+/// of `dtypes` (the codes' order), it is on the CPU and contiguous, and it can export its
+/// memory (sparse and mkldnn tensors cannot). Returns the native buffers and the indices of the
+/// gradients left to torch. Each gradient is described by one C call through torch's DLPack
+/// exchange table when torch has one, else by reading its attributes.
 #[pyfunction]
 fn split_grads(
     py: Python<'_>,
@@ -141,15 +126,57 @@ fn split_grads(
     tensor_type: &Bound<'_, PyType>,
     dtypes: &Bound<'_, PyTuple>,
 ) -> PyResult<(GradBufs, Vec<usize>)> {
+    let describe = exchange_api(tensor_type);
     let mut triples = Vec::with_capacity(grads.len());
     let mut slow = Vec::new();
     for (i, g) in grads.iter().enumerate() {
-        match native_triple(py, &g, tensor_type, dtypes)? {
+        let triple = match describe {
+            Some(f) if g.get_type().is(tensor_type) => dlpack_triple(py, &g, f),
+            _ => native_triple(py, &g, tensor_type, dtypes)?,
+        };
+        match triple {
             Some(t) => triples.push(t),
             None => slow.push(i),
         }
     }
     Ok((GradBufs::from_triples(py, triples)?, slow))
+}
+
+/// The DLPack describer torch publishes on the tensor type (`__dlpack_c_exchange_api__`), if
+/// this torch has one whose layout we know. Looked up per call: a getattr, no import.
+fn exchange_api(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
+    let py = tensor_type.py();
+    let capsule = tensor_type.getattr(intern!(py, "__dlpack_c_exchange_api__")).ok()?;
+    // SAFETY: `capsule` is a live object; GetPointer checks that it is a capsule with this
+    // name and returns null (with an exception set) otherwise.
+    let api = unsafe { pyo3::ffi::PyCapsule_GetPointer(capsule.as_ptr(), dlpack::EXCHANGE_API_CAPSULE.as_ptr()) };
+    if api.is_null() {
+        drop(PyErr::take(py));
+        return None;
+    }
+    // SAFETY: a capsule of this name holds a `DLPackExchangeAPI` that lives as long as the
+    // process (dlpack.h); its header is read first and the rest only for the known major version.
+    let api = unsafe { &*api.cast::<dlpack::DlExchangeApi>() };
+    if api.header.version.major != dlpack::MAJOR_VERSION {
+        return None;
+    }
+    api.dltensor_from_py_object_no_sync
+}
+
+/// The triple of one gradient of exactly the exporting type, read in one C call; `None` when it
+/// is not a contiguous CPU buffer of a native dtype (or cannot be exported: sparse, mkldnn).
+fn dlpack_triple(py: Python<'_>, g: &Bound<'_, PyAny>, describe: dlpack::DlTensorFromPyObject) -> Option<(usize, usize, u8)> {
+    let mut t = dlpack::DlTensor::default();
+    // SAFETY: `g` is a live object of the type that published `describe` (checked by the
+    // caller), and the GIL is held, as the exchange API requires.
+    if unsafe { describe(g.as_ptr().cast(), &mut t) } != 0 {
+        drop(PyErr::take(py));
+        return None;
+    }
+    // SAFETY: the exporter filled `t` for `g`, which the caller holds alive and which nothing
+    // changes while the GIL is held; shape and strides point at `ndim` values.
+    let (ptr, numel, dtype) = unsafe { dlpack::cpu_buffer(&t) }?;
+    Some((ptr, numel, dtype as u8))
 }
 
 fn native_triple(
@@ -229,21 +256,25 @@ fn grad_norm_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResult
     Ok((py.detach(|| total(&bufs, norm)), mask))
 }
 
-/// The norm of each buffer and of all together, in one pass. Empty buffers have norm 0.
+/// The norm of each gradient and of all together, in one pass. Empty gradients have norm 0.
 #[pyfunction]
-fn grad_norms_bufs(py: Python<'_>, bufs: Vec<(usize, usize, u8)>, norm_type: f64) -> PyResult<(Vec<f64>, f64)> {
+fn grad_norms_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResult<(Vec<f64>, f64)> {
     let norm = self::norm_type(py, norm_type)?;
-    let n = bufs.len();
-    let keep: Vec<bool> = bufs.iter().map(|b| b.1 != 0).collect();
-    let (bufs, _) = checked(py, bufs)?;
-    let (nonempty, total) = py.detach(|| {
+    let (bufs, nonempty) = match bufs {
+        BufsArg::Prepared(b) => (b.get().bufs.clone(), b.get().nonempty.clone()),
+        BufsArg::Raw(v) => {
+            let nonempty = v.iter().map(|b| b.1 != 0).collect::<Vec<_>>();
+            (checked(py, v)?.0, nonempty)
+        }
+    };
+    let (norms, total) = py.detach(|| {
         // SAFETY: see `RawBuf::grad`; only shared views exist in this closure.
         let grads: Vec<Grad<'_>> = bufs.iter().map(|b| unsafe { b.grad() }).collect();
         clip::norms_and_total(&grads, norm)
     });
-    let mut each = Vec::with_capacity(n);
-    let mut it = nonempty.into_iter();
-    for k in keep {
+    let mut each = Vec::with_capacity(nonempty.len());
+    let mut it = norms.into_iter();
+    for k in nonempty {
         each.push(if k { it.next().unwrap_or(0.0) } else { 0.0 });
     }
     Ok((each, total))
