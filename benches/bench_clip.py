@@ -3,11 +3,11 @@ side by side in one run, single-threaded torch.
 
     PYTHONPATH=python python benches/bench_clip.py [--repeats N] [--quick]
 
-Prints a table of medians and the ratio ours/torch (below 1 is faster). Gradients are restored
-before every timed call (outside the timing), so every call really clips: in place ("kept": the
-same gradient tensors every call, as with `zero_grad(set_to_none=False)`, where ferrotrain reuses
-the gradients' buffer list), or as new tensors ("fresh": `set_to_none=True`, new gradients
-every step). The same functions
+Prints a table of medians and the ratio ours/torch (below 1 is faster). The two are timed
+alternately, call by call, so a change of load on the machine hits both alike. Gradients are
+restored before every timed call (outside the timing), so every call really clips: in place
+("kept": the same gradient tensors every call, as with `zero_grad(set_to_none=False)`), or as
+new tensors ("fresh": `set_to_none=True`, new gradients every step). The same functions
 also run under pytest-benchmark: `pytest benches/bench_clip.py --benchmark-only`.
 """
 
@@ -34,19 +34,26 @@ def make_grads(count: int, numel: int, seed: int = 0):
     return params, originals
 
 
-def timed(fn, params, originals, repeats: int, fresh: bool = False) -> float:
-    """Median seconds of `fn(params)`, gradients restored (or replaced) before each call."""
-    samples = []
+def _restore(params, originals, fresh: bool) -> None:
+    for p, g in zip(params, originals):
+        if fresh:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+
+
+def timed_pair(fn_a, fn_b, params, originals, repeats: int, fresh: bool = False):
+    """Median seconds of `fn_a(params)` and of `fn_b(params)`, timed alternately (a, b, a, b,
+    ...) so that a load change on the machine hits both alike; gradients are restored (or
+    replaced) before each call, outside the timing."""
+    samples = ([], [])
     for _ in range(repeats):
-        for p, g in zip(params, originals):
-            if fresh:
-                p.grad = g.clone()
-            else:
-                p.grad.copy_(g)
-        t0 = time.perf_counter()
-        fn(params)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        for fn, out in ((fn_a, samples[0]), (fn_b, samples[1])):
+            _restore(params, originals, fresh)
+            t0 = time.perf_counter()
+            fn(params)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def ours(norm_type):
@@ -68,16 +75,13 @@ def main() -> None:
     for name, (count, numel) in CASES.items():
         if args.quick and name != "200x1000":
             continue
-        repeats = args.repeats or (400 if numel < 100_000 else 15)
+        repeats = args.repeats or (400 if numel < 100_000 else 21)
         params, originals = make_grads(count, numel)
         for fresh in (False, True):
             kind = "fresh" if fresh else "kept"
             for p in ORDERS:
-                # Interleave a warm-up of both before timing either.
-                timed(ours(p), params, originals, 3, fresh)
-                timed(theirs(p), params, originals, 3, fresh)
-                a = timed(ours(p), params, originals, repeats, fresh)
-                b = timed(theirs(p), params, originals, repeats, fresh)
+                timed_pair(ours(p), theirs(p), params, originals, 3, fresh)  # warm-up
+                a, b = timed_pair(ours(p), theirs(p), params, originals, repeats, fresh)
                 print(f"{name:>9} {kind:>5} {p:>5} {a * 1e6:>9.1f} us {b * 1e6:>9.1f} us {a / b:>7.3f}")
 
 
