@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -66,3 +67,16 @@ def quiet(tmp_path):
         logger=False,
         enable_checkpointing=False,
     )
+
+
+@pytest.fixture
+def caplog(caplog):
+    """pytest's caplog, seeing ferrotrain's INFO messages: the "ferrotrain" logger has its own
+    stderr handler and does not propagate to the root logger (as Lightning's), so let it
+    propagate for the test."""
+    logger = logging.getLogger("ferrotrain")
+    propagate = logger.propagate
+    logger.propagate = True
+    caplog.set_level(logging.INFO, logger="ferrotrain")
+    yield caplog
+    logger.propagate = propagate

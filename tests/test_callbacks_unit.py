@@ -523,12 +523,13 @@ def test_human_readable_counts():
     ]
 
 
-def test_model_summary_callback_prints_at_fit_start(capsys):
+def test_model_summary_callback_logs_at_fit_start(caplog):
     trainer = SimpleNamespace(is_global_zero=True, precision="32-true")
     ModelSummary().on_fit_start(trainer, _Small())
-    assert "0 | encoder | Sequential | 2.1 K  | train" in capsys.readouterr().out
+    assert "0 | encoder | Sequential | 2.1 K  | train" in caplog.text
+    caplog.clear()
     ModelSummary(max_depth=0).on_fit_start(trainer, _Small())
-    assert capsys.readouterr().out == ""
+    assert caplog.text == ""
 
 
 # --- Timer ----------------------------------------------------------------------------------------

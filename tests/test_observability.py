@@ -131,13 +131,13 @@ class Net(BoringModel):
         self.frozen.requires_grad_(False)
 
 
-def test_model_summary_counts_match_the_parameters(tmp_path, capsys) -> None:
+def test_model_summary_counts_match_the_parameters(tmp_path, caplog) -> None:
     model = Net()
     t = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                   default_root_dir=tmp_path, callbacks=[ModelSummary(max_depth=2)])
     t.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 8), torch.randn(4, 1)),
                                              batch_size=2))
-    out = capsys.readouterr().out
+    out = caplog.text
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lines = {line.split(maxsplit=1)[1].strip(): line.split()[0] for line in out.splitlines()
@@ -148,12 +148,13 @@ def test_model_summary_counts_match_the_parameters(tmp_path, capsys) -> None:
     assert "layer.0" in out  # max_depth=2 lists the nested layers
 
 
-def test_model_summary_is_on_by_default_and_off_with_the_flag(tmp_path, capsys) -> None:
+def test_model_summary_is_on_by_default_and_off_with_the_flag(tmp_path, caplog) -> None:
     kw = dict(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path)
     L.Trainer(**kw).fit(BoringModel(), loader(4))
-    assert "Total params" in capsys.readouterr().out
+    assert "Total params" in caplog.text
+    caplog.clear()
     L.Trainer(enable_model_summary=False, **kw).fit(BoringModel(), loader(4))
-    assert "Total params" not in capsys.readouterr().out
+    assert "Total params" not in caplog.text
 
 
 def test_timer_stops_training(tmp_path) -> None:
@@ -255,3 +256,38 @@ def test_logs_are_flushed_at_the_end_of_fit(tmp_path) -> None:
     t.fit(BoringModel(), loader(8))
     rows = _read_csv(Path(lg.log_dir) / "metrics.csv")
     assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(8))
+
+
+_LOGGING_SCRIPT = """
+import logging, sys
+import torch
+import ferrotrain as L
+from tests.conftest import BoringModel, make_dataset
+if sys.argv[1] == "quiet":
+    logging.getLogger("ferrotrain").setLevel(logging.WARNING)
+L.seed_everything(7)
+kw = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=sys.argv[2])
+loader = torch.utils.data.DataLoader(make_dataset(8), batch_size=2)
+L.Trainer(max_epochs=2, **kw).fit(BoringModel(), loader)
+L.Trainer(max_steps=3, **kw).fit(BoringModel(), loader)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "quiet"])
+def test_info_messages_go_to_the_ferrotrain_logger_on_stderr(tmp_path, mode) -> None:
+    # A real interpreter: what a user's terminal (or a pipe reading stdout) gets, as with
+    # Lightning, whose info messages go to its logger's stderr handler.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "python"), str(root)]))
+    done = subprocess.run([sys.executable, "-c", _LOGGING_SCRIPT, mode, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "done\n"  # stdout stays the user's own
+    messages = ["Seed set to 7", "Total params", "`Trainer.fit` stopped: `max_epochs=2` reached.",
+                "`Trainer.fit` stopped: `max_steps=3` reached."]
+    for message in messages:
+        assert (message in done.stderr) == (mode == "default"), (message, done.stderr)

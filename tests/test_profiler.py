@@ -60,7 +60,7 @@ def _fit(quiet, profiler, callbacks=(), model=None, **kwargs):
     return trainer, model
 
 
-def test_phase_times_add_up_to_the_measured_step_time(quiet, capsys) -> None:
+def test_phase_times_add_up_to_the_measured_step_time(quiet, caplog) -> None:
     clock = EpochClock()
     profiler = SimpleProfiler()
     trainer, model = _fit(quiet, profiler, [clock, SlowBatchEnd()], gradient_clip_val=0.5)
@@ -87,7 +87,7 @@ def test_phase_times_add_up_to_the_measured_step_time(quiet, capsys) -> None:
     # Hooks outside the steps are timed, and kept out of the step sums.
     epoch_end = phases["[Callback]EpochClock.on_train_epoch_end"]
     assert epoch_end["calls"] == 2 and epoch_end["in_step"] == 0
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "Loop overhead:" in out and "% of step" in out and "[Strategy]backward" in out
 
 
@@ -140,7 +140,7 @@ def test_passthrough_profiler_profile_is_a_no_op(quiet) -> None:
     _fit(quiet, None, model=Sections(), max_epochs=1)
 
 
-def test_report_goes_to_a_file_in_the_log_dir(tmp_path, capsys) -> None:
+def test_report_goes_to_a_file_in_the_log_dir(tmp_path, caplog) -> None:
     profiler = SimpleProfiler(filename="perf")
     trainer = L.Trainer(max_epochs=1, profiler=profiler, logger=CSVLogger(tmp_path), enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
@@ -148,7 +148,7 @@ def test_report_goes_to_a_file_in_the_log_dir(tmp_path, capsys) -> None:
     path = os.path.join(trainer.log_dir, "fit-perf.txt")
     text = Path(path).read_text(encoding="utf-8")
     assert "Loop overhead:" in text and "[LightningModule]BoringModel.training_step" in text
-    assert "Loop overhead:" not in capsys.readouterr().out
+    assert "Loop overhead:" not in caplog.text
     dirpath = tmp_path / "elsewhere"
     profiler = SimpleProfiler(dirpath=dirpath, filename="perf")
     L.Trainer(max_epochs=1, profiler=profiler, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -156,7 +156,7 @@ def test_report_goes_to_a_file_in_the_log_dir(tmp_path, capsys) -> None:
     assert (dirpath / "fit-perf.txt").is_file()
 
 
-def test_pytorch_profiler_saves_its_trace_under_the_log_dir(tmp_path, capsys) -> None:
+def test_pytorch_profiler_saves_its_trace_under_the_log_dir(tmp_path, caplog) -> None:
     trainer = L.Trainer(max_epochs=1, profiler="pytorch", logger=CSVLogger(tmp_path), enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(BoringModel(), loader(8, batch_size=2))
@@ -167,7 +167,7 @@ def test_pytorch_profiler_saves_its_trace_under_the_log_dir(tmp_path, capsys) ->
         names = {e.get("name") for e in json.load(f)["traceEvents"]}
     assert "[LightningModule]BoringModel.training_step" in names
     assert "[Strategy]backward" in names
-    assert "Loop overhead:" in capsys.readouterr().out
+    assert "Loop overhead:" in caplog.text
 
 
 def test_pytorch_profiler_stops_when_fit_raises(tmp_path) -> None:

@@ -10,6 +10,7 @@ and its loops load on first use, so `import ferrotrain` costs little on top of `
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ferrotrain._core import __version__
@@ -17,6 +18,15 @@ from ferrotrain.callbacks.callback import Callback
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.utilities.seed import seed_everything
+
+# Info messages (seed, model summary, why a fit stopped) go to the "ferrotrain" logger, shown on
+# stderr at INFO unless the application configured logging itself: Lightning's own setup, so
+# `logging.getLogger("ferrotrain").setLevel(logging.WARNING)` silences them as users expect.
+_logger = logging.getLogger(__name__)
+_logger.setLevel(logging.INFO)
+if not logging.getLogger().hasHandlers():
+    _logger.addHandler(logging.StreamHandler())
+    _logger.propagate = False
 
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]
 

@@ -15,6 +15,7 @@ import torch
 
 from ferrotrain.callbacks.checkpoint import Checkpoint
 from ferrotrain.errors import MisconfigurationException
+from ferrotrain.utilities.rank_zero import rank_zero_info
 
 
 class ModelCheckpoint(Checkpoint):
@@ -225,7 +226,7 @@ class ModelCheckpoint(Checkpoint):
         self.current_score = current
         if not self._improves_top_k(current):
             if self.verbose:
-                print(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} was not in top {self.save_top_k}")
+                rank_zero_info(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} was not in top {self.save_top_k}")
             return
         path = self._unique_path(self.format_checkpoint_name(metrics), trainer)
         # Bookkeeping first, as Lightning: the checkpoint then holds the top k it belongs to.
@@ -243,7 +244,7 @@ class ModelCheckpoint(Checkpoint):
         if worst is not None and worst != path:
             self._remove(trainer, worst)
         if self.verbose:
-            print(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} reached {float(current):.5f}; saved {path!r}")
+            rank_zero_info(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} reached {float(current):.5f}; saved {path!r}")
 
     def _rank_key(self, path: str) -> float:
         v = float(self.best_k_models[path])

@@ -12,6 +12,8 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Union
 
+from ferrotrain.utilities.rank_zero import rank_zero_info
+
 
 class Profiler:
     """Base class for profilers. Subclasses implement `start`, `stop` and `summary`.
@@ -71,7 +73,7 @@ class Profiler:
             return
         path = self._report_path()
         if path is None:
-            print(text)
+            rank_zero_info(text)
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:

@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Union
 
 from ferrotrain.profilers.simple import SimpleProfiler
+from ferrotrain.utilities.rank_zero import rank_zero_info
 
 
 class PyTorchProfiler(SimpleProfiler):
@@ -103,7 +104,7 @@ class PyTorchProfiler(SimpleProfiler):
                 text += f"\ntorch.profiler operator table: {self.table_path}"
             if self.trace_path:
                 text += f"\ntorch.profiler trace: {self.trace_path}"
-            print(text)
+            rank_zero_info(text)
 
     def teardown(self, stage: Optional[str]) -> None:
         # Fit raised: stop recording, keep nothing half-written.

@@ -21,6 +21,7 @@ from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
 from ferrotrain.trainer.trainer import _as_tensors
 from ferrotrain.trainer.training_step import AutomaticStep, ManualStep
+from ferrotrain.utilities.rank_zero import rank_zero_info
 
 STEP = _core.FLAG_STEP
 LAST = _core.FLAG_LAST
@@ -58,11 +59,24 @@ class FitLoop:
         # Lightning's `_FitLoop.skip`: nothing to train (no batches, or the limits are already
         # reached) runs no training hooks at all.
         if trainer.num_training_batches == 0 or schedule.fit_done():
+            self._report_limit()
             return
         trainer._call_hooks("on_train_start")
         while not schedule.fit_done():
             self._run_epoch()
+        self._report_limit()
         trainer._call_hooks("on_train_end")
+
+    def _report_limit(self) -> None:
+        """Say which limit ended the fit, in Lightning's words (`_FitLoop.done`)."""
+        trainer = self.trainer
+        schedule = trainer._schedule
+        if trainer.num_training_batches == 0:
+            return  # said when the loader was counted
+        if schedule.max_steps_reached():
+            rank_zero_info(f"`Trainer.fit` stopped: `max_steps={int(trainer.max_steps)!r}` reached.")
+        elif trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch >= trainer.max_epochs:
+            rank_zero_info(f"`Trainer.fit` stopped: `max_epochs={int(trainer.max_epochs)!r}` reached.")
 
     def _run_epoch(self) -> None:
         trainer = self.trainer

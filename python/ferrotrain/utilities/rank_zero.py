@@ -4,11 +4,14 @@ The rank is read once from the launcher's environment and updated by the strateg
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import warnings
 from typing import Any, Callable, Optional, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def _rank_from_env() -> int:
@@ -36,7 +39,8 @@ rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
 
 @rank_zero_only
 def rank_zero_info(msg: str) -> None:
-    print(msg)
+    """An INFO message on the "ferrotrain" logger (stderr by default), from rank zero only."""
+    log.info(msg)
 
 
 @rank_zero_only

@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import torch
 
+from ferrotrain.utilities.rank_zero import rank_zero_info
+
 _MAX = 2**32 - 1
 _MASK64 = (1 << 64) - 1
 
@@ -29,7 +31,7 @@ def seed_everything(seed: Optional[int] = None, workers: bool = False, verbose: 
     if not (0 <= seed <= _MAX):
         raise ValueError(f"`seed` must be in [0, {_MAX}], got {seed}")
     if verbose:
-        print(f"Seed set to {seed}")
+        rank_zero_info(f"Seed set to {seed}")
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     os.environ["PL_SEED_WORKERS"] = str(int(workers))
     random.seed(seed)
