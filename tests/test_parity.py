@@ -208,3 +208,39 @@ def test_manual_optimization_two_optimizers_matches_hand_loop():
         got = fit_manual(L)
         assert got["seen"] == want["seen"]
         _assert_same(got, want)
+
+
+@pytest.mark.parametrize("L", libraries(), ids=lambda L: L.__name__)
+def test_sanity_check_leaves_the_training_shuffle_alone(L):
+    # Every evaluation loader's iterator draws a seed from torch's global generator; Lightning
+    # runs the sanity check inside `isolate_rng`, so a fit with a shuffled train loader trains on
+    # the same batches, in the same order, with or without the sanity check.
+    def fit(sanity_steps: int) -> Dict[str, Any]:
+        torch.manual_seed(5)
+        net = _net()
+
+        class M(L.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def training_step(self, batch, batch_idx):
+                return F.mse_loss(self.net(batch[0]), batch[1])
+
+            def validation_step(self, batch, batch_idx):
+                self.log("v", F.mse_loss(self.net(batch[0]), batch[1]))
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+        train = torch.utils.data.DataLoader(loader(12).dataset, batch_size=3, shuffle=True)
+        t = trainer(L, max_epochs=2, num_sanity_val_steps=sanity_steps, limit_val_batches=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t.fit(M(), train, loader(4))
+        return _state(net)
+
+    with_check, without = fit(2), fit(0)
+    assert_close(with_check, without, rtol=0, atol=0)
+    torch.manual_seed(5)
+    assert not torch.equal(with_check["0.weight"], _net().state_dict()["0.weight"])

@@ -27,6 +27,7 @@ from ferrotrain.trainer.results import Results
 from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from ferrotrain.utilities.apply_func import move_data_to_device
 from ferrotrain.utilities.rank_zero import rank_zero_info
+from ferrotrain.utilities.seed import isolate_rng
 
 DEFAULT_PREFETCH_BATCHES = 2
 
@@ -925,12 +926,15 @@ class Trainer:
         self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
         from ferrotrain.trainer.evaluation_loop import run_evaluation
 
-        self.state.stage = RunningStage.SANITY_CHECKING
-        self._call_hooks("on_sanity_check_start")
-        results = Results(training=False)
-        run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
-        self.state.stage = RunningStage.SANITY_CHECKING
-        self._call_hooks("on_sanity_check_end")
+        # Lightning runs the sanity check inside `isolate_rng`: each evaluation loader's iterator
+        # draws a seed from torch's global generator, which would shift training's shuffle.
+        with isolate_rng():
+            self.state.stage = RunningStage.SANITY_CHECKING
+            self._call_hooks("on_sanity_check_start")
+            results = Results(training=False)
+            run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
+            self.state.stage = RunningStage.SANITY_CHECKING
+            self._call_hooks("on_sanity_check_end")
         self._callback_metrics.clear()
         self._logged_metrics.clear()
         self._progress_bar_metrics.clear()

@@ -1,12 +1,14 @@
 """`seed_everything`: one seed for Python's `random`, numpy (when installed) and torch; and
 `pl_worker_init_function`, the DataLoader `worker_init_fn` that derives each worker's seeds from
-it (Lightning's, bit for bit: the same mixing, so the same draws in every worker)."""
+it (Lightning's, bit for bit: the same mixing, so the same draws in every worker); and
+`isolate_rng`, which puts every global random state back as it was on leaving a block."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from typing import List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
@@ -73,3 +75,37 @@ def _generate_seed_sequence(base_seed: int, worker_id: int, global_rank: int, co
         x = (x * 6364136223846793005 + 1) & _MASK64
         seeds.append(x)
     return seeds
+
+
+def _global_rng_states(include_cuda: bool) -> Dict[str, Any]:
+    states: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        states["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    # Only a CUDA that is already in use: reading its state must not initialise it.
+    if include_cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+@contextlib.contextmanager
+def isolate_rng(include_cuda: bool = True) -> Iterator[None]:
+    """On leaving the block, put the global random states of torch, numpy, Python's `random`
+    (and CUDA, when in use) back as they were on entering (Lightning's `isolate_rng`). The
+    Trainer runs the sanity check inside one, so validating first leaves training's random
+    draws (the shuffle order, dropout) exactly as without it."""
+    states = _global_rng_states(include_cuda)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states["torch"])
+        random.setstate(states["python"])
+        if "numpy" in states:
+            import numpy as np
+
+            np.random.set_state(states["numpy"])
+        if "cuda" in states:
+            torch.cuda.set_rng_state_all(states["cuda"])
