@@ -341,6 +341,11 @@ impl Schedule {
             && !self.num_ready_batches_reached()
     }
 
+    /// Whether the current (or just finished) training batch is the epoch's last.
+    pub fn is_last_batch(&self) -> bool {
+        self.is_last_batch
+    }
+
     /// A batch starts. `is_last` comes from the data side (length or look-ahead); the loader's
     /// length, when known, also marks the last batch.
     pub fn begin_batch(&mut self, is_last: bool) -> Result<BatchPlan, ScheduleError> {

@@ -7,7 +7,9 @@ user overrode (see `ferrotrain.trainer.hooks`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -50,8 +52,18 @@ class _DataHooks:
 
 
 class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
-    # Attributes that `nn.Module.__setattr__`/`__getattr__` must not route into submodules.
-    _trainer: Optional["Trainer"]
+    # Where `save_hyperparameters` values live in a checkpoint (Lightning's names).
+    # Properties TorchScript must not compile (they read the Trainer), as Lightning lists them.
+    __jit_unused_properties__: List[str] = [
+        "example_input_array", "on_gpu", "current_epoch", "global_step", "global_rank", "local_rank", "logger",
+        "loggers", "automatic_optimization", "trainer", "fabric", "strict_loading", "device_mesh", "device", "dtype",
+        "hparams", "hparams_initial",
+    ]
+    _jit_is_scripting = False  # set while `to_torchscript` scripts a module
+
+    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,16 +75,24 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         self._example_input_array: Any = None
         self.prepare_data_per_node = True
         self.allow_zero_length_dataloader_with_multiple_devices = False
+        self._strict_loading: Optional[bool] = None
+        # Lightning's Fabric and device-mesh hooks: never set by ferrotrain's Trainer.
+        self.device_mesh: Any = None
 
     # ------------------------------------------------------------------ trainer-linked state
     @property
     def trainer(self) -> "Trainer":
-        if self._trainer is None:
+        # TorchScript reads every property while scripting; a detached module must not raise then.
+        if self._trainer is None and not LightningModule._jit_is_scripting:
             raise RuntimeError(f"{self.__class__.__qualname__} is not attached to a `Trainer`.")
-        return self._trainer
+        return self._trainer  # type: ignore[return-value]
 
     @trainer.setter
     def trainer(self, trainer: Optional["Trainer"]) -> None:
+        # Nested LightningModules see the same Trainer (their `self.log`, `self.trainer`), as in Lightning.
+        for child in self.children():
+            if isinstance(child, LightningModule):
+                child.trainer = trainer
         self._trainer = trainer
 
     @property
@@ -120,6 +140,20 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
         self._automatic_optimization = bool(value)
+
+    @property
+    def strict_loading(self) -> bool:
+        """Whether checkpoints load with `load_state_dict(..., strict=True)` (the default)."""
+        return self._strict_loading in (None, True)
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self._strict_loading = value
+
+    @property
+    def fabric(self) -> None:
+        """Lightning Fabric's handle; a ferrotrain module never runs under Fabric."""
+        return None
 
     @property
     def example_input_array(self) -> Any:
@@ -252,6 +286,67 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         for p in getattr(self, "_toggled", {}).values():
             p.requires_grad_(True)
         self._toggled = {}
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """`toggle_optimizer` for the block, `untoggle_optimizer` on leaving it."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    # ------------------------------------------------------------------ export
+    def _example_inputs(self, given: Any, what: str) -> Any:
+        if given is not None:
+            return given
+        if self.example_input_array is None:
+            raise ValueError(
+                f"{what} needs example inputs: pass them, or set `model.example_input_array`"
+            )
+        return self.example_input_array
+
+    @torch.no_grad()
+    def to_torchscript(self, file_path: Optional[Union[str, Path]] = None, method: Optional[str] = "script",
+                       example_inputs: Any = None, **kwargs: Any) -> Any:
+        """This module as TorchScript (`method="script"` or `"trace"`), in eval mode, saved to
+        `file_path` when given; the module's own train/eval mode is left as it was."""
+        if method not in ("script", "trace"):
+            raise ValueError(f"`method` must be 'script' or 'trace', got {method!r}")
+        mode = self.training
+        if method == "trace":
+            inputs = self._example_inputs(example_inputs, "`to_torchscript(method='trace')`")
+            # The batch-transfer hooks a training batch goes through, as Lightning applies them.
+            inputs = self.on_after_batch_transfer(
+                self.transfer_batch_to_device(self.on_before_batch_transfer(inputs, 0), self.device, 0), 0
+            )
+        # TorchScript reads every attribute of the module; the Trainer-linked ones must not raise.
+        LightningModule._jit_is_scripting = True
+        try:
+            if method == "script":
+                scripted = torch.jit.script(self.eval(), **kwargs)
+            else:
+                scripted = torch.jit.trace(func=self.eval(), example_inputs=inputs, **kwargs)
+        finally:
+            LightningModule._jit_is_scripting = False
+        self.train(mode)
+        if file_path is not None:
+            torch.jit.save(scripted, str(file_path))
+        return scripted
+
+    @torch.no_grad()
+    def to_onnx(self, file_path: Union[str, Path, Any], input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export this module with `torch.onnx.export` (needs the `onnx` package), in eval mode."""
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            raise ModuleNotFoundError(f"`{type(self).__name__}.to_onnx()` requires `onnx` to be installed.")
+        mode = self.training
+        inputs = move_data_to_device(self._example_inputs(input_sample, "`to_onnx`"), self.device)
+        try:
+            return torch.onnx.export(self.eval(), inputs, file_path, **kwargs)
+        finally:
+            self.train(mode)
 
     def all_gather(self, data: Any, group: Optional[Any] = None, sync_grads: bool = False) -> Any:
         if self._trainer is None:

@@ -133,6 +133,13 @@ class Precision:
             return default_dtype(self._true_dtype)
         return contextlib.nullcontext()
 
+    def init_context(self) -> ContextManager[Any]:
+        """Where a model is built (`Trainer.init_module`): the "*-true" dtype as torch's default,
+        so parameters are created in it; nothing for the other precisions."""
+        if self._true_dtype is not None:
+            return default_dtype(self._true_dtype)
+        return contextlib.nullcontext()
+
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         """Cast the model's floating parameters and buffers ("*-true"); a no-op otherwise."""
         if self._true_dtype is not None:

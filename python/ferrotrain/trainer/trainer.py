@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Union
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
@@ -130,6 +131,10 @@ class Trainer:
         self._resume_rng: Any = None
         self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
+        self._val_check_batch: Union[int, float] = INF
+        self._val_source_defined = False
+        # The loaders of the last `test`/`predict` call, by stage (`test_dataloaders`, ...).
+        self._eval_loaders: Dict[str, List[Any]] = {}
         self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
 
@@ -484,6 +489,90 @@ class Trainer:
     @property
     def ckpt_path(self) -> Optional[str]:
         return self._ckpt_path
+
+    # ------------------------------------------------------------------ more of Lightning's views
+    @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch being run is the epoch's last (known only for sized loaders
+        until the loader runs out, as Lightning's)."""
+        return bool(self._schedule.is_last_batch)
+
+    @property
+    def early_stopping_callbacks(self) -> List[Any]:
+        from ferrotrain.callbacks import EarlyStopping
+
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def overfit_batches(self) -> Union[int, float]:
+        return 0.0  # any other value is refused when the Trainer is built
+
+    @property
+    def reload_dataloaders_every_n_epochs(self) -> int:
+        return self._config.reload_dataloaders_every_n_epochs
+
+    @property
+    def barebones(self) -> bool:
+        return self._config.barebones
+
+    @property
+    def enable_validation(self) -> bool:
+        """Lightning's rule: validation data was given to (or is defined for) the last call, the
+        module has a `validation_step`, and `limit_val_batches` is not 0."""
+        module = self.lightning_module
+        return (self._val_source_defined and module is not None
+                and is_overridden(module, LightningModule, "validation_step")
+                and self._config.limit_val_batches != 0)
+
+    def _note_val_source(self, given: Any, datamodule: Optional[LightningDataModule], model: LightningModule) -> None:
+        """Record whether the running call has validation data (Lightning's `_DataLoaderSource.is_defined`
+        for the validation loop: loaders passed, or a `val_dataloader` hook)."""
+        self._val_source_defined = given is not None or any(
+            src is not None and is_overridden(src, base, "val_dataloader")
+            for src, base in ((datamodule, LightningDataModule), (model, LightningModule))
+        )
+
+    @property
+    def val_check_batch(self) -> Union[int, float]:
+        """Every how many training batches validation runs within an epoch (set when a fit starts)."""
+        return self._val_check_batch
+
+    @property
+    def received_sigterm(self) -> bool:
+        return False
+
+    @property
+    def scaler(self) -> Any:
+        """The GradScaler of "16-mixed" precision, else None."""
+        return getattr(self._precision, "scaler", None)
+
+    @property
+    def distributed_sampler_kwargs(self) -> Optional[Dict[str, Any]]:
+        kwargs = getattr(self._strategy, "distributed_sampler_kwargs", None)
+        return kwargs() if callable(kwargs) else kwargs
+
+    @property
+    def test_dataloaders(self) -> Any:
+        loaders = self._eval_loaders.get("test", [])
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        loaders = self._eval_loaders.get("predict", [])
+        return loaders[0] if len(loaders) == 1 else (loaders or None)
+
+    @contextmanager
+    def init_module(self, empty_init: Optional[bool] = None) -> Iterator[None]:
+        """Create the model's tensors where and as the run needs them: on the strategy's device,
+        in the "*-true" precision's dtype (Lightning's `Trainer.init_module`). `empty_init` is
+        accepted for compatibility; the weights are always initialised."""
+        with self._strategy.root_device, self._precision.init_context():
+            yield
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """`print` from global rank zero only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
 
     # ------------------------------------------------------------------ metrics views
     @property
@@ -881,6 +970,7 @@ class Trainer:
 
     def _setup_val_data(self, model: LightningModule, datamodule: Optional[LightningDataModule], given: Any,
                         for_fit: bool) -> None:
+        self._note_val_source(given, datamodule, model)
         has_step = is_overridden(model, LightningModule, "validation_step")
         loaders = None
         if has_step and (self._config.limit_val_batches != 0):
@@ -915,6 +1005,7 @@ class Trainer:
             every = None
         else:
             every = max(1, int(n * interval))
+        self._val_check_batch = INF if every is None else every
         self._schedule.set_val_check_batch(every, self._has_validation)
 
     def _run_sanity_check(self) -> None:
@@ -971,6 +1062,7 @@ class Trainer:
             checkpointing.restore_weights(self, ckpt_path)
         if not is_overridden(model, LightningModule, step_name):
             raise MisconfigurationException(f"No `{step_name}()` method defined to run `Trainer.{stage_fn}`")
+        self._note_val_source(dataloaders if prefix == "val" else None, datamodule, model)
         loaders = resolve_loaders(prefix, dataloaders, datamodule, model)
         if loaders is None:
             raise MisconfigurationException(
@@ -983,8 +1075,10 @@ class Trainer:
         counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
         if prefix == "val":
             self.num_val_batches = counts
+            self._val_loaders = loaders
         else:
             self.num_test_batches = counts
+            self._eval_loaders["test"] = loaders
         results = Results(training=False)
         self.state.stage = RunningStage.VALIDATING if prefix == "val" else RunningStage.TESTING
         metrics = run_evaluation(self, stage, loaders, counts, results)
@@ -1010,6 +1104,8 @@ class Trainer:
                 "or implement `predict_dataloader()` on the LightningModule"
             )
         loaders = as_loader_list(loaders, "dataloaders")
+        self._eval_loaders["predict"] = loaders
+        self._note_val_source(None, datamodule, model)
         c = self._config
         limit = c.fast_dev_run if c.fast_dev_run else c.limit_predict_batches
         self.num_predict_batches = [limited_batches(l, limit, "limit_predict_batches") for l in loaders]

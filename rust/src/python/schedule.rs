@@ -104,6 +104,12 @@ impl PySchedule {
         self.inner.progress().batches_that_stepped
     }
 
+    /// Whether the current training batch is the epoch's last (`Trainer.is_last_batch`).
+    #[getter]
+    fn is_last_batch(&self) -> bool {
+        self.inner.is_last_batch()
+    }
+
     /// The loop progress as a flat dict, for checkpoints.
     fn state_dict(&self) -> [(&'static str, u64); 6] {
         let p = self.inner.checkpoint_progress();
