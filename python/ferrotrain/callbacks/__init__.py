@@ -10,6 +10,7 @@ from ferrotrain.callbacks.callback import Callback
 from ferrotrain.callbacks.checkpoint import Checkpoint
 
 _LAZY = {
+    "BasePredictionWriter": "prediction_writer",
     "EarlyStopping": "early_stopping",
     "GradientAccumulationScheduler": "gradient_accumulation_scheduler",
     "LambdaCallback": "lambda_function",

@@ -130,6 +130,7 @@ class Trainer:
         self._resume_rng: Any = None
         self._epoch_start_rng: Any = None
         self._fit_loop: Any = None
+        self._predict_loop: Any = None
         self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
 
@@ -470,6 +471,16 @@ class Trainer:
             if isinstance(cb, EarlyStopping):
                 return cb
         return None
+
+    @property
+    def predict_loop(self) -> Any:
+        """The predict loop's state (Lightning's `trainer.predict_loop`): `predictions`,
+        `epoch_batch_indices`, `current_batch_indices`, `return_predictions`."""
+        if self._predict_loop is None:
+            from ferrotrain.trainer.predict_loop import PredictLoop
+
+            self._predict_loop = PredictLoop()
+        return self._predict_loop
 
     @property
     def train_dataloader(self) -> Any:
@@ -1010,6 +1021,13 @@ class Trainer:
                 "or implement `predict_dataloader()` on the LightningModule"
             )
         loaders = as_loader_list(loaders, "dataloaders")
+        from ferrotrain.callbacks.prediction_writer import BasePredictionWriter
+
+        if any(isinstance(cb, BasePredictionWriter) for cb in self.callbacks):
+            # A prediction writer reads each batch's sample indices: record them (Lightning).
+            from ferrotrain.trainer.predict_loop import with_index_tracking
+
+            loaders = [with_index_tracking(l) for l in loaders]
         c = self._config
         limit = c.fast_dev_run if c.fast_dev_run else c.limit_predict_batches
         self.num_predict_batches = [limited_batches(l, limit, "limit_predict_batches") for l in loaders]
