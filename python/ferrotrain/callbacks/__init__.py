@@ -10,6 +10,8 @@ from ferrotrain.callbacks.callback import Callback
 from ferrotrain.callbacks.checkpoint import Checkpoint
 
 _LAZY = {
+    "BackboneFinetuning": "finetuning",
+    "BaseFinetuning": "finetuning",
     "BasePredictionWriter": "prediction_writer",
     "EarlyStopping": "early_stopping",
     "GradientAccumulationScheduler": "gradient_accumulation_scheduler",
