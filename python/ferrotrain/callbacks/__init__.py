@@ -23,6 +23,7 @@ _LAZY = {
     "ProgressBar": "progress",
     "RichProgressBar": "progress",
     "TQDMProgressBar": "progress",
+    "StochasticWeightAveraging": "stochastic_weight_avg",
     "Timer": "timer",
 }
 

@@ -232,6 +232,22 @@ class Trainer:
         if hasattr(step, "accumulate"):
             step.accumulate = self._accumulate
 
+    def _set_max_epochs(self, value: int) -> None:
+        """Change the fit's epoch limit after `fit` started (Lightning's `fit_loop.max_epochs += 1`,
+        which StochasticWeightAveraging uses for its BatchNorm epoch): the native schedule is
+        rebuilt with the same progress."""
+        import dataclasses
+
+        self._config = dataclasses.replace(self._config, max_epochs=value)
+        module = self.lightning_module
+        self._new_schedule(has_validation=getattr(self, "_has_validation", False),
+                           automatic=module.automatic_optimization if module is not None else True)
+        if getattr(self, "_val_check_batch", None) is not None:
+            self._schedule.set_val_check_batch(*self._val_check_batch)
+        step = getattr(self._fit_loop, "step", None)
+        if hasattr(step, "count_step"):
+            step.count_step = self._schedule.count_optimizer_step
+
     @property
     def prefetch_batches(self) -> int:
         """How many training batches the background prefetcher keeps ready (default 2; 0 reads
@@ -926,6 +942,7 @@ class Trainer:
             every = None
         else:
             every = max(1, int(n * interval))
+        self._val_check_batch = (every, self._has_validation)
         self._schedule.set_val_check_batch(every, self._has_validation)
 
     def _run_sanity_check(self) -> None:
