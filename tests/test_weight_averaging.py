@@ -124,3 +124,54 @@ def test_swa_argument_errors(kwargs, message):
         return str(err.value)
 
     check(scenario, message)
+
+
+def _read_checkpoint(L: Any, path: str) -> Any:
+    if is_lightning(L):
+        return torch.load(path, weights_only=False)
+    from ferrotrain.checkpoint import load
+
+    return load(path)
+
+
+def _val_model(L: Any) -> Any:
+    base = type(_model(L, batch_norm=True))
+
+    class WithVal(base):  # type: ignore[misc,valid-type]
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", F.mse_loss(self(x), y))
+
+    return WithVal()
+
+
+@pytest.mark.filterwarnings("ignore:.*current_model_state|.*WeightAveraging")
+def test_ema_weight_averaging(tmp_path):
+    def scenario(L: Any) -> Any:
+        cbs = _callbacks(L)
+        cb = cbs.EMAWeightAveraging(decay=0.5, update_every_n_steps=2, update_starting_at_step=1)
+        model = _val_model(L)
+        t = L.Trainer(**{**QUIET, "max_epochs": 2, "callbacks": [cb], "num_sanity_val_steps": 0})
+        t.fit(model, loader(12, batch_size=4), loader(4, batch_size=4))
+        path = str(tmp_path / f"{L.__name__}.ckpt")
+        t.save_checkpoint(path)
+        ckpt = _read_checkpoint(L, path)
+        return (_weights(model), round_floats(t.callback_metrics["val_loss"]), cb.state_dict(),
+                [round(float(v.float().sum()), 5) for v in ckpt["state_dict"].values()],
+                [round(float(v.float().sum()), 5) for v in ckpt["current_model_state"].values()],
+                sorted(ckpt["averaging_state"]), int(ckpt["averaging_state"]["n_averaged"]))
+
+    # Saved after the fit, so the averaged weights are already the module's: both states agree.
+    weights = [-1.33322, -0.48013, 5.99268, -0.08881, -0.23869, 4.67199, 4.0, -0.42503, -0.04431]
+    check(scenario, (weights, 1.29871, {"latest_update_step": 5}, weights, weights, ["n_averaged"], 2))
+
+
+def test_weight_averaging_every_step_default():
+    def scenario(L: Any) -> Any:
+        cb = _callbacks(L).WeightAveraging()
+        model = _model(L)
+        t = L.Trainer(**{**QUIET, "max_epochs": 2, "callbacks": [cb]})
+        t.fit(model, loader(8, batch_size=4))
+        return _weights(model), int(cb._average_model.n_averaged)
+
+    check(scenario, ([-1.3834, -0.51268, -0.87022, -0.22073], 4))

@@ -25,6 +25,8 @@ _LAZY = {
     "TQDMProgressBar": "progress",
     "StochasticWeightAveraging": "stochastic_weight_avg",
     "Timer": "timer",
+    "EMAWeightAveraging": "weight_averaging",
+    "WeightAveraging": "weight_averaging",
 }
 
 __all__ = ["Callback", "Checkpoint", *sorted(_LAZY)]
