@@ -23,6 +23,8 @@ _LAZY = {
     "ProgressBar": "progress",
     "RichProgressBar": "progress",
     "TQDMProgressBar": "progress",
+    "RichModelSummary": "rich_model_summary",
+    "SpikeDetection": "spike",
     "StochasticWeightAveraging": "stochastic_weight_avg",
     "Timer": "timer",
     "EMAWeightAveraging": "weight_averaging",
