@@ -341,6 +341,13 @@ impl Schedule {
             && !self.num_ready_batches_reached()
     }
 
+    /// Change the epoch limit of a running fit (Lightning's `fit_loop.max_epochs = n`, as
+    /// StochasticWeightAveraging does for its extra BatchNorm epoch); read again at each
+    /// `fit_done`.
+    pub fn set_max_epochs(&mut self, max_epochs: Option<u64>) {
+        self.cfg.max_epochs = max_epochs;
+    }
+
     /// Whether the current (or just finished) training batch is the epoch's last.
     pub fn is_last_batch(&self) -> bool {
         self.is_last_batch

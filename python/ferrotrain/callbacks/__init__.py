@@ -10,6 +10,9 @@ from ferrotrain.callbacks.callback import Callback
 from ferrotrain.callbacks.checkpoint import Checkpoint
 
 _LAZY = {
+    "BackboneFinetuning": "finetuning",
+    "BaseFinetuning": "finetuning",
+    "BasePredictionWriter": "prediction_writer",
     "EarlyStopping": "early_stopping",
     "GradientAccumulationScheduler": "gradient_accumulation_scheduler",
     "LambdaCallback": "lambda_function",
@@ -20,7 +23,12 @@ _LAZY = {
     "ProgressBar": "progress",
     "RichProgressBar": "progress",
     "TQDMProgressBar": "progress",
+    "RichModelSummary": "rich_model_summary",
+    "SpikeDetection": "spike",
+    "StochasticWeightAveraging": "stochastic_weight_avg",
     "Timer": "timer",
+    "EMAWeightAveraging": "weight_averaging",
+    "WeightAveraging": "weight_averaging",
 }
 
 __all__ = ["Callback", "Checkpoint", *sorted(_LAZY)]

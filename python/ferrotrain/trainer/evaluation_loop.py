@@ -20,6 +20,9 @@ import torch
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.data import INF, Fetcher
 from ferrotrain.trainer.results import Results
+from ferrotrain.utilities.apply_func import move_data_to_device
+
+_CPU = torch.device("cpu")
 
 
 def _no_grad(trainer: Any) -> Any:
@@ -152,6 +155,12 @@ def _model_mode_hook(trainer: Any, name: str) -> None:
 
 def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],
                 return_predictions: bool) -> Optional[List[Any]]:
+    """Lightning's predict loop. With a `BasePredictionWriter` attached, each batch's sample
+    indices are looked up (`trainer.predict_loop`), and predictions are kept for an epoch-level
+    writer even when `return_predictions=False`; without one, nothing extra runs per batch."""
+    from ferrotrain.callbacks.prediction_writer import BasePredictionWriter
+    from ferrotrain.trainer.predict_loop import batch_indices_of
+
     module = trainer.lightning_module
     hooks = trainer._hooks
     mod = hooks.mod
@@ -159,14 +168,25 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
     cb_start, cb_end = hooks.cb["on_predict_batch_start"], hooks.cb["on_predict_batch_end"]
     m_start, m_end = mod["on_predict_batch_start"], mod["on_predict_batch_end"]
     transfer = trainer._transfer_batch
-    all_preds: List[List[Any]] = []
+    loop = trainer.predict_loop
+    writers = [cb for cb in trainer.callbacks if isinstance(cb, BasePredictionWriter)]
+    on_epoch = any(cb.interval.on_epoch for cb in writers)
+    on_batch = any(cb.interval.on_batch for cb in writers)
+    keep = return_predictions or on_epoch
+    to_cpu = trainer._device.type != "cpu"
+    loop.return_predictions = return_predictions
+    loop._num_dataloaders = len(loaders)
+    loop.max_batches = list(num_batches)
+    loop.epoch_batch_indices = [[] for _ in loaders]
+    loop._predictions = [[] for _ in loaders]
+    loop.current_batch_indices = []
+    warned = False
     with _no_grad(trainer):
         _model_mode_hook(trainer, "on_predict_model_eval")
         _call_fx(trainer, "on_predict_start", hooks)
         _call_fx(trainer, "on_predict_epoch_start", hooks)
         for dl_idx, (loader, n) in enumerate(zip(loaders, num_batches)):
-            preds: List[Any] = []
-            all_preds.append(preds)
+            preds = loop._predictions[dl_idx]
             if n == 0:
                 continue
             extra = (dl_idx,) if multi else ()
@@ -178,6 +198,20 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                 if item is None:
                     break
                 batch = transfer(item[0], dl_idx)
+                if writers:
+                    seen = batch_indices_of(loader)
+                    if seen is None:
+                        if not warned:  # Lightning's WarningCache: said once per run
+                            warned = True
+                            from ferrotrain.utilities.rank_zero import rank_zero_warn
+
+                            rank_zero_warn(f"Couldn't infer the batch indices fetched from your dataloader: "
+                                           f"`{type(loader).__name__}`")
+                    else:
+                        if on_epoch:
+                            loop.epoch_batch_indices[dl_idx].append(seen[batch_idx])
+                        if on_batch:
+                            loop.current_batch_indices = seen[batch_idx]
                 module.__dict__["_current_fx_name"] = "on_predict_batch_start"
                 for f in cb_start:
                     f(trainer, module, batch, batch_idx, *extra)
@@ -191,11 +225,15 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                     f(trainer, module, out, batch, batch_idx, *extra)
                 if m_end is not None:
                     m_end(out, batch, batch_idx, *extra)
-                if return_predictions:
-                    preds.append(out)
+                if keep:
+                    # Lightning keeps predictions on the CPU.
+                    preds.append(move_data_to_device(out, _CPU) if to_cpu else out)
                 batch_idx += 1
         _call_fx(trainer, "on_predict_epoch_end", hooks)
+        result = loop.predictions if return_predictions else None
+        # Lightning drops what it kept only for the writers before `on_predict_end`.
+        if not return_predictions:
+            loop._predictions = []
+        loop.epoch_batch_indices = []
         _call_fx(trainer, "on_predict_end", hooks)
-    if not return_predictions:
-        return None
-    return all_preds[0] if len(all_preds) == 1 else all_preds
+    return result

@@ -20,7 +20,7 @@ from ferrotrain.trainer.data import INF
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
 from ferrotrain.trainer.trainer import _as_tensors
-from ferrotrain.trainer.training_step import AutomaticStep, ManualStep
+from ferrotrain.trainer.training_step import AutomaticStep, ManualStep, SkipBackwardStep
 from ferrotrain.utilities.rank_zero import rank_zero_info
 
 STEP = _core.FLAG_STEP
@@ -33,11 +33,12 @@ class FitLoop:
         module = trainer.lightning_module
         self.step = AutomaticStep(trainer) if module.automatic_optimization else ManualStep(trainer)
         # Manual optimization steps its schedulers itself (`self.lr_schedulers()`), as in Lightning.
-        configs = trainer.lr_scheduler_configs if module.automatic_optimization else []
-        self.step_scheds = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
-        self.epoch_scheds = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
-        self.plateau_step_scheds = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
-        self.plateau_epoch_scheds = [c for c in configs if c.interval == "epoch" and c.reduce_on_plateau]
+        self.step_scheds: list = []
+        self.epoch_scheds: list = []
+        self.plateau_step_scheds: list = []
+        self.plateau_epoch_scheds: list = []
+        self._sched_key: Any = None
+        self._refresh_schedulers()
         self._last_batch_reached = False
         # What train_batch and _after_batch call, looked up once (the loop profiler wraps them).
         self._transfer = trainer._transfer_batch
@@ -51,6 +52,21 @@ class FitLoop:
         if profiler is not None:
             profiler.instrument_fit_loop(self)
         self.train_batch = self._build_train_batch()
+
+    def _refresh_schedulers(self) -> None:
+        """Sort `trainer.lr_scheduler_configs` by interval. Callbacks may swap schedulers in
+        `on_train_epoch_start` (StochasticWeightAveraging installs SWALR), so this runs again after
+        that hook; the lists are updated in place because the batch function holds them."""
+        trainer = self.trainer
+        configs = trainer.lr_scheduler_configs if trainer.lightning_module.automatic_optimization else []
+        key = [id(c) for c in configs]
+        if key == self._sched_key:
+            return
+        self._sched_key = key
+        self.step_scheds[:] = [c for c in configs if c.interval == "step" and not c.reduce_on_plateau]
+        self.epoch_scheds[:] = [c for c in configs if c.interval == "epoch" and not c.reduce_on_plateau]
+        self.plateau_step_scheds[:] = [c for c in configs if c.interval == "step" and c.reduce_on_plateau]
+        self.plateau_epoch_scheds[:] = [c for c in configs if c.interval == "epoch" and c.reduce_on_plateau]
 
     # ------------------------------------------------------------------ epochs
     def run(self) -> None:
@@ -101,6 +117,7 @@ class FitLoop:
             if resume is not None and resume[1] is not None:
                 set_rng_states(resume[1])  # saved between epochs: go on from there
             trainer._call_hooks("on_train_epoch_start")
+            self._refresh_schedulers()
         elif resume is not None and resume[0] is not None:
             set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
         # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
@@ -143,7 +160,11 @@ class FitLoop:
         schedule.complete_epoch()
 
     # ------------------------------------------------------------------ batches
-    def _build_train_batch(self) -> Any:
+    def _build_train_batch(self, skip_backward: bool = False) -> Any:
+        """The per-batch function the native loop calls. `skip_backward` builds one whose batches
+        run `training_step` with no zero_grad or backward (Lightning's `fit_loop._skip_backward`,
+        set by StochasticWeightAveraging for its BatchNorm epoch); the fit loop swaps it in for an
+        epoch, so the ordinary path never checks a flag."""
         trainer = self.trainer
         module = trainer.lightning_module
         hooks = trainer._hooks
@@ -157,7 +178,7 @@ class FitLoop:
         needs_transfer = trainer._needs_transfer() and not trainer._train_feeds_ahead()
         transfer = self._transfer
         step_schedulers = self._step_schedulers
-        run_step = self.step.run
+        run_step = SkipBackwardStep(trainer).run if skip_backward else self.step.run
         step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds
 
         def train_batch(batch: Any, batch_idx: int, flags: int) -> Optional[bool]:

@@ -135,6 +135,7 @@ class Trainer:
         self._val_source_defined = False
         # The loaders of the last `test`/`predict` call, by stage (`test_dataloaders`, ...).
         self._eval_loaders: Dict[str, List[Any]] = {}
+        self._predict_loop: Any = None
         self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
 
@@ -235,6 +236,14 @@ class Trainer:
         step = getattr(self._fit_loop, "step", None)
         if hasattr(step, "accumulate"):
             step.accumulate = self._accumulate
+
+    def _set_max_epochs(self, value: int) -> None:
+        """Change the fit's epoch limit after `fit` started (Lightning's `fit_loop.max_epochs += 1`,
+        which StochasticWeightAveraging uses for its BatchNorm epoch)."""
+        import dataclasses
+
+        self._config = dataclasses.replace(self._config, max_epochs=value)
+        self._schedule.max_epochs = -1 if value is None else int(value)
 
     @property
     def prefetch_batches(self) -> int:
@@ -475,6 +484,16 @@ class Trainer:
             if isinstance(cb, EarlyStopping):
                 return cb
         return None
+
+    @property
+    def predict_loop(self) -> Any:
+        """The predict loop's state (Lightning's `trainer.predict_loop`): `predictions`,
+        `epoch_batch_indices`, `current_batch_indices`, `return_predictions`."""
+        if self._predict_loop is None:
+            from ferrotrain.trainer.predict_loop import PredictLoop
+
+            self._predict_loop = PredictLoop()
+        return self._predict_loop
 
     @property
     def train_dataloader(self) -> Any:
@@ -1104,6 +1123,13 @@ class Trainer:
                 "or implement `predict_dataloader()` on the LightningModule"
             )
         loaders = as_loader_list(loaders, "dataloaders")
+        from ferrotrain.callbacks.prediction_writer import BasePredictionWriter
+
+        if any(isinstance(cb, BasePredictionWriter) for cb in self.callbacks):
+            # A prediction writer reads each batch's sample indices: record them (Lightning).
+            from ferrotrain.trainer.predict_loop import with_index_tracking
+
+            loaders = [with_index_tracking(l) for l in loaders]
         self._eval_loaders["predict"] = loaders
         self._note_val_source(None, datamodule, model)
         c = self._config

@@ -226,6 +226,24 @@ class AutomaticStep:
         return {"loss": loss.detach()}
 
 
+class SkipBackwardStep(AutomaticStep):
+    """Automatic optimization with no zero_grad and no backward (Lightning's
+    `fit_loop._skip_backward`): `training_step` runs, and a batch the schedule steps on still
+    calls the optimizer, on whatever gradients are left, as Lightning does."""
+
+    def closure(self) -> Optional[torch.Tensor]:
+        fx = self.fx
+        fx["_current_fx_name"] = "training_step"
+        with self.precision.step_context():
+            out = self.training_step(self._batch, self._batch_idx)
+        self._out = out
+        loss = _loss_from_output(out)
+        if loss is not None and self.accumulate > 1:
+            loss = loss / self.accumulate
+        self._loss = loss
+        return loss
+
+
 class ManualStep:
     def __init__(self, trainer: Any) -> None:
         module = trainer.lightning_module

@@ -104,6 +104,12 @@ impl PySchedule {
         self.inner.progress().batches_that_stepped
     }
 
+    /// The epoch limit (-1: none); settable while a fit runs.
+    #[setter]
+    fn set_max_epochs(&mut self, max_epochs: i64) {
+        self.inner.set_max_epochs(opt_limit(max_epochs));
+    }
+
     /// Whether the current training batch is the epoch's last (`Trainer.is_last_batch`).
     #[getter]
     fn is_last_batch(&self) -> bool {
