@@ -654,3 +654,22 @@ def test_a_loop_after_fit_starts_its_bar_at_zero(tmp_path, monkeypatch) -> None:
     t.test(model, DataLoader(make_dataset(48), batch_size=16), verbose=False)
     frames = [f for f in terminal.getvalue()[start:].replace("\n", "\r").split("\r") if f.strip()]
     assert frames and all(f.startswith("Testing DataLoader 0") for f in frames), frames
+
+
+def test_epoch_based_model_checkpoint_is_not_called_every_batch():
+    # Saving per epoch: its per-batch hook would return at once, so the Trainer leaves it out of
+    # the per-batch loop; step- or time-based saving, or a subclass's own hook, keep it.
+    from ferrotrain.callbacks import ModelCheckpoint
+    from ferrotrain.trainer.hooks import HookTable
+    from tests.conftest import BoringModel
+
+    class Custom(ModelCheckpoint):
+        def on_train_batch_end(self, *args):
+            pass
+
+    per_epoch, per_step = ModelCheckpoint(), ModelCheckpoint(every_n_train_steps=2)
+    timed, custom = ModelCheckpoint(train_time_interval=timedelta(seconds=1)), Custom()
+    table = HookTable(BoringModel(), [per_epoch, per_step, timed, custom])
+    called = {f.__self__ for f in table.cb["on_train_batch_end"]}
+    assert called == {per_step, timed, custom}
+    assert per_epoch.on_train_epoch_end in table.cb_train_epoch_end_last

@@ -606,3 +606,24 @@ def test_async_unsupported_value_is_raised_by_submit(tmp_path):
         with pytest.raises(CheckpointError, match=r"\['bad'\]"):
             writer.submit(tmp_path / "x.ckpt", {"bad": {1, 2}})
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_async_submit_deletes_the_replaced_files_in_the_background(tmp_path):
+    old, gone = tmp_path / "old.ckpt", tmp_path / "never-existed.ckpt"
+    save(old, {"step": 0})
+    with AsyncCheckpointWriter() as writer:
+        writer.submit(tmp_path / "new.ckpt", {"step": 1}, remove=[old, gone])  # a missing file is fine
+        writer.wait()
+        assert not old.exists()
+        assert load(tmp_path / "new.ckpt") == {"step": 1}
+
+
+def test_async_failure_to_delete_a_replaced_file_surfaces_on_wait(tmp_path):
+    blocker = tmp_path / "a-folder.ckpt"
+    blocker.mkdir()  # not a file: it cannot be deleted as one
+    writer = AsyncCheckpointWriter()
+    writer.submit(tmp_path / "new.ckpt", {"step": 1}, remove=[blocker])
+    with pytest.raises(CheckpointError, match="a-folder.ckpt"):
+        writer.wait()
+    assert load(tmp_path / "new.ckpt") == {"step": 1}  # the new checkpoint was written all the same
+    writer.close()

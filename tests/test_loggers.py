@@ -238,3 +238,103 @@ def test_importing_ferrotrain_loggers_does_not_import_tensorboard_or_yaml():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _event_files(log_dir):
+    return sorted(n for n in os.listdir(log_dir) if n.startswith("events.out.tfevents."))
+
+
+def test_tensorboard_native_event_file_is_read_back_by_tensorboard(tmp_path):
+    # Written by the Rust writer (no tensorboard import on this path), read by tensorboard's own
+    # reader (which checks both CRCs of every record): tags, steps and float32 values.
+    pytest.importorskip("tensorboard")
+    import socket
+    import struct
+
+    logger = TensorBoardLogger(tmp_path)
+    values = [1.0, 0.1, -2.5e-8, 3.0e38, float("inf")]
+    for step, value in enumerate(values):
+        logger.log_metrics({"train_loss": value, "epoch": step // 2, "lr-SGD": 0.01}, step=step * 50 + 49)
+    logger.log_metrics({"big_step": 1.0}, step=2**40)
+    logger.finalize("success")
+    (name,) = _event_files(logger.log_dir)
+    _, _, _, stamp, rest = name.split(".", 4)
+    assert len(stamp) == 10 and stamp.isdigit()
+    assert rest == f"{socket.gethostname()}.{os.getpid()}.{rest.rsplit('.', 1)[1]}"
+    acc = _accumulator(logger.log_dir)
+    assert sorted(acc.Tags()["scalars"]) == ["big_step", "epoch", "lr-SGD", "train_loss"]
+    f32 = [struct.unpack("f", struct.pack("f", v))[0] for v in values]
+    assert [(e.step, e.value) for e in acc.Scalars("train_loss")] == [(s * 50 + 49, v) for s, v in enumerate(f32)]
+    assert [e.value for e in acc.Scalars("epoch")] == [0, 0, 1, 1, 2]
+    assert [e.step for e in acc.Scalars("big_step")] == [2**40]
+    assert all(abs(e.wall_time - acc.Scalars("epoch")[0].wall_time) < 60 for e in acc.Scalars("epoch"))
+    assert acc.FirstEventTimestamp() > 0  # the file_version event
+
+
+def test_tensorboard_experiment_events_share_the_native_event_file(tmp_path):
+    pytest.importorskip("tensorboard")
+    import numpy as np
+
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({"loss": 1.0}, step=0)  # native first
+    logger.experiment.add_histogram("weights", np.arange(10.0), global_step=1)  # then tensorboard's protos
+    logger.experiment.add_scalar("direct", 5.0, 2)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 0.5}, step=3)
+    logger.finalize("success")
+    assert len(_event_files(logger.log_dir)) == 1
+    acc = _accumulator(logger.log_dir)
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(0, 1.0), (3, 0.5)]
+    assert [(e.step, e.value) for e in acc.Scalars("direct")] == [(2, 5.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("hp_metric")] == [(0, -1.0)]
+    assert acc.Tags()["histograms"] == ["weights"]
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+
+
+def test_tensorboard_logs_after_finalize_go_to_a_new_file(tmp_path):
+    # As SummaryWriter after close(): e.g. `trainer.test()` after `fit` with the same logger.
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path, filename_suffix=".x")
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.finalize("success")
+    logger.log_metrics({"b": 2.0}, step=1)
+    logger.finalize("success")
+    names = _event_files(logger.log_dir)
+    assert len(names) == 2 and all(n.endswith(".x") for n in names)
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = set()
+    for n in names:
+        for ev in EventFileLoader(os.path.join(logger.log_dir, n)).Load():
+            tags.update(v.tag for v in ev.summary.value)
+    assert tags == {"a", "b"}
+
+
+def test_tensorboard_scalar_logging_does_not_import_tensorboard(tmp_path):
+    code = (
+        "import sys, ferrotrain\n"
+        "from ferrotrain.loggers import TensorBoardLogger\n"
+        f"lg = TensorBoardLogger({str(tmp_path)!r})\n"
+        "lg.log_metrics({'loss': 1.0}, step=1); lg.save(); lg.finalize('success')\n"
+        "bad = [m for m in ('tensorboard', 'torch.utils.tensorboard', 'google.protobuf') if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(ferrotrain.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(_event_files(os.path.join(str(tmp_path), "lightning_logs", "version_0"))) == 1
+
+
+def test_tensorboard_bad_value_is_a_clear_error_and_options_fall_back_to_summary_writer(tmp_path):
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger(tmp_path)
+    with pytest.raises(ValueError, match="cannot log loss="):
+        logger.log_metrics({"loss": object()}, step=0)
+    logger.finalize("success")
+    # An option the native writer does not implement: tensorboard's own writer, same layout.
+    purged = TensorBoardLogger(tmp_path, version="p", purge_step=0)
+    purged.log_metrics({"loss": 1.0}, step=0)
+    purged.finalize("success")
+    assert type(purged.experiment).__name__ == "SummaryWriter"
+    assert [(e.step, e.value) for e in _accumulator(purged.log_dir).Scalars("loss")] == [(0, 1.0)]

@@ -194,3 +194,25 @@ def test_ckpt_path_last_without_a_last_checkpoint_warns_and_starts_fresh(tmp_pat
     with pytest.warns(UserWarning, match='there is no last checkpoint available'):
         trainer.fit(NoisyModel(), train, val, ckpt_path="last")
     assert trainer.global_step == 10
+
+
+def test_save_top_k_1_keeps_only_the_newest_file_while_training(tmp_path) -> None:
+    # The file a new checkpoint replaces is deleted by the background writer at the next save
+    # (once the new one is durable): during training at most the previous and the newest exist
+    # (the newest may still be in flight).
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            folder = tmp_path / "ck"
+            seen.append(sorted(p.name for p in folder.glob("*.ckpt")) if folder.exists() else [])
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=1)
+    trainer = L.Trainer(max_epochs=4, callbacks=[ckpt, Spy()], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_train_batches=2)
+    trainer.fit(BoringModel(), DataLoader(make_dataset(), batch_size=8))
+    assert seen[0] == []
+    assert all(len(names) <= 2 for names in seen)
+    assert any(names for names in seen)
+    assert [p.name for p in (tmp_path / "ck").glob("*.ckpt")] == [os.path.basename(ckpt.best_model_path)]
+    assert not list((tmp_path / "ck").glob(".*.tmp"))

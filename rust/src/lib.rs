@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod prefetch;
 pub mod profile;
 pub mod schedule;
+pub mod tfevents;
 
 #[cfg(feature = "python")]
 mod python;

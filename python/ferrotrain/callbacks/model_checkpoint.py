@@ -108,6 +108,17 @@ class ModelCheckpoint(Checkpoint):
 
         self._last_time_check = time.monotonic()
 
+    def _idle_hooks(self) -> frozenset:
+        """Hooks that do nothing with this configuration (the Trainer then does not call them):
+        `on_train_batch_end` when saving is not step- or time-based, unless a subclass overrides it."""
+        if (
+            type(self).on_train_batch_end is ModelCheckpoint.on_train_batch_end
+            and self._every_n_train_steps < 1
+            and self._train_time_interval is None
+        ):
+            return frozenset({"on_train_batch_end"})
+        return frozenset()
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Called every step: the cheapest test first, so epoch-based saving costs nothing here.
         if self._every_n_train_steps < 1 and self._train_time_interval is None:

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import weakref
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -70,8 +70,13 @@ class AsyncCheckpointWriter:
             self._buffer = buf
         return buf
 
-    def submit(self, path: PathLike, checkpoint: dict) -> None:
+    def submit(self, path: PathLike, checkpoint: dict, remove: Sequence[PathLike] = ()) -> None:
         """Snapshot `checkpoint` and start writing it to `path` in the background.
+
+        `remove`: files to delete on the background thread (before it writes `path`; a file
+        already gone is fine). They may go because the write submitted before this one, which
+        replaces them, is awaited (durable) first; a failure to delete one is raised like a
+        write error, by the next `submit`, `wait` or `close`.
 
         Raises `CheckpointError` for a value that cannot be saved (naming its key path), for the
         previous background write's failure, or when the writer is closed.
@@ -108,7 +113,7 @@ class AsyncCheckpointWriter:
             # reads the buffer and before the caller may modify the device tensors.
             for s in streams:
                 s.synchronize()
-            self._writer.submit(path, layout, buf, buf.data_ptr(), buf.numel(), copies)
+            self._writer.submit(path, layout, buf, buf.data_ptr(), buf.numel(), copies, [os.fspath(p) for p in remove])
             del keep
 
     def wait(self) -> None:

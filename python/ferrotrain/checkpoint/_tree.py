@@ -85,6 +85,8 @@ class Flattened:
 
 def _utf8(s: str) -> str:
     # Tensor names travel to Rust as UTF-8: escape lone surrogates instead of failing.
+    if s.isascii():  # nearly every key: no round trip
+        return s
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -163,8 +165,9 @@ class _Encoder:
         raise self.fail(path, f"dict key {k!r} of type {type(k).__qualname__} is not supported")
 
     def mapping(self, d: dict, path: tuple, ordered: bool) -> dict:
-        if all(isinstance(k, str) for k in d):
-            body: Any = {_utf8(str.__str__(k)): self.value(v, path + (k,)) for k, v in d.items()}
+        if all(type(k) is str or isinstance(k, str) for k in d):
+            value = self.value
+            body: Any = {_utf8(str.__str__(k)): value(v, path + (k,)) for k, v in d.items()}
         else:
             body = [[self.key(k, path + (k,)), self.value(v, path + (k,))] for k, v in d.items()]
         if not ordered:
@@ -177,10 +180,22 @@ class _Encoder:
 
     def value(self, obj: Any, path: tuple) -> Any:
         t = type(obj)
-        if obj is None or t is bool or t is int or t is str:
-            return obj if t is not str else _utf8(obj)
+        if t is str:
+            return obj if obj.isascii() else _utf8(obj)
+        if obj is None or t is bool or t is int:
+            return obj
         if t is float:
             return obj if math.isfinite(obj) else {"float": repr(obj)}
+        if t is dict or t is list:  # the common containers first (same rules as below)
+            if id(obj) in self._open:
+                raise self.fail(path, "the checkpoint contains itself (a cycle)")
+            self._open.add(id(obj))
+            try:
+                if t is dict:
+                    return self.mapping(obj, path, ordered=False)
+                return [self.value(v, path + (i,)) for i, v in enumerate(obj)]
+            finally:
+                self._open.discard(id(obj))
         if isinstance(obj, torch.Tensor):
             return self.tensor(obj, path)
         if t is torch.dtype:

@@ -81,6 +81,13 @@ def _is_monitoring(cb: Callback) -> bool:
     return isinstance(cb, (Checkpoint, EarlyStopping))
 
 
+def _idle(cb: Callback, name: str) -> bool:
+    """True when `cb` says its `name` hook does nothing in its configuration (`_idle_hooks()`),
+    so the per-batch loop does not call it."""
+    idle = getattr(cb, "_idle_hooks", None)
+    return idle is not None and name in idle()
+
+
 class HookTable:
     """Bound hook methods to call, per hook name. Build it once per run."""
 
@@ -90,7 +97,8 @@ class HookTable:
         self.callbacks = list(callbacks)
         self.cb: Dict[str, Tuple[Callable[..., Any], ...]] = {}
         for name in CALLBACK_HOOKS:
-            self.cb[name] = tuple(getattr(c, name) for c in self.callbacks if is_overridden(c, Callback, name))
+            self.cb[name] = tuple(
+                getattr(c, name) for c in self.callbacks if is_overridden(c, Callback, name) and not _idle(c, name))
         # on_train_epoch_end is split: plain callbacks before the module, monitoring after.
         ordinary = [c for c in self.callbacks if not _is_monitoring(c)]
         monitoring = [c for c in self.callbacks if _is_monitoring(c)]

@@ -97,8 +97,24 @@ impl AsyncWriter {
         &mut self,
         path: PathBuf,
         layout: Layout,
+        buffer: Box<dyn ByteSource>,
+        copies: &[(&[u8], u64)],
+    ) -> Result<(), CheckpointError> {
+        self.submit_removing(path, layout, buffer, copies, Vec::new())
+    }
+
+    /// `submit`, and delete the files `remove` on the background thread before it writes
+    /// `path`. They may go then: the write in flight before this call, whose checkpoint
+    /// replaces them, is durable once it has been awaited here. A file already gone is fine;
+    /// another failure to delete one is reported like a write error (by the next `wait`),
+    /// after the new checkpoint was written all the same.
+    pub fn submit_removing(
+        &mut self,
+        path: PathBuf,
+        layout: Layout,
         mut buffer: Box<dyn ByteSource>,
         copies: &[(&[u8], u64)],
+        remove: Vec<PathBuf>,
     ) -> Result<(), CheckpointError> {
         self.wait()?;
         let raw = buffer.raw();
@@ -126,12 +142,14 @@ impl AsyncWriter {
             .spawn(move || {
                 let _buffer = buffer; // kept allocated until the write is done
                 lower_priority();
+                let removed = remove_files(&remove);
                 write_atomic_with(&thread_path, &layout, |i, p| {
                     thread_gate.wait(i)?;
                     // SAFETY: the gate is open, so the copy of this piece is finished and
                     // nothing writes these bytes until the write is waited for.
                     unsafe { raw.piece(piece_offset(&offsets, p)?, p.len) }
                 })
+                .and(removed)
             })
             .map_err(|e| {
                 CheckpointError::io(&path, "cannot start the background writer thread", e)
@@ -164,6 +182,28 @@ fn lower_priority() {
     }
 }
 
+/// Delete `paths` (a file already gone counts as deleted); the first failure is returned after
+/// trying them all.
+fn remove_files(paths: &[PathBuf]) -> Result<(), CheckpointError> {
+    let mut result = Ok(());
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                if result.is_ok() {
+                    result = Err(CheckpointError::io(
+                        path,
+                        "cannot delete the checkpoint it replaces",
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+    result
+}
+
 fn copy(
     pieces: &[parallel::Piece],
     to_copy: &[(usize, &[u8])],
@@ -171,7 +211,8 @@ fn copy(
     copy_offsets: &[u64],
     gate: &Gate,
 ) -> Result<(), CheckpointError> {
-    parallel::run(to_copy.len(), |k| {
+    let bytes = to_copy.iter().map(|&(i, _)| pieces[i].len).sum();
+    parallel::run(to_copy.len(), bytes, |k| {
         let (i, src) = to_copy[k];
         let p = pieces[i];
         let from = src

@@ -108,7 +108,7 @@ where
     let offsets = layout.offsets();
     let data_start = layout.data_start();
     let pieces = parallel::pieces(lens);
-    let states = parallel::run(pieces.len(), |i| {
+    let states = parallel::run(pieces.len(), lens.iter().sum(), |i| {
         let p = pieces[i];
         let bytes = piece_bytes(i, p)?;
         let mut h = crc32fast::Hasher::new();

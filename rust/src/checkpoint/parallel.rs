@@ -10,6 +10,10 @@ use super::error::CheckpointError;
 /// Piece size: large enough that thread hand-offs are negligible, small enough to balance.
 pub const PIECE: u64 = 4 << 20;
 const MAX_THREADS: usize = 8;
+/// Below this many bytes a pass runs on the calling thread: starting scoped threads costs more
+/// than the work (tens of microseconds each, far more when the cores are busy), and the snapshot
+/// copy runs on the training thread, which waits for them.
+pub const PARALLEL_MIN_BYTES: u64 = PIECE;
 
 /// A byte range `start..start + len` of tensor `tensor` (relative to that tensor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,19 +42,23 @@ pub fn pieces(lens: &[u64]) -> Vec<Piece> {
     out
 }
 
-fn threads_for(items: usize) -> usize {
+fn threads_for(items: usize, bytes: u64) -> usize {
+    if bytes < PARALLEL_MIN_BYTES {
+        return 1;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.min(MAX_THREADS).min(items).max(1)
 }
 
-/// Run `f(i)` for every `i` in `0..n` on a few scoped threads and return the results in order.
+/// Run `f(i)` for every `i` in `0..n` on a few scoped threads and return the results in order;
+/// `bytes` is the work's total size: a small pass (under `PARALLEL_MIN_BYTES`) runs inline.
 /// The first error stops the other threads at their next item and is returned.
-pub fn run<T, F>(n: usize, f: F) -> Result<Vec<T>, CheckpointError>
+pub fn run<T, F>(n: usize, bytes: u64, f: F) -> Result<Vec<T>, CheckpointError>
 where
     T: Send,
     F: Fn(usize) -> Result<T, CheckpointError> + Sync,
 {
-    let threads = threads_for(n);
+    let threads = threads_for(n, bytes);
     if threads <= 1 {
         return (0..n).map(&f).collect();
     }
@@ -117,7 +125,7 @@ pub fn combine_crcs(lens: &[u64], pieces: &[Piece], states: &[crc32fast::Hasher]
 pub fn crcs_of(slices: &[&[u8]]) -> Result<Vec<u32>, CheckpointError> {
     let lens: Vec<u64> = slices.iter().map(|s| s.len() as u64).collect();
     let ps = pieces(&lens);
-    let states = run(ps.len(), |i| {
+    let states = run(ps.len(), lens.iter().sum(), |i| {
         let p = ps[i];
         let bytes = slices
             .get(p.tensor)
@@ -168,7 +176,7 @@ pub fn parallel_copy(dst: &mut [u8], copies: &[(&[u8], u64)]) -> Result<(), Chec
     let ps = pieces(&lens);
     let base = SharedDst(dst.as_mut_ptr());
     let base = &base;
-    run(ps.len(), |i| {
+    run(ps.len(), lens.iter().sum(), |i| {
         let p = ps[i];
         let (src, off) = copies
             .get(p.tensor)

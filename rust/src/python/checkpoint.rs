@@ -210,8 +210,10 @@ impl PyAsyncWriter {
     /// Await the previous write (raising its error), copy the CPU tensors `(data_ptr, nbytes,
     /// offset)` into `buffer` (address `buffer_ptr`, `buffer_len` bytes) in parallel while the
     /// background thread already writes the pieces copied so far to `path`; return once the copy
-    /// is complete (the write goes on).
+    /// is complete (the write goes on). The files `remove` are deleted by the background thread
+    /// before it writes (the checkpoint that replaces them is durable: awaited first).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, layout, buffer, buffer_ptr, buffer_len, copies, remove = Vec::new()))]
     fn submit(
         &mut self,
         py: Python<'_>,
@@ -221,6 +223,7 @@ impl PyAsyncWriter {
         buffer_ptr: usize,
         buffer_len: usize,
         copies: Vec<(usize, usize, u64)>,
+        remove: Vec<PathBuf>,
     ) -> PyResult<()> {
         self.wait(py)?;
         let layout = layout.inner.clone();
@@ -248,7 +251,7 @@ impl PyAsyncWriter {
                 .map(|&(p, n, off)| (unsafe { bytes_at(p, n) }, off))
                 .collect();
             // The copy overlaps with the write it feeds; it is complete when this returns.
-            inner.submit(
+            inner.submit_removing(
                 path,
                 layout,
                 Box::new(ForeignBuffer {
@@ -256,6 +259,7 @@ impl PyAsyncWriter {
                     len: buffer_len,
                 }),
                 &srcs,
+                remove,
             )
         })
         .map_err(|e| to_py(py, e))?;

@@ -11,6 +11,7 @@ mod metrics;
 mod prefetch;
 mod profile;
 mod schedule;
+mod tfevents;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     checkpoint::register(m)?;
     prefetch::register(m)?;
     profile::register(m)?;
+    tfevents::register(m)?;
     Ok(())
 }
