@@ -74,17 +74,24 @@ pub struct DlExchangeApiHeader {
 
 /// `DLPackDLTensorFromPyObjectNoSync`: fills a `DLTensor` for a Python object of the exporting
 /// type; 0 on success, -1 with a Python exception set on failure.
+///
+/// # Safety
+/// Call with the GIL held, a live object of exactly the type that published the table, and a
+/// writable `DLTensor`; the result is valid only while that object lives unchanged.
 pub type DlTensorFromPyObject = unsafe extern "C" fn(py_object: *mut c_void, out: *mut DlTensor) -> c_int;
+
+/// A function of the table that is never called here: only its slot's size matters.
+pub type Opaque = Option<unsafe extern "C" fn()>; // SAFETY: never called, so no contract to keep
 
 /// `DLPackExchangeAPI`. Only the fields up to the one used are read; the others are opaque.
 #[repr(C)]
 pub struct DlExchangeApi {
     pub header: DlExchangeApiHeader,
-    pub managed_tensor_allocator: Option<unsafe extern "C" fn()>,
-    pub managed_tensor_from_py_object_no_sync: Option<unsafe extern "C" fn()>,
-    pub managed_tensor_to_py_object_no_sync: Option<unsafe extern "C" fn()>,
+    pub managed_tensor_allocator: Opaque,
+    pub managed_tensor_from_py_object_no_sync: Opaque,
+    pub managed_tensor_to_py_object_no_sync: Opaque,
     pub dltensor_from_py_object_no_sync: Option<DlTensorFromPyObject>,
-    pub current_work_stream: Option<unsafe extern "C" fn()>,
+    pub current_work_stream: Opaque,
 }
 
 /// The capsule name torch gives the table.
