@@ -216,3 +216,55 @@ def test_save_top_k_1_keeps_only_the_newest_file_while_training(tmp_path) -> Non
     assert any(names for names in seen)
     assert [p.name for p in (tmp_path / "ck").glob("*.ckpt")] == [os.path.basename(ckpt.best_model_path)]
     assert not list((tmp_path / "ck").glob(".*.tmp"))
+
+
+def _exception_scenario(L, root, fail_at):
+    """A fit that raises at step `fail_at` (or never): which checkpoint files are left."""
+    from importlib import import_module
+
+    from tests.lightning_ref import is_lightning
+
+    callbacks = import_module("lightning.pytorch.callbacks" if is_lightning(L) else "ferrotrain.callbacks")
+
+    class M(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == fail_at:
+                raise ValueError("boom")
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    ck = callbacks.ModelCheckpoint(dirpath=os.path.join(root, "ck"), save_last=True, save_on_exception=True,
+                                   every_n_epochs=2)
+    t = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  callbacks=[ck], default_root_dir=root)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            if is_lightning(L):
+                warnings.simplefilter("ignore")  # Lightning's own deprecation notices
+            t.fit(M(), DataLoader(make_dataset(8), batch_size=2))
+        raised = False
+    except ValueError:
+        raised = True
+    files = sorted(os.listdir(os.path.join(root, "ck")))
+    return raised, files, os.path.basename(ck.last_model_path)
+
+
+def test_save_on_exception_and_save_last_at_train_end(tmp_path) -> None:
+    from tests.lightning_ref import libraries
+
+    for L_ in libraries():
+        root = str(tmp_path / L_.__name__)
+        assert _exception_scenario(L_, root + "-fails", 2) == (True, ["epoch=0-step=2.ckpt", "last.ckpt"], "last.ckpt")
+        # No epoch-end save was due (every 2 epochs), yet `save_last` leaves `last.ckpt`.
+        assert _exception_scenario(L_, root + "-ends", 99) == (False, ["last.ckpt"], "last.ckpt")
+    from ferrotrain.checkpoint import load
+
+    assert load(str(tmp_path / "ferrotrain-fails" / "ck" / "epoch=0-step=2.ckpt"))["global_step"] == 2

@@ -33,6 +33,7 @@ class ModelCheckpoint(Checkpoint):
         verbose: bool = False,
         save_last: Optional[Union[bool, str]] = None,
         save_top_k: int = 1,
+        save_on_exception: bool = False,
         save_weights_only: bool = False,
         mode: str = "min",
         auto_insert_metric_name: bool = True,
@@ -65,6 +66,7 @@ class ModelCheckpoint(Checkpoint):
         self.verbose = verbose
         self.save_last = save_last
         self.save_top_k = save_top_k
+        self.save_on_exception = save_on_exception
         self.save_weights_only = save_weights_only
         self.mode = mode
         self.auto_insert_metric_name = auto_insert_metric_name
@@ -143,6 +145,28 @@ class ModelCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if not self._skip(trainer) and not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._save(trainer)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """With `save_on_exception=True`: a checkpoint of the state the error left (named as the
+        regular ones), and `last` when asked for, unless this step was already saved."""
+        if not self.save_on_exception or self._skip(trainer):
+            return
+        if self.dirpath is None:
+            self.dirpath = self._resolve_dir(trainer)
+        metrics = self._monitor_candidates(trainer)
+        path = os.path.join(self.dirpath, self.format_checkpoint_name(metrics))
+        self._write(trainer, path)
+        if self.save_last:
+            self._save_last(trainer, metrics)
+        self._last_global_step_saved = trainer.global_step
+        rank_zero_info(f"An {type(exception).__name__} was raised with message: {exception}, saved checkpoint to {path}")
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # `save_last=True` leaves a `last` checkpoint even when no regular save happened.
+        if self.save_last and not self._last_checkpoint_saved and not trainer.fast_dev_run:
+            if self.dirpath is None:
+                self.dirpath = self._resolve_dir(trainer)
+            self._save_last(trainer, self._monitor_candidates(trainer))
 
     def state_dict(self) -> Dict[str, Any]:
         return {

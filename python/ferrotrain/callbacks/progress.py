@@ -699,7 +699,7 @@ class RichProgressBar(TQDMProgressBar):
 
     def __init__(
         self,
-        refresh_rate: int = 1,
+        refresh_rate: int = 100,
         leave: bool = False,
         theme: Any = None,
         console_kwargs: Optional[Dict[str, Any]] = None,

@@ -335,7 +335,7 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         return scripted
 
     @torch.no_grad()
-    def to_onnx(self, file_path: Union[str, Path, Any], input_sample: Any = None, **kwargs: Any) -> Any:
+    def to_onnx(self, file_path: Union[str, Path, Any] = None, input_sample: Any = None, **kwargs: Any) -> Any:
         """Export this module with `torch.onnx.export` (needs the `onnx` package), in eval mode."""
         import importlib.util
 
