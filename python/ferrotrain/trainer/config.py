@@ -43,6 +43,7 @@ STRATEGIES = (
     "ddp_find_unused_parameters_true",
     "ddp_find_unused_parameters_false",
     "fsdp",
+    "fsdp_cpu_offload",
     "deepspeed",
     "deepspeed_stage_1",
     "deepspeed_stage_2",
@@ -52,6 +53,7 @@ STRATEGIES = (
 )
 SUPPORTED_STRATEGIES = (
     "auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false",
+    "fsdp", "fsdp_cpu_offload",
 )
 PRECISIONS = {
     "64": "64-true", "64-true": "64-true", "32": "32-true", "32-true": "32-true",

@@ -94,6 +94,7 @@ class Trainer:
         # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
         self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
         self._strategy._attach(self)
+        self._strategy.check_precision(c.precision)
         self._device = self._strategy.root_device
         self._use_distributed_sampler = use_distributed_sampler
         self._precision = Precision(c.precision, self._device)
@@ -963,6 +964,7 @@ class Trainer:
         step_name = f"{stage}_step"
         setup_stage = "validate" if stage_fn == "validate" else "test"
         self._setup_run(model, datamodule, setup_stage)
+        self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path)
         if not is_overridden(model, LightningModule, step_name):
@@ -997,6 +999,7 @@ class Trainer:
         from ferrotrain.trainer.evaluation_loop import run_predict
 
         self._setup_run(model, datamodule, "predict")
+        self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path)
         loaders = resolve_loaders("predict", dataloaders, datamodule, model)
