@@ -2,7 +2,9 @@
 
 MODE `fit`: 2 processes on the CPU (`devices=2`, the Trainer starts the second); `fail`: rank 1
 raises in its third step; `nodes`: one process per "node" under torchrun (`num_nodes=2`).
-Each rank writes what it saw to OUT/rank<r>.pt.
+Each rank writes what it saw to OUT/rank<r>.pt. MODE `spawn`: `strategy="ddp_spawn"`; the main
+process (which trains nothing itself) writes what it sees after fit, validate and predict to
+OUT/main.pt; `spawn_fail`: the same, rank 1 raising in its third step.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Model(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y), sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return batch[0].flatten()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -114,5 +119,28 @@ def main(mode: str, out: str) -> None:
     torch.save(info, os.path.join(out, f"rank{trainer.global_rank}.pt"))
 
 
+def spawn_main(out: str, fail: bool = False) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", accumulate_grad_batches=2, max_epochs=2,
+                        enable_progress_bar=False, enable_model_summary=False, logger=CSVLogger(out, name="logs"),
+                        default_root_dir=out, num_sanity_val_steps=0)
+    model = Model(fail_rank=1 if fail else -1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.fit(model, DataLoader(dataset(0), batch_size=32), DataLoader(dataset(1), batch_size=32))
+    info = {
+        "before": before, "state_dict": {k: v.clone() for k, v in model.state_dict().items()},
+        "best": trainer.checkpoint_callback.best_model_path, "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch, "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "status": trainer.state.status.value, "lightning_module_is_model": trainer.lightning_module is model,
+        "dist_initialized_in_main": dist.is_initialized(),
+    }
+    info["validate"] = trainer.validate(model, DataLoader(dataset(1), batch_size=32), verbose=False)
+    preds = trainer.predict(model, DataLoader(TensorDataset(torch.arange(10.0).reshape(10, 1)), batch_size=4))
+    info["predictions"] = preds
+    torch.save(info, os.path.join(out, "main.pt"))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] in ("spawn", "spawn_fail"):
+        spawn_main(sys.argv[2], fail=sys.argv[1] == "spawn_fail")
+    else:
+        main(sys.argv[1], sys.argv[2])

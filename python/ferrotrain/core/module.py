@@ -64,6 +64,13 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         self.prepare_data_per_node = True
         self.allow_zero_length_dataloader_with_multiple_devices = False
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickled for `ddp_spawn`: the running loop's metric store (native) stays behind; each run
+        # makes its own.
+        state = dict(super().__getstate__())
+        state["_results"] = None
+        return state
+
     # ------------------------------------------------------------------ trainer-linked state
     @property
     def trainer(self) -> "Trainer":

@@ -5,7 +5,9 @@ What it owns: wrapping the LightningModule in DDP while fitting (`trainer.model`
 wrapper; the module's hooks are still called on the module itself), routing `training_step`
 through the wrapper's forward so DDP sees the forward pass (Lightning's forward redirection), and
 `no_sync` for accumulating batches. Ranks, the process group, samplers and collectives are
-`parallel`'s; starting processes is the launcher's (`launcher`, `spawn`).
+`parallel`'s; starting processes is the launcher's: `launcher` re-runs the script
+(start_method="popen", the default), `spawn` runs each Trainer call in new processes
+(start_method="spawn" or "forkserver"; strategy="ddp_spawn").
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from ferrotrain.strategies import environment as env_mod
 from ferrotrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, forward_redirection
 
 _START_METHODS = ("popen", "spawn", "fork", "forkserver")
+FORK_UNSAFE = (
+    "is not supported by ferrotrain: forking copies a process whose native background threads (the batch "
+    "prefetcher, the checkpoint writer) and torch's thread pools may hold locks that no thread of the child "
+    "will release, so the child can hang. Use strategy='ddp_spawn' (also from a notebook, if the model class "
+    "is importable), strategy='ddp' (it re-runs your script) or torchrun"
+)
 
 
 class DDPStrategy(ParallelStrategy):
@@ -39,14 +47,24 @@ class DDPStrategy(ParallelStrategy):
             raise MisconfigurationException(
                 f"`DDPStrategy(start_method={start_method!r})` must be one of {', '.join(map(repr, _START_METHODS))}"
             )
-        if start_method != "popen":
+        if start_method == "fork":
             raise NotSupportedYetError(
-                f"`DDPStrategy(start_method={start_method!r})` ('ddp_spawn', 'ddp_fork', 'ddp_notebook') is not "
-                "supported yet by ferrotrain; use strategy='ddp' (it re-runs your script) or torchrun"
+                f"`DDPStrategy(start_method='fork')` ('ddp_fork', 'ddp_notebook') {FORK_UNSAFE}"
             )
         super().__init__(process_group_backend, timeout, cluster_environment)
         self._start_method = start_method
         self._ddp_kwargs = dict(ddp_kwargs, find_unused_parameters=find_unused_parameters, static_graph=static_graph)
+
+    @property
+    def start_method(self) -> str:
+        return self._start_method
+
+    def _make_launcher(self, num_processes: int, num_nodes: int) -> Any:
+        if self._start_method == "popen":
+            return super()._make_launcher(num_processes, num_nodes)
+        from ferrotrain.strategies.spawn import SpawnLauncher
+
+        return SpawnLauncher(num_processes, num_nodes, self._start_method)
 
     @property
     def find_unused_parameters(self) -> bool:
