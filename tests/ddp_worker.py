@@ -4,7 +4,8 @@ MODE `fit`: 2 processes on the CPU (`devices=2`, the Trainer starts the second);
 raises in its third step; `nodes`: one process per "node" under torchrun (`num_nodes=2`).
 Each rank writes what it saw to OUT/rank<r>.pt. MODE `spawn`: `strategy="ddp_spawn"`; the main
 process (which trains nothing itself) writes what it sees after fit, validate and predict to
-OUT/main.pt; `spawn_fail`: the same, rank 1 raising in its third step.
+OUT/main.pt; `spawn_fail`: the same, rank 1 raising in its third step. MODE `stop`: one rank alone
+sets `trainer.should_stop`, then only one rank's EarlyStopping wants to stop, then predict.
 """
 
 from __future__ import annotations
@@ -119,6 +120,46 @@ def main(mode: str, out: str) -> None:
     torch.save(info, os.path.join(out, f"rank{trainer.global_rank}.pt"))
 
 
+class StopOnRank(Callback):
+    """Only rank `rank` sets `trainer.should_stop`, after its batch `batch_idx` of epoch 1."""
+
+    def __init__(self, rank: int, batch_idx: int) -> None:
+        self.rank, self.batch_idx = rank, batch_idx
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.current_epoch == 1 and batch_idx == self.batch_idx:
+            trainer.should_stop = True
+
+
+class RankMetric(Model):
+    """Logs a validation metric that only improves on rank 0 (no sync_dist): rank 1's EarlyStopping
+    wants to stop after its second validation, rank 0's never does."""
+
+    def validation_step(self, batch, batch_idx):
+        sign = -1.0 if self.global_rank == 0 else 1.0
+        self.log("rank_metric", torch.tensor(sign * self.current_epoch))
+
+
+def stop_main(out: str) -> None:
+    from ferrotrain.callbacks import EarlyStopping
+
+    common = dict(accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, enable_progress_bar=False,
+                  enable_model_summary=False, logger=False, enable_checkpointing=False, default_root_dir=out,
+                  num_sanity_val_steps=0)
+    info = {}
+    trainer = L.Trainer(callbacks=[StopOnRank(1, 1)], **common)
+    trainer.fit(Model(), DataLoader(dataset(0), batch_size=32))
+    info["stop"] = (trainer.global_step, trainer.current_epoch, trainer.should_stop)
+    early = EarlyStopping(monitor="rank_metric", patience=1, mode="min")
+    trainer = L.Trainer(callbacks=[early], **common)
+    trainer.fit(RankMetric(), DataLoader(dataset(0), batch_size=32), DataLoader(dataset(1), batch_size=64))
+    info["early"] = (trainer.global_step, trainer.current_epoch, early.stopped_epoch)
+    trainer = L.Trainer(**common)
+    loader = DataLoader(TensorDataset(torch.arange(10.0).reshape(10, 1)), batch_size=4, shuffle=True)
+    info["predictions"] = [p.tolist() for p in trainer.predict(Model(), loader)]
+    torch.save(info, os.path.join(out, f"rank{trainer.global_rank}.pt"))
+
+
 def spawn_main(out: str, fail: bool = False) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", accumulate_grad_batches=2, max_epochs=2,
                         enable_progress_bar=False, enable_model_summary=False, logger=CSVLogger(out, name="logs"),
@@ -140,7 +181,9 @@ def spawn_main(out: str, fail: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] in ("spawn", "spawn_fail"):
+    if sys.argv[1] == "stop":
+        stop_main(sys.argv[2])
+    elif sys.argv[1] in ("spawn", "spawn_fail"):
         spawn_main(sys.argv[2], fail=sys.argv[1] == "spawn_fail")
     else:
         main(sys.argv[1], sys.argv[2])

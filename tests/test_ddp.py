@@ -157,6 +157,21 @@ def test_strategy_errors_are_clear() -> None:
         DDPStrategy(timeout=30)
 
 
+@pytest.mark.timeout(180)
+def test_stop_decisions_are_shared_and_predict_splits_the_data(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, WORKER, "stop", str(tmp_path)], env=_env(), capture_output=True,
+                          text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = _load(tmp_path, 0), _load(tmp_path, 1)
+    # Only rank 1 set `trainer.should_stop` (epoch 1, batch 1): both ranks stop there, no hang.
+    assert r0["stop"] == r1["stop"] and r0["stop"][0] == 4 + 2 and r0["stop"][2] is True
+    # Only rank 1's EarlyStopping wants to stop (after its 2nd validation): both stop together.
+    assert r0["early"] == r1["early"] and r0["early"][1] == 2 and r0["early"][2] == 1
+    # predict: rank-local results, each sample once over the ranks, in order despite shuffle=True.
+    assert r0["predictions"] == [[0.0, 2.0, 4.0, 6.0], [8.0]]
+    assert r1["predictions"] == [[1.0, 3.0, 5.0, 7.0], [9.0]]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ddp_spawn_brings_the_trained_model_back_to_the_main_process(tmp_path) -> None:

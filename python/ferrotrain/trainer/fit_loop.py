@@ -8,6 +8,11 @@ when there is some, logging and validation (`after_batch`). Epoch boundaries are
     per epoch: on_train_epoch_start, [native batch loop], on_train_epoch_end
                (plain callbacks, module, monitoring callbacks), plateau schedulers, epoch metrics
     on_train_end
+
+With several processes, `trainer.should_stop` is agreed on (any rank's True stops every rank, as
+a `reduce_boolean_decision(..., all=False)`) wherever the loop acts on it: after each batch, after
+each validation run, at the epoch's start and end, and before the first epoch. A rank that sets
+it alone thus stops all of them at the same batch instead of leaving them waiting in a collective.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class FitLoop:
         self._timer = None if profiler is None else profiler.timer
         if profiler is not None:
             profiler.instrument_fit_loop(self)
+        # One tiny all-reduce per batch, only with several processes (see the module doc).
+        self._sync_stop = _should_stop_sync(trainer) if trainer.world_size > 1 else None
         self.train_batch = self._build_train_batch()
 
     # ------------------------------------------------------------------ epochs
@@ -57,9 +64,14 @@ class FitLoop:
         schedule = trainer._schedule
         # Lightning's `_FitLoop.skip`: nothing to train (no batches, or the limits are already
         # reached) runs no training hooks at all.
+        sync_stop = self._sync_stop
+        if sync_stop is not None:
+            sync_stop()  # set in setup / on_fit_start by one rank
         if trainer.num_training_batches == 0 or schedule.fit_done():
             return
         trainer._call_hooks("on_train_start")
+        if sync_stop is not None:
+            sync_stop()
         while not schedule.fit_done():
             self._run_epoch()
         trainer._call_hooks("on_train_end")
@@ -87,6 +99,8 @@ class FitLoop:
             if resume is not None and resume[1] is not None:
                 set_rng_states(resume[1])  # saved between epochs: go on from there
             trainer._call_hooks("on_train_epoch_start")
+            if self._sync_stop is not None:
+                self._sync_stop()
         elif resume is not None and resume[0] is not None:
             set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
         # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
@@ -126,6 +140,8 @@ class FitLoop:
             step_schedulers(trainer, self.plateau_epoch_scheds, "epoch", True, trainer.current_epoch)
         # Lightning logs epoch metrics at the step of the epoch's last stepping batch.
         trainer._log_epoch_metrics(results, max(schedule.batches_that_stepped - 1, 0))
+        if self._sync_stop is not None:
+            self._sync_stop()
         schedule.complete_epoch()
 
     # ------------------------------------------------------------------ batches
@@ -145,6 +161,7 @@ class FitLoop:
         step_schedulers = self._step_schedulers
         run_step = self.step.run
         step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds
+        sync_stop = self._sync_stop
 
         def train_batch(batch: Any, batch_idx: int, flags: int) -> Optional[bool]:
             if needs_transfer:
@@ -174,6 +191,8 @@ class FitLoop:
                     f(trainer, module, out, batch, batch_idx)
                 if m_end is not None:
                     m_end(out, batch, batch_idx)
+            if sync_stop is not None:
+                sync_stop()
             return None
 
         return train_batch
@@ -185,8 +204,21 @@ class FitLoop:
         if validate:
             _keep_step_views(trainer, trainer._train_results)
             self._validate(log_step, stepped)
+            if self._sync_stop is not None:
+                self._sync_stop()
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
+
+
+def _should_stop_sync(trainer: Any) -> Any:
+    """A callable that makes `trainer.should_stop` true on every rank when it is true on any."""
+    schedule = trainer._schedule
+    reduce = trainer.strategy.reduce_boolean_decision
+
+    def sync() -> None:
+        schedule.should_stop = reduce(schedule.should_stop, all=False)
+
+    return sync
 
 
 def _close_fetcher(fetcher: Any) -> None:
