@@ -9,10 +9,9 @@ when there is some, logging and validation (`after_batch`). Epoch boundaries are
                (plain callbacks, module, monitoring callbacks), plateau schedulers, epoch metrics
     on_train_end
 
-With several processes, `trainer.should_stop` is agreed on (any rank's True stops every rank, as
-a `reduce_boolean_decision(..., all=False)`) wherever the loop acts on it: after each batch, after
-each validation run, at the epoch's start and end, and before the first epoch. A rank that sets
-it alone thus stops all of them at the same batch instead of leaving them waiting in a collective.
+With several processes, `trainer.should_stop` is agreed on across ranks (`stop_sync`): at once
+before the first epoch, after `on_train_epoch_start`, after validation and at each epoch's end,
+and one batch late after a training batch (no extra round trip per step).
 """
 
 from __future__ import annotations
@@ -54,8 +53,12 @@ class FitLoop:
         self._timer = None if profiler is None else profiler.timer
         if profiler is not None:
             profiler.instrument_fit_loop(self)
-        # One tiny all-reduce per batch, only with several processes (see the module doc).
-        self._sync_stop = _should_stop_sync(trainer) if trainer.world_size > 1 else None
+        # None with one process: nothing to agree on, nothing on the per-step path.
+        self._stop: Any = None
+        if trainer.world_size > 1:
+            from ferrotrain.trainer.stop_sync import StopSync
+
+            self._stop = StopSync(trainer)
         self.train_batch = self._build_train_batch()
 
     # ------------------------------------------------------------------ epochs
@@ -64,14 +67,14 @@ class FitLoop:
         schedule = trainer._schedule
         # Lightning's `_FitLoop.skip`: nothing to train (no batches, or the limits are already
         # reached) runs no training hooks at all.
-        sync_stop = self._sync_stop
-        if sync_stop is not None:
-            sync_stop()  # set in setup / on_fit_start by one rank
+        stop = self._stop
+        if stop is not None:
+            stop.now()  # set in setup / on_fit_start by one rank
         if trainer.num_training_batches == 0 or schedule.fit_done():
             return
         trainer._call_hooks("on_train_start")
-        if sync_stop is not None:
-            sync_stop()
+        if stop is not None:
+            stop.now()
         while not schedule.fit_done():
             self._run_epoch()
         trainer._call_hooks("on_train_end")
@@ -99,8 +102,8 @@ class FitLoop:
             if resume is not None and resume[1] is not None:
                 set_rng_states(resume[1])  # saved between epochs: go on from there
             trainer._call_hooks("on_train_epoch_start")
-            if self._sync_stop is not None:
-                self._sync_stop()
+            if self._stop is not None:
+                self._stop.now()
         elif resume is not None and resume[0] is not None:
             set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
         # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
@@ -140,8 +143,8 @@ class FitLoop:
             step_schedulers(trainer, self.plateau_epoch_scheds, "epoch", True, trainer.current_epoch)
         # Lightning logs epoch metrics at the step of the epoch's last stepping batch.
         trainer._log_epoch_metrics(results, max(schedule.batches_that_stepped - 1, 0))
-        if self._sync_stop is not None:
-            self._sync_stop()
+        if self._stop is not None:
+            self._stop.now()
         schedule.complete_epoch()
 
     # ------------------------------------------------------------------ batches
@@ -161,7 +164,7 @@ class FitLoop:
         step_schedulers = self._step_schedulers
         run_step = self.step.run
         step_scheds, epoch_scheds = self.step_scheds, self.epoch_scheds
-        sync_stop = self._sync_stop
+        stop_after_batch = self._stop.after_batch if self._stop is not None else None
 
         def train_batch(batch: Any, batch_idx: int, flags: int) -> Optional[bool]:
             if needs_transfer:
@@ -191,8 +194,8 @@ class FitLoop:
                     f(trainer, module, out, batch, batch_idx)
                 if m_end is not None:
                     m_end(out, batch, batch_idx)
-            if sync_stop is not None:
-                sync_stop()
+            if stop_after_batch is not None:
+                stop_after_batch()
             return None
 
         return train_batch
@@ -204,21 +207,10 @@ class FitLoop:
         if validate:
             _keep_step_views(trainer, trainer._train_results)
             self._validate(log_step, stepped)
-            if self._sync_stop is not None:
-                self._sync_stop()
+            if self._stop is not None:
+                self._stop.now()
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
-
-
-def _should_stop_sync(trainer: Any) -> Any:
-    """A callable that makes `trainer.should_stop` true on every rank when it is true on any."""
-    schedule = trainer._schedule
-    reduce = trainer.strategy.reduce_boolean_decision
-
-    def sync() -> None:
-        schedule.should_stop = reduce(schedule.should_stop, all=False)
-
-    return sync
 
 
 def _close_fetcher(fetcher: Any) -> None:
