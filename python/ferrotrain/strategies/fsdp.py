@@ -108,14 +108,20 @@ class FSDPStrategy(ParallelStrategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
-        mesh = self._device_mesh
-        if self.sharding_strategy.name == "HYBRID_SHARD" and not _is_device_mesh(mesh):
+        if _is_device_mesh(self._device_mesh):
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if self.sharding_strategy.name == "HYBRID_SHARD":
             # Shard inside a node, replicate across nodes. torch's default guesses the node size
             # from the CUDA device count, which is wrong on the CPU: say it.
-            from torch.distributed.device_mesh import init_device_mesh
-
+            mesh = self._device_mesh
             shape = mesh if mesh is not None else (self.num_nodes, self.world_size // self.num_nodes)
             self._device_mesh = init_device_mesh(self._root_device.type, tuple(shape), mesh_dim_names=("replicate", "shard"))
+        else:
+            # A one-dimensional mesh over every rank: sharded state dicts are then DTensors (torch
+            # deprecates the ShardedTensors FSDP makes without one).
+            self._device_mesh = init_device_mesh(self._root_device.type, (self.world_size,))
 
     # ---------------------------------------------------------------- the model
     def wrap_model(self, module: torch.nn.Module) -> torch.nn.Module:
