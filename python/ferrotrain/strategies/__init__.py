@@ -7,8 +7,9 @@
 
 `strategy` is the base class and the one-process layout, `parallel` what the multi-process
 strategies share (ranks, process group, samplers, collectives), `ddp` DDP, `fsdp` FSDP, `deepspeed`
-DeepSpeed (needs the package), `launcher` starts processes, `environment` reads ranks,
-`connector` resolves the Trainer's arguments into a strategy.
+DeepSpeed (needs the package), `launcher` starts processes by re-running the script, `spawn` runs
+each Trainer call in spawned processes (ddp_spawn), `environment` reads ranks, `connector`
+resolves the Trainer's arguments into a strategy.
 """
 
 from __future__ import annotations
