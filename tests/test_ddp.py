@@ -283,3 +283,20 @@ def test_one_process_collectives_are_the_identity(tmp_path) -> None:
     assert torch.equal(seen["gathered"], torch.tensor(2.0))
     assert float(t.callback_metrics["synced"]) == 3.0
     assert t.strategy.reduce_boolean_decision(True) is True and t.strategy.broadcast("x") == "x"
+
+
+def test_predict_loaders_get_an_unrepeated_sampler_without_shuffle() -> None:
+    from torch.utils.data import TensorDataset
+
+    from ferrotrain.strategies.sampler import UnrepeatedDistributedSampler, with_distributed_sampler
+
+    loader = DataLoader(TensorDataset(torch.arange(5.0)), batch_size=2, shuffle=True)
+    parts = [with_distributed_sampler(loader, "predict", 2, r) for r in (0, 1)]
+    for part in parts:
+        assert isinstance(part.sampler, UnrepeatedDistributedSampler) and not part.sampler.shuffle
+    # Every sample exactly once over the ranks (no padding), in order on each rank.
+    assert [[float(x) for (b,) in p for x in b] for p in parts] == [[0.0, 2.0, 4.0], [1.0, 3.0]]
+    assert [len(p.sampler) for p in parts] == [3, 2]
+    # Training keeps DistributedSampler's padding and the loader's shuffle.
+    train = with_distributed_sampler(loader, "train", 2, 1)
+    assert type(train.sampler).__name__ == "DistributedSampler" and train.sampler.shuffle and len(train.sampler) == 3
