@@ -4,7 +4,7 @@ MODE `fit SHARDING`: 2 processes on the CPU (the Trainer starts the second), FSD
 an activation-checkpointing policy, gradient accumulation and clipping by norm; each rank writes
 the gathered weights it ends with. MODE `resume full|sharded`: one 2-epoch fit, then a 1-epoch fit
 that checkpoints and a second Trainer that resumes it to 2 epochs; each rank writes both results.
-Each rank writes OUT/rank<r>.pt.
+MODE `single`: one process with strategy="fsdp" and "ddp". Each rank writes OUT/rank<r>.pt.
 """
 
 from __future__ import annotations
@@ -128,7 +128,21 @@ def resume_mode(out: str, kind: str) -> dict:
             "eval_weights": full_weights(t), "val": val, "global_step": t.global_step}
 
 
+def single_mode(out: str) -> dict:
+    """One process (devices=1) with strategy="fsdp" and "ddp": a one-process group, no launcher."""
+    steps = {}
+    for name in ("fsdp", "ddp"):
+        t = L.Trainer(accelerator="cpu", devices=1, strategy=name, max_epochs=1, enable_progress_bar=False,
+                      enable_model_summary=False, logger=False, enable_checkpointing=False, default_root_dir=out)
+        t.fit(Model(), *loaders())
+        steps[name] = (t.global_step, t.world_size, type(t.model).__name__)
+    return steps
+
+
 def main(mode: str, out: str, arg: str) -> None:
+    if mode == "single":
+        torch.save(single_mode(out), os.path.join(out, "rank0.pt"))
+        return
     info = fit_mode(out, arg) if mode == "fit" else resume_mode(out, arg)
     import torch.distributed as dist
 
@@ -136,4 +150,4 @@ def main(mode: str, out: str, arg: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")

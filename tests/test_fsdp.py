@@ -132,6 +132,15 @@ def test_sharded_checkpoint_is_a_folder_every_rank_writes_and_resumes(tmp_path) 
         t.fit(BoringModel(), DataLoader(make_dataset(), batch_size=8), ckpt_path=path)
 
 
+@pytest.mark.timeout(120)
+def test_one_device_runs_a_one_process_group(tmp_path) -> None:
+    # devices=1 with strategy="fsdp" or "ddp": no launcher, no MASTER_PORT to set by hand.
+    _run(tmp_path, "single")
+    steps = _load(tmp_path, 0)
+    assert steps["fsdp"] == (8, 1, "FullyShardedDataParallel")
+    assert steps["ddp"] == (8, 1, "Model")  # DDP's wrapper is gone after fit
+
+
 # ---------------------------------------------------------------------- options, one process
 def test_fsdp_resolves_from_its_name_and_keeps_the_options() -> None:
     t = L.Trainer(accelerator="cpu", devices=2, strategy="fsdp", logger=False)

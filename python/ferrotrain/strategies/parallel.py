@@ -131,6 +131,8 @@ class ParallelStrategy(Strategy):
         os.environ.setdefault("MASTER_ADDR", env.main_address)
         if "MASTER_PORT" not in os.environ:
             port = env.main_port
+            if not port and self.world_size == 1:
+                port = env_mod.find_free_port()  # a one-process group (devices=1): nobody else to agree with
             if not port:
                 raise MisconfigurationException("`MASTER_PORT` must be set to join the process group")
             os.environ["MASTER_PORT"] = str(port)
