@@ -2,7 +2,11 @@
 
 MODE `fit`: 2 processes on the CPU (`devices=2`, the Trainer starts the second); `fail`: rank 1
 raises in its third step; `nodes`: one process per "node" under torchrun (`num_nodes=2`).
-Each rank writes what it saw to OUT/rank<r>.pt.
+Each rank writes what it saw to OUT/rank<r>.pt. MODE `spawn`: `strategy="ddp_spawn"`; the main
+process (which trains nothing itself) writes what it sees after fit, validate and predict to
+OUT/main.pt; `spawn_fail`: the same, rank 1 raising in its third step. MODE `stop`: every rank sets
+`trainer.should_stop` in a batch, then one rank alone at an epoch's end, then only one rank's
+EarlyStopping wants to stop, then predict.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class Model(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y), sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return batch[0].flatten()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -114,5 +121,85 @@ def main(mode: str, out: str) -> None:
     torch.save(info, os.path.join(out, f"rank{trainer.global_rank}.pt"))
 
 
+class StopInBatch(Callback):
+    """Every rank sets `trainer.should_stop` after batch `batch_idx` of epoch 1 (a per-batch stop
+    must be requested on every rank, as in Lightning)."""
+
+    def __init__(self, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == self.batch_idx:
+            trainer.should_stop = True
+
+
+class StopOnRankAtEpochEnd(Callback):
+    """Only rank `rank` sets `trainer.should_stop`, at the end of epoch 1."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.global_rank == self.rank and trainer.current_epoch == 1:
+            trainer.should_stop = True
+
+
+class RankMetric(Model):
+    """Logs a validation metric that only improves on rank 0 (no sync_dist): rank 1's EarlyStopping
+    wants to stop after its second validation, rank 0's never does."""
+
+    def validation_step(self, batch, batch_idx):
+        sign = -1.0 if self.global_rank == 0 else 1.0
+        self.log("rank_metric", torch.tensor(sign * self.current_epoch))
+
+
+def stop_main(out: str) -> None:
+    from ferrotrain.callbacks import EarlyStopping
+
+    common = dict(accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, enable_progress_bar=False,
+                  enable_model_summary=False, logger=False, enable_checkpointing=False, default_root_dir=out,
+                  num_sanity_val_steps=0)
+    info = {}
+    trainer = L.Trainer(callbacks=[StopInBatch(1)], **common)
+    trainer.fit(Model(), DataLoader(dataset(0), batch_size=32))
+    info["stop_in_batch"] = (trainer.global_step, trainer.current_epoch, trainer.should_stop)
+    trainer = L.Trainer(callbacks=[StopOnRankAtEpochEnd(1)], **common)
+    trainer.fit(Model(), DataLoader(dataset(0), batch_size=32))
+    info["stop"] = (trainer.global_step, trainer.current_epoch, trainer.should_stop)
+    early = EarlyStopping(monitor="rank_metric", patience=1, mode="min")
+    trainer = L.Trainer(callbacks=[early], **common)
+    trainer.fit(RankMetric(), DataLoader(dataset(0), batch_size=32), DataLoader(dataset(1), batch_size=64))
+    info["early"] = (trainer.global_step, trainer.current_epoch, early.stopped_epoch)
+    trainer = L.Trainer(**common)
+    loader = DataLoader(TensorDataset(torch.arange(10.0).reshape(10, 1)), batch_size=4, shuffle=True)
+    info["predictions"] = [p.tolist() for p in trainer.predict(Model(), loader)]
+    torch.save(info, os.path.join(out, f"rank{trainer.global_rank}.pt"))
+
+
+def spawn_main(out: str, fail: bool = False) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", accumulate_grad_batches=2, max_epochs=2,
+                        enable_progress_bar=False, enable_model_summary=False, logger=CSVLogger(out, name="logs"),
+                        default_root_dir=out, num_sanity_val_steps=0)
+    model = Model(fail_rank=1 if fail else -1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.fit(model, DataLoader(dataset(0), batch_size=32), DataLoader(dataset(1), batch_size=32))
+    info = {
+        "before": before, "state_dict": {k: v.clone() for k, v in model.state_dict().items()},
+        "best": trainer.checkpoint_callback.best_model_path, "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch, "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "status": trainer.state.status.value, "lightning_module_is_model": trainer.lightning_module is model,
+        "dist_initialized_in_main": dist.is_initialized(),
+    }
+    info["validate"] = trainer.validate(model, DataLoader(dataset(1), batch_size=32), verbose=False)
+    preds = trainer.predict(model, DataLoader(TensorDataset(torch.arange(10.0).reshape(10, 1)), batch_size=4))
+    info["predictions"] = preds
+    torch.save(info, os.path.join(out, "main.pt"))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "stop":
+        stop_main(sys.argv[2])
+    elif sys.argv[1] in ("spawn", "spawn_fail"):
+        spawn_main(sys.argv[2], fail=sys.argv[1] == "spawn_fail")
+    else:
+        main(sys.argv[1], sys.argv[2])

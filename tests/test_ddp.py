@@ -146,10 +146,87 @@ def test_strategy_errors_are_clear() -> None:
         L.Trainer(strategy=3)
     with pytest.raises(MisconfigurationException, match="one process"):
         L.Trainer(accelerator="cpu", devices=2, strategy="single_device")
-    with pytest.raises(NotSupportedYetError, match="start_method"):
-        DDPStrategy(start_method="spawn")
+    with pytest.raises(NotSupportedYetError, match="start_method='fork'.*background threads"):
+        DDPStrategy(start_method="fork")
+    with pytest.raises(MisconfigurationException, match="start_method='thread'.*'popen', 'spawn'"):
+        DDPStrategy(start_method="thread")
+    for name in ("ddp_fork", "ddp_notebook"):
+        with pytest.raises(NotSupportedYetError, match=f"{name}.*fork.*ddp_spawn"):
+            L.Trainer(accelerator="cpu", devices=2, strategy=name)
     with pytest.raises(MisconfigurationException, match="timedelta"):
         DDPStrategy(timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_stop_decisions_are_shared_and_predict_splits_the_data(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, WORKER, "stop", str(tmp_path)], env=_env(), capture_output=True,
+                          text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = _load(tmp_path, 0), _load(tmp_path, 1)
+    # Every rank set `trainer.should_stop` after batch 1 of epoch 1: all stop right there, as in Lightning.
+    assert r0["stop_in_batch"] == r1["stop_in_batch"] == (4 + 2, 2, True)
+    # Only rank 1 set it, at the end of epoch 1: both ranks stop together, and nothing hangs.
+    assert r0["stop"] == r1["stop"] == (4 + 4, 2, True)
+    # Only rank 1's EarlyStopping wants to stop (after its 2nd validation): both stop together.
+    assert r0["early"] == r1["early"] and r0["early"][1] == 2 and r0["early"][2] == 1
+    # predict: rank-local results, each sample once over the ranks, in order despite shuffle=True.
+    assert r0["predictions"] == [[0.0, 2.0, 4.0, 6.0], [8.0]]
+    assert r1["predictions"] == [[1.0, 3.0, 5.0, 7.0], [9.0]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ddp_spawn_brings_the_trained_model_back_to_the_main_process(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, WORKER, "spawn", str(tmp_path)], env=_env(), capture_output=True,
+                          text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info = torch.load(tmp_path / "main.pt", weights_only=False)
+    # The main process trained nothing itself, yet its model object holds rank zero's trained
+    # weights: those of one process over the same global batches.
+    assert not info["dist_initialized_in_main"]
+    for k, v in _single_process_reference().items():
+        torch.testing.assert_close(info["state_dict"][k], v, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(info["before"][k], info["state_dict"][k])
+    assert info["lightning_module_is_model"] and info["status"] == "finished"
+    assert (info["global_step"], info["epoch"]) == (4, 2)
+    assert os.path.isfile(info["best"]) and info["best"].endswith("epoch=1-step=4.ckpt")
+    assert set(info["callback_metrics"]) == {"loss_synced", "loss_local", "rank_step", "val_loss"}
+    # validate runs spawned too, on the weights fit brought back: fit's last validation loss.
+    assert info["validate"][0]["val_loss"] == pytest.approx(info["callback_metrics"]["val_loss"], rel=1e-6)
+    # predict returns rank zero's part: samples 0, 2, 4, ... (no shuffle, no padding).
+    assert [p.tolist() for p in info["predictions"]] == [[0.0, 2.0, 4.0, 6.0], [8.0]]
+
+
+@pytest.mark.timeout(180)
+def test_ddp_spawn_failing_rank_reports_its_error(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, WORKER, "spawn_fail", str(tmp_path)], env=_env(), capture_output=True,
+                          text=True, timeout=170)
+    assert proc.returncode != 0
+    assert "RankFailedError: Rank 1 (local rank 1) of the spawned run failed" in proc.stderr
+    assert "ValueError: boom on rank 1" in proc.stderr.split("RankFailedError")[-1]
+    assert not os.path.exists(tmp_path / "main.pt")
+
+
+def test_spawn_resolves_and_a_trainer_pickles(tmp_path) -> None:
+    import pickle
+
+    from ferrotrain.strategies.spawn import SpawnLauncher
+    from tests.conftest import BoringModel, make_dataset
+
+    t = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
+    assert isinstance(t.strategy, DDPStrategy) and t.strategy.start_method == "spawn"
+    assert isinstance(t.strategy.launcher, SpawnLauncher) and t.strategy.launcher.num_processes == 2
+    assert DDPStrategy(start_method="forkserver").start_method == "forkserver"
+    # What ddp_spawn sends to its workers: a Trainer and a model after a run, loop progress kept.
+    t = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=tmp_path)
+    model = BoringModel()
+    t.fit(model, DataLoader(make_dataset(), batch_size=8))
+    t2, m2 = pickle.loads(pickle.dumps((t, model)))
+    assert t2.global_step == 3 and t2.lightning_module is m2 and m2.trainer is t2
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), m2.parameters()))
+    t2.fit(m2, DataLoader(make_dataset(), batch_size=8))  # a pickled Trainer still runs (already at max_steps)
+    assert t2.global_step == 3
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
@@ -207,3 +284,20 @@ def test_one_process_collectives_are_the_identity(tmp_path) -> None:
     assert torch.equal(seen["gathered"], torch.tensor(2.0))
     assert float(t.callback_metrics["synced"]) == 3.0
     assert t.strategy.reduce_boolean_decision(True) is True and t.strategy.broadcast("x") == "x"
+
+
+def test_predict_loaders_get_an_unrepeated_sampler_without_shuffle() -> None:
+    from torch.utils.data import TensorDataset
+
+    from ferrotrain.strategies.sampler import UnrepeatedDistributedSampler, with_distributed_sampler
+
+    loader = DataLoader(TensorDataset(torch.arange(5.0)), batch_size=2, shuffle=True)
+    parts = [with_distributed_sampler(loader, "predict", 2, r) for r in (0, 1)]
+    for part in parts:
+        assert isinstance(part.sampler, UnrepeatedDistributedSampler) and not part.sampler.shuffle
+    # Every sample exactly once over the ranks (no padding), in order on each rank.
+    assert [[float(x) for (b,) in p for x in b] for p in parts] == [[0.0, 2.0, 4.0], [1.0, 3.0]]
+    assert [len(p.sampler) for p in parts] == [3, 2]
+    # Training keeps DistributedSampler's padding and the loader's shuffle.
+    train = with_distributed_sampler(loader, "train", 2, 1)
+    assert type(train.sampler).__name__ == "DistributedSampler" and train.sampler.shuffle and len(train.sampler) == 3

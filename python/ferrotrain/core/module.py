@@ -79,6 +79,13 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         # Lightning's Fabric and device-mesh hooks: never set by ferrotrain's Trainer.
         self.device_mesh: Any = None
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickled for `ddp_spawn`: the running loop's metric store (native) stays behind; each run
+        # makes its own.
+        state = dict(super().__getstate__())
+        state["_results"] = None
+        return state
+
     # ------------------------------------------------------------------ trainer-linked state
     @property
     def trainer(self) -> "Trainer":

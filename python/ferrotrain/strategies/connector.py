@@ -56,8 +56,10 @@ def _strategy_from_name(name: str, n_processes: int) -> Strategy:
         return DDPStrategy(start_method="spawn")
     if name in ("ddp_fork", "ddp_notebook"):
         return DDPStrategy(start_method="fork")
-    if name == "fsdp":
-        raise NotSupportedYetError("`Trainer(strategy='fsdp')` is valid but not supported yet by ferrotrain")
+    if name in ("fsdp", "fsdp_cpu_offload"):
+        from ferrotrain.strategies.fsdp import FSDPStrategy
+
+        return FSDPStrategy(cpu_offload=name == "fsdp_cpu_offload")
     if name.startswith("deepspeed"):
         from ferrotrain.strategies.deepspeed import DeepSpeedStrategy
 

@@ -1,36 +1,36 @@
 """`DDPStrategy`: one process per device, gradients all-reduced by torch's
 `DistributedDataParallel` over gloo (CPU) or NCCL (GPU).
 
-What it owns: joining the process group (once per process), wrapping the LightningModule in DDP
-while fitting (`trainer.model` is then the wrapper; the module's hooks are still called on the
-module itself), routing `training_step` through the wrapper's forward so DDP sees the forward
-pass (Lightning's forward redirection), `no_sync` for accumulating batches, the
-`DistributedSampler` in front of the loaders, and the collectives. Starting processes is the
-launcher's job (`launcher`); reading ranks is the environment's (`environment`).
+What it owns: wrapping the LightningModule in DDP while fitting (`trainer.model` is then the
+wrapper; the module's hooks are still called on the module itself), routing `training_step`
+through the wrapper's forward so DDP sees the forward pass (Lightning's forward redirection), and
+`no_sync` for accumulating batches. Ranks, the process group, samplers and collectives are
+`parallel`'s; starting processes is the launcher's: `launcher` re-runs the script
+(start_method="popen", the default), `spawn` runs each Trainer call in new processes
+(start_method="spawn" or "forkserver"; strategy="ddp_spawn").
 """
 
 from __future__ import annotations
 
-import atexit
 import datetime
-import os
-import traceback
 from typing import Any, Callable, ContextManager, Optional
 
 import torch
-import torch.distributed as dist
 
 from ferrotrain.errors import MisconfigurationException, NotSupportedYetError
 from ferrotrain.strategies import environment as env_mod
-from ferrotrain.strategies.launcher import ERROR_FILE_VAR, SubprocessLauncher, record_failure
-from ferrotrain.strategies.strategy import Strategy
-from ferrotrain.utilities.rank_zero import rank_zero_only
+from ferrotrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, forward_redirection
 
-DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 _START_METHODS = ("popen", "spawn", "fork", "forkserver")
+FORK_UNSAFE = (
+    "is not supported by ferrotrain: forking copies a process whose native background threads (the batch "
+    "prefetcher, the checkpoint writer) and torch's thread pools may hold locks that no thread of the child "
+    "will release, so the child can hang. Use strategy='ddp_spawn' (also from a notebook, if the model class "
+    "is importable), strategy='ddp' (it re-runs your script) or torchrun"
+)
 
 
-class DDPStrategy(Strategy):
+class DDPStrategy(ParallelStrategy):
     strategy_name = "ddp"
 
     def __init__(
@@ -43,32 +43,28 @@ class DDPStrategy(Strategy):
         cluster_environment: Optional[env_mod.ClusterEnvironment] = None,
         **ddp_kwargs: Any,
     ) -> None:
-        super().__init__()
         if start_method not in _START_METHODS:
             raise MisconfigurationException(
                 f"`DDPStrategy(start_method={start_method!r})` must be one of {', '.join(map(repr, _START_METHODS))}"
             )
-        if start_method != "popen":
+        if start_method == "fork":
             raise NotSupportedYetError(
-                f"`DDPStrategy(start_method={start_method!r})` ('ddp_spawn', 'ddp_fork', 'ddp_notebook') is not "
-                "supported yet by ferrotrain; use strategy='ddp' (it re-runs your script) or torchrun"
+                f"`DDPStrategy(start_method='fork')` ('ddp_fork', 'ddp_notebook') {FORK_UNSAFE}"
             )
-        if timeout is not None and not isinstance(timeout, datetime.timedelta):
-            raise MisconfigurationException(f"`DDPStrategy(timeout=...)` must be a datetime.timedelta, got {timeout!r}")
-        self._process_group_backend = process_group_backend
-        self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+        super().__init__(process_group_backend, timeout, cluster_environment)
         self._start_method = start_method
         self._ddp_kwargs = dict(ddp_kwargs, find_unused_parameters=find_unused_parameters, static_graph=static_graph)
-        self.cluster_environment = cluster_environment
-        self.launcher: Optional[SubprocessLauncher] = None
 
     @property
-    def process_group_backend(self) -> Optional[str]:
-        return self._process_group_backend
+    def start_method(self) -> str:
+        return self._start_method
 
-    @property
-    def timeout(self) -> datetime.timedelta:
-        return self._timeout
+    def _make_launcher(self, num_processes: int, num_nodes: int) -> Any:
+        if self._start_method == "popen":
+            return super()._make_launcher(num_processes, num_nodes)
+        from ferrotrain.strategies.spawn import SpawnLauncher
+
+        return SpawnLauncher(num_processes, num_nodes, self._start_method)
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -77,76 +73,6 @@ class DDPStrategy(Strategy):
     @property
     def static_graph(self) -> bool:
         return bool(self._ddp_kwargs["static_graph"])
-
-    # ---------------------------------------------------------------- layout
-    def _configure(self, accelerator: str, devices: list, num_nodes: int) -> None:
-        super()._configure(accelerator, devices, num_nodes)
-        if self.cluster_environment is None:
-            self.cluster_environment = env_mod.detect(len(devices), num_nodes)
-        self.cluster_environment.validate()
-        if not self.cluster_environment.creates_processes_externally and (len(devices) > 1 or num_nodes > 1):
-            self.launcher = SubprocessLauncher(self.cluster_environment, len(devices), num_nodes)
-        if self._process_group_backend is None:
-            self._process_group_backend = "nccl" if accelerator == "cuda" else "gloo"
-        local = self.local_rank
-        if local >= len(devices):
-            raise MisconfigurationException(
-                f"This process has LOCAL_RANK={local}, but `Trainer(devices=...)` gives this node only {len(devices)} devices"
-            )
-        self._root_device = devices[local]
-
-    @property
-    def world_size(self) -> int:
-        env = self.cluster_environment
-        return env.world_size() if env is not None else 1
-
-    @property
-    def global_rank(self) -> int:
-        env = self.cluster_environment
-        return env.global_rank() if env is not None else 0
-
-    @property
-    def local_rank(self) -> int:
-        env = self.cluster_environment
-        return env.local_rank() if env is not None else 0
-
-    @property
-    def node_rank(self) -> int:
-        env = self.cluster_environment
-        return env.node_rank() if env is not None else 0
-
-    @property
-    def distributed_sampler_kwargs(self) -> dict:
-        return {"num_replicas": self.world_size, "rank": self.global_rank}
-
-    # ---------------------------------------------------------------- run life cycle
-    def launch(self) -> None:
-        if self.launcher is not None:
-            self.launcher.launch()
-
-    def setup_environment(self) -> None:
-        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
-        if self._root_device.type == "cuda":
-            torch.cuda.set_device(self._root_device)
-        if dist.is_initialized():
-            if dist.get_world_size() != self.world_size:
-                raise MisconfigurationException(
-                    f"A process group of world size {dist.get_world_size()} already exists, but this Trainer "
-                    f"needs {self.world_size} processes"
-                )
-            return
-        env = self.cluster_environment
-        assert env is not None
-        os.environ.setdefault("MASTER_ADDR", env.main_address)
-        if "MASTER_PORT" not in os.environ:
-            port = env.main_port
-            if not port:
-                raise MisconfigurationException("`MASTER_PORT` must be set to join the process group")
-            os.environ["MASTER_PORT"] = str(port)
-        dist.init_process_group(
-            self._process_group_backend, rank=self.global_rank, world_size=self.world_size, timeout=self._timeout
-        )
-        atexit.register(_destroy_process_group)
 
     def wrap_model(self, module: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -162,130 +88,11 @@ class DDPStrategy(Strategy):
         wrapper = self._model
         if wrapper is None or name != "training_step":
             return getattr(module, name)
-        return _forward_redirection(wrapper, module, name)
+        return forward_redirection(wrapper, module, name)
 
     def no_sync(self) -> Optional[Callable[[], ContextManager[Any]]]:
         wrapper = self._model
         return wrapper.no_sync if wrapper is not None else None
 
-    def process_dataloader(self, loader: Any, stage: str) -> Any:
-        from ferrotrain.strategies.sampler import with_distributed_sampler
-
-        return with_distributed_sampler(loader, stage, self.world_size, self.global_rank)
-
-    def on_exception(self, exc: BaseException) -> BaseException:
-        if ERROR_FILE_VAR in os.environ:  # a child of our launcher: leave the traceback for rank 0
-            record_failure("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-        launcher = self.launcher
-        if launcher is None or not launcher.procs:
-            return exc
-        # A broken connection on rank 0 usually means another rank died: show that rank's error.
-        failed = launcher.failure(wait_s=3.0 if _is_comm_error(exc) else 0.0)
-        launcher.on_exception()
-        return failed if failed is not None and _is_comm_error(exc) else exc
-
     def teardown(self) -> None:
         self._model = None
-
-    # ---------------------------------------------------------------- collectives
-    def _active(self) -> bool:
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-    def barrier(self, name: Optional[str] = None) -> None:
-        if self._active():
-            dist.barrier()
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
-        if not self._active():
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src)
-        return box[0]
-
-    def reduce(self, tensor: Any, group: Any = None, reduce_op: Optional[str] = "mean") -> Any:
-        if not isinstance(tensor, torch.Tensor) or not self._active():
-            return tensor
-        op = (reduce_op or "sum").lower() if isinstance(reduce_op, str) else reduce_op
-        out = tensor.clone()
-        if op in ("mean", "avg"):
-            dist.all_reduce(out, dist.ReduceOp.SUM, group=group)
-            return out / dist.get_world_size(group)
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        dist.all_reduce(out, ops.get(op, op), group=group)
-        return out
-
-    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
-        if not self._active():
-            return data
-        device = self._root_device
-
-        def gather(t: Any) -> torch.Tensor:
-            t = torch.as_tensor(t, device=device)
-            scalar = t.dim() == 0
-            t = t.reshape(1) if scalar else t.contiguous()
-            if sync_grads:
-                from torch.distributed.nn.functional import all_gather as ag
-
-                parts = list(ag(t, group=group or dist.group.WORLD))
-            else:
-                parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-                dist.all_gather(parts, t, group=group)
-            out = torch.stack(parts)
-            return out.reshape(-1) if scalar else out
-
-        return _map_leaves(data, gather)
-
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
-        if not self._active():
-            return decision
-        t = torch.tensor(int(bool(decision)), device=self._root_device)
-        dist.all_reduce(t, dist.ReduceOp.SUM)
-        return bool(t.item() == dist.get_world_size()) if all else bool(t.item() > 0)
-
-
-def _forward_redirection(wrapper: torch.nn.Module, module: Any, name: str) -> Callable[..., Any]:
-    """A callable that runs `module.<name>` through `wrapper`'s forward, so DDP prepares the
-    gradient reduction for it. The module's `forward` is swapped for the step only while the
-    wrapper calls it, and put back before the step runs (a step may call `self(x)`)."""
-    method = getattr(module, name)
-    d = module.__dict__
-
-    def inner(*args: Any, **kwargs: Any) -> Any:
-        d.pop("forward", None)
-        return method(*args, **kwargs)
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        d["forward"] = inner
-        try:
-            return wrapper(*args, **kwargs)
-        finally:
-            d.pop("forward", None)
-
-    return call
-
-
-def _map_leaves(data: Any, fn: Callable[[Any], Any]) -> Any:
-    """`fn` on every tensor or number inside dicts, lists and tuples (`self.all_gather` input)."""
-    if isinstance(data, (torch.Tensor, int, float)) and not isinstance(data, bool):
-        return fn(data)
-    if isinstance(data, dict):
-        return type(data)((k, _map_leaves(v, fn)) for k, v in data.items())
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(_map_leaves(v, fn) for v in data))
-    if isinstance(data, (list, tuple)):
-        return type(data)(_map_leaves(v, fn) for v in data)
-    return data
-
-
-def _is_comm_error(exc: BaseException) -> bool:
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        w in text for w in ("connection", "peer", "gloo", "nccl", "timed out", "timeout", "broken pipe")
-    )
-
-
-def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -5,6 +5,10 @@ the same settings and a `DistributedSampler` that keeps its shuffle (a `RandomSa
 anything else does not; evaluation never shuffles) and seeds from `seed_everything`'s seed. The
 fit loop calls `set_epoch` each epoch. Loaders it cannot rebuild faithfully (iterable datasets,
 custom batch samplers, other iterables) are left as they are, with a warning for DataLoaders.
+
+Predicting uses `UnrepeatedDistributedSampler` (Lightning's choice): no shuffle and no padding, so
+every sample is predicted exactly once, by one rank (rank r gets samples r, r + world, ...); the
+ranks may then get one batch more or less than each other, which predict (no collectives) allows.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torch.utils.data import DistributedSampler
+
 from ferrotrain.utilities.rank_zero import rank_zero_warn
 
 
 def with_distributed_sampler(loader: Any, stage: str, num_replicas: int, rank: int) -> Any:
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler
 
     if num_replicas <= 1 or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return loader
@@ -34,7 +40,8 @@ def with_distributed_sampler(loader: Any, stage: str, num_replicas: int, rank: i
     else:
         batch_size, drop_last, inner = loader.batch_size, loader.drop_last, loader.sampler
     shuffle = stage == "train" and isinstance(inner, RandomSampler)
-    sampler = DistributedSampler(
+    cls = UnrepeatedDistributedSampler if stage == "predict" else DistributedSampler
+    sampler = cls(
         loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
         seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
     )
@@ -54,3 +61,17 @@ def with_distributed_sampler(loader: Any, stage: str, num_replicas: int, rank: i
             "it is used as is, so every process reads the same batches"
         )
         return loader
+
+
+
+class UnrepeatedDistributedSampler(DistributedSampler):
+    """A `DistributedSampler` that does not pad or shuffle: rank r reads samples r, r + world, ..."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        n = len(self.dataset)  # type: ignore[arg-type]
+        self.num_samples = len(range(self.rank, n, self.num_replicas))
+        self.total_size = n
+
+    def __iter__(self) -> Any:
+        return iter(range(self.rank, self.total_size, self.num_replicas))

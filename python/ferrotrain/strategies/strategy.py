@@ -5,12 +5,17 @@ process group (`setup_environment`), the model it trains (`wrap_model`), the cal
 calls (`step_fn`), the context that skips gradient all-reduce on accumulating batches
 (`no_sync`), the loaders (`process_dataloader`), and the collectives (`barrier`, `broadcast`,
 `reduce`, `all_gather`). The per-step path never asks which strategy runs: the answers are plain
-callables bound at setup. This base class is the one-process layout; `ddp` and `fsdp` override it.
+callables bound at setup. It also decides how the model's and optimizers' states are read,
+written and restored for checkpoints (`model_state_dict`, `optimizer_state`, `save_checkpoint`,
+`load_checkpoint`, `load_model_state_dict`, `load_optimizer_states`) and how gradients are
+clipped by norm (`clip_grad_norm`), since sharded strategies do these differently. This base
+class is the one-process layout; `parallel` (with `ddp` and `fsdp`) overrides it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, ContextManager, Optional
 
 import torch
@@ -114,6 +119,18 @@ class Strategy:
     def teardown(self) -> None:
         self._model = None
 
+    def prepare_for_evaluation(self, module: torch.nn.Module) -> None:
+        """Called before validate/test/predict runs outside `fit` (FSDP wraps the model then)."""
+
+    def check_precision(self, precision: str) -> None:
+        """Raise if this strategy cannot run with the Trainer's `precision` (called at construction)."""
+
+    def clip_grad_norm(self, parameters: list, max_norm: float) -> Any:
+        """Clip the gradients of `parameters` to a total norm of `max_norm`; returns the norm."""
+        from ferrotrain.utilities import clip
+
+        return clip.clip_grad_norm_(parameters, max_norm)
+
     # ---------------------------------------------------------------- collectives
     def barrier(self, name: Optional[str] = None) -> None:
         pass
@@ -138,3 +155,36 @@ class Strategy:
     def should_write_checkpoint(self) -> bool:
         """Whether this process writes checkpoint files (rank zero only when there are several)."""
         return self.is_global_zero
+
+    def model_state_dict(self, module: torch.nn.Module) -> dict:
+        """The weights that go into a checkpoint's "state_dict"."""
+        return module.state_dict()
+
+    def optimizer_state(self, optimizer: Any) -> dict:
+        """One optimizer's state, as it goes into a checkpoint's "optimizer_states"."""
+        return optimizer.state_dict()
+
+    def save_checkpoint(self, trainer: Any, path: str, ckpt: dict, sync: bool) -> None:
+        """Write `ckpt` (the dict `checkpointing.dump` built) to `path`; asynchronous unless `sync`."""
+        from ferrotrain.trainer import checkpointing
+
+        checkpointing.write(trainer, path, ckpt, sync)
+
+    def checkpoint_exists(self, path: str) -> bool:
+        """Whether `path` names a checkpoint this strategy can read (a file here)."""
+        return os.path.isfile(path)
+
+    def load_checkpoint(self, path: str, map_location: Any) -> dict:
+        """The checkpoint dict at `path` (sharded strategies restore their shards here already)."""
+        from ferrotrain.trainer import checkpointing
+
+        return checkpointing.load(path, map_location=map_location)
+
+    def load_model_state_dict(self, module: torch.nn.Module, ckpt: dict, path: str, strict: bool) -> None:
+        from ferrotrain.trainer import checkpointing
+
+        checkpointing.load_weights(module, ckpt["state_dict"], path, strict)
+
+    def load_optimizer_states(self, optimizers: list, states: list, path: str) -> None:
+        for opt, state in zip(optimizers, states):
+            opt.load_state_dict(state)

@@ -22,6 +22,8 @@ from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException
 
 FORMAT_VERSION = 1
+# In a sharded checkpoint folder: everything but the weights and optimizer states (rank zero writes it).
+SHARDED_METADATA = "meta.pt"
 
 
 def _version() -> str:
@@ -79,7 +81,7 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
         "pytorch-lightning_version": "2.5.0",
         "ferrotrain_version": _version(),
         "ferrotrain_format": FORMAT_VERSION,
-        "state_dict": module.state_dict(),
+        "state_dict": trainer.strategy.model_state_dict(module),
         "loops": {"progress": dict(schedule.state_dict())},
     }
     if not weights_only:
@@ -89,7 +91,7 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
             if state:
                 callbacks[cb.state_key] = state
         ckpt["callbacks"] = callbacks
-        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        ckpt["optimizer_states"] = [trainer.strategy.optimizer_state(opt) for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
         prec = trainer._precision.state_dict()
         if prec:
@@ -122,19 +124,13 @@ def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
     """Write a checkpoint of the trainer's state to `path`; asynchronous unless `sync`."""
     with trainer.profiler.profile("[Trainer]checkpoint_snapshot"):
         ckpt = dump(trainer, weights_only)
-    strategy = trainer.strategy
-    if strategy.world_size > 1:
-        # Every rank builds the dict (hooks may use collectives); rank zero writes the file,
-        # synchronously, between barriers, so all ranks see the same files afterwards.
-        strategy.barrier("checkpoint")
-        if strategy.should_write_checkpoint():
-            _write(trainer, path, ckpt, sync=True)
-        strategy.barrier("checkpoint written")
-        return
-    _write(trainer, path, ckpt, sync)
+    # The strategy decides who writes what: one file here, one by rank zero with DDP, a folder of
+    # shards written by every rank with FSDP's sharded state dicts.
+    trainer.strategy.save_checkpoint(trainer, path, ckpt, sync)
 
 
-def _write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
+def write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
+    """Write `ckpt` as one file at `path` (this process)."""
     from ferrotrain import checkpoint as io
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -149,15 +145,25 @@ def _write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
             writer = io.AsyncCheckpointWriter()
             trainer._checkpoint_writer = writer
         # The previous file is durable once this returns: the files it replaced may go now.
-        # The background thread deletes them, so the loop does not wait on the file system.
+        # The background thread deletes replaced files, so the loop does not wait on the file
+        # system; a replaced folder (a sharded checkpoint, written by every rank) goes here.
         writer.wait()
         pending = trainer.__dict__.pop("_checkpoint_removals", None) or []
+        folders = [(o, p) for o, p in pending if os.path.isdir(p) and not os.path.islink(p)]
+        files = [(o, p) for o, p in pending if (o, p) not in folders]
+        if folders:
+            trainer._checkpoint_removals = folders
+            _flush_removals(trainer)
         try:
-            writer.submit(path, ckpt, remove=[p for owner, p in pending if owner._may_remove(p)])
+            writer.submit(path, ckpt, remove=[p for owner, p in files if owner._may_remove(p)])
         except BaseException:
             # Not taken (an unsavable value, a previous failure): the files stay queued.
-            trainer.__dict__.setdefault("_checkpoint_removals", [])[:0] = pending
+            trainer.__dict__.setdefault("_checkpoint_removals", [])[:0] = files
             raise
+    after_save(trainer)
+
+
+def after_save(trainer: Any) -> None:
     for lg in trainer.loggers:
         if hasattr(lg, "after_save_checkpoint"):
             lg.after_save_checkpoint(trainer.checkpoint_callback)
@@ -195,8 +201,13 @@ def _flush_removals(trainer: Any) -> None:
         return
     trainer._checkpoint_removals = []
     for owner, path in pending:
-        if owner._may_remove(path) and os.path.exists(path):
-            os.remove(path)
+        if owner._may_remove(path) and os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):  # a sharded checkpoint
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
 
 
 def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
@@ -236,7 +247,11 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
             return None
         return path
     path = os.fspath(ckpt_path)
-    if not os.path.isfile(path):
+    if not trainer.strategy.checkpoint_exists(path):
+        if os.path.isdir(path):
+            raise CheckpointError(
+                f"{path!r} is a folder: a sharded checkpoint, which only `FSDPStrategy` reads; pass a checkpoint file"
+            )
         raise CheckpointError(f"Checkpoint file not found: {path!r}")
     return path
 
@@ -247,7 +262,8 @@ def _latest_in(folder: Optional[str]) -> str:
     # Only complete checkpoints: a crashed write leaves a hidden `.<name>.<pid>.<n>.tmp` file, and a
     # `last.ckpt` link whose target was removed is skipped rather than failing the lookup.
     files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith(".")]
-    files = [f for f in files if os.path.isfile(f)]
+    # A folder is a sharded checkpoint when its metadata file is there (complete).
+    files = [f for f in files if os.path.isfile(f) or os.path.isfile(os.path.join(f, SHARDED_METADATA))]
     return max(files, key=os.path.getmtime) if files else ""
 
 
@@ -269,10 +285,11 @@ def restore_weights(trainer: Any, ckpt_path: str) -> None:
     if path is None:
         return
     module = trainer.lightning_module
-    ckpt = load(path, map_location=trainer._device)
+    strategy = trainer.strategy
+    ckpt = strategy.load_checkpoint(path, trainer._device)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
         module.on_load_checkpoint(ckpt)
-    load_weights(module, ckpt["state_dict"], path, _strict(module))
+    strategy.load_model_state_dict(module, ckpt, path, _strict(module))
     trainer._ckpt_path = path
 
 
@@ -282,10 +299,11 @@ def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
     if path is None:
         return
     module = trainer.lightning_module
-    ckpt = load(path, map_location=trainer._device)
+    strategy = trainer.strategy
+    ckpt = strategy.load_checkpoint(path, trainer._device)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
         module.on_load_checkpoint(ckpt)
-    load_weights(module, ckpt["state_dict"], path, _strict(module))
+    strategy.load_model_state_dict(module, ckpt, path, _strict(module))
     if trainer.datamodule is not None:
         state = ckpt.get(type(trainer.datamodule).__qualname__)
         if state:
@@ -303,8 +321,7 @@ def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
         raise CheckpointError(
             f"{path!r} has {len(opt_states)} optimizer states but the model configured {len(trainer.optimizers)} optimizers"
         )
-    for opt, state in zip(trainer.optimizers, opt_states):
-        opt.load_state_dict(state)
+    strategy.load_optimizer_states(trainer.optimizers, opt_states, path)
     for cfg, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
     if "MixedPrecision" in ckpt:

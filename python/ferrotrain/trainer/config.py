@@ -43,6 +43,7 @@ STRATEGIES = (
     "ddp_find_unused_parameters_true",
     "ddp_find_unused_parameters_false",
     "fsdp",
+    "fsdp_cpu_offload",
     "deepspeed",
     "deepspeed_stage_1",
     "deepspeed_stage_2",
@@ -52,6 +53,7 @@ STRATEGIES = (
 )
 SUPPORTED_STRATEGIES = (
     "auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false",
+    "ddp_spawn", "fsdp", "fsdp_cpu_offload",
 )
 PRECISIONS = {
     "64": "64-true", "64-true": "64-true", "32": "32-true", "32-true": "32-true",
@@ -211,6 +213,10 @@ def _check_strategy(value: Any) -> Any:
                 f"`Trainer(strategy={value!r})` needs the `deepspeed` package, which is not installed "
                 "(`pip install deepspeed`)"
             )
+    if name in ("ddp_fork", "ddp_notebook"):
+        from ferrotrain.strategies.ddp import FORK_UNSAFE
+
+        raise NotSupportedYetError(f"`Trainer(strategy={value!r})` {FORK_UNSAFE}")
     if name not in SUPPORTED_STRATEGIES:
         raise NotSupportedYetError(
             f"`Trainer(strategy={value!r})` is valid but not supported yet by ferrotrain; "

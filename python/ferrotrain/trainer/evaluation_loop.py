@@ -39,9 +39,10 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     multi = len(loaders) > 1
     results.num_dataloaders = len(loaders)
     results.reset()
-    step_fn = getattr(module, f"{stage}_step")
     if multi:
-        _check_takes_dataloader_idx(step_fn, stage)
+        _check_takes_dataloader_idx(getattr(module, f"{stage}_step"), stage)
+    # The module's method, or routed through the strategy's wrapper (FSDP gathers parameters there).
+    step_fn = trainer.strategy.step_fn(module, f"{stage}_step")
     cb_batch_start = hooks.cb[f"on_{stage}_batch_start"]
     cb_batch_end = hooks.cb[f"on_{stage}_batch_end"]
     m_batch_start = mod[f"on_{stage}_batch_start"]
@@ -181,6 +182,7 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
     loop._predictions = [[] for _ in loaders]
     loop.current_batch_indices = []
     warned = False
+    predict_step = trainer.strategy.step_fn(module, "predict_step")
     with _no_grad(trainer):
         _model_mode_hook(trainer, "on_predict_model_eval")
         _call_fx(trainer, "on_predict_start", hooks)
@@ -219,7 +221,7 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                     m_start(batch, batch_idx, *extra)
                 module.__dict__["_current_fx_name"] = "predict_step"
                 with trainer._precision.step_context():
-                    out = module.predict_step(batch, batch_idx, **kwargs)
+                    out = predict_step(batch, batch_idx, **kwargs)
                 module.__dict__["_current_fx_name"] = "on_predict_batch_end"
                 for f in cb_end:
                     f(trainer, module, out, batch, batch_idx, *extra)

@@ -8,6 +8,11 @@ when there is some, logging and validation (`after_batch`). Epoch boundaries are
     per epoch: on_train_epoch_start, [native batch loop], on_train_epoch_end
                (plain callbacks, module, monitoring callbacks), plateau schedulers, epoch metrics
     on_train_end
+
+With several processes, `trainer.should_stop` is agreed on across ranks (`stop_sync`) where the
+loop acts on it between batches: before the first epoch, after `on_train_epoch_start`, after
+validation and at each epoch's end. After a training batch it is read as set, with no round trip
+per step: a stop requested inside a batch must be requested on every rank, as in Lightning.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ class FitLoop:
         self._timer = None if profiler is None else profiler.timer
         if profiler is not None:
             profiler.instrument_fit_loop(self)
+        # None with one process: nothing to agree on, nothing on the per-step path.
+        self._stop: Any = None
+        if trainer.world_size > 1:
+            from ferrotrain.trainer.stop_sync import StopSync
+
+            self._stop = StopSync(trainer)
         self.train_batch = self._build_train_batch()
 
     def _refresh_schedulers(self) -> None:
@@ -74,10 +85,15 @@ class FitLoop:
         schedule = trainer._schedule
         # Lightning's `_FitLoop.skip`: nothing to train (no batches, or the limits are already
         # reached) runs no training hooks at all.
+        stop = self._stop
+        if stop is not None:
+            stop.now()  # set in setup / on_fit_start by one rank
         if trainer.num_training_batches == 0 or schedule.fit_done():
             self._report_limit()
             return
         trainer._call_hooks("on_train_start")
+        if stop is not None:
+            stop.now()
         while not schedule.fit_done():
             self._run_epoch()
         self._report_limit()
@@ -118,6 +134,8 @@ class FitLoop:
                 set_rng_states(resume[1])  # saved between epochs: go on from there
             trainer._call_hooks("on_train_epoch_start")
             self._refresh_schedulers()
+            if self._stop is not None:
+                self._stop.now()
         elif resume is not None and resume[0] is not None:
             set_rng_states(resume[0])  # saved mid-epoch: replay this epoch's shuffle first
         # The RNG state the loader's shuffle starts from, so a mid-epoch checkpoint can replay it.
@@ -157,6 +175,8 @@ class FitLoop:
             step_schedulers(trainer, self.plateau_epoch_scheds, "epoch", True, trainer.current_epoch)
         # Lightning logs epoch metrics at the step of the epoch's last stepping batch.
         trainer._log_epoch_metrics(results, max(schedule.batches_that_stepped - 1, 0))
+        if self._stop is not None:
+            self._stop.now()
         schedule.complete_epoch()
 
     # ------------------------------------------------------------------ batches
@@ -220,6 +240,8 @@ class FitLoop:
         if validate:
             _keep_step_views(trainer, trainer._train_results)
             self._validate(log_step, stepped)
+            if self._stop is not None:
+                self._stop.now()
         if self.plateau_step_scheds and stepped:
             step_schedulers(trainer, self.plateau_step_scheds, "step", True, trainer._schedule.batches_in_epoch - 1)
 

@@ -236,6 +236,11 @@ def clip_gradients(module: Any, optimizer: Any, gradient_clip_val: Optional[floa
     from ferrotrain.utilities import clip
 
     if algo == "norm":
-        clip.clip_grad_norm_(params, float(gradient_clip_val))
+        # The strategy computes the total norm: with sharded parameters (FSDP) a per-rank norm is wrong.
+        strategy = trainer.strategy if trainer is not None else None
+        if strategy is not None:
+            strategy.clip_grad_norm(params, float(gradient_clip_val))
+        else:
+            clip.clip_grad_norm_(params, float(gradient_clip_val))
     else:
         clip.clip_grad_value_(params, float(gradient_clip_val))

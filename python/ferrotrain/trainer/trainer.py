@@ -96,6 +96,7 @@ class Trainer:
         # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
         self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
         self._strategy._attach(self)
+        self._strategy.check_precision(c.precision)
         self._device = self._strategy.root_device
         self._use_distributed_sampler = use_distributed_sampler
         self._precision = Precision(c.precision, self._device)
@@ -138,6 +139,32 @@ class Trainer:
         self._predict_loop: Any = None
         self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
+
+    # ------------------------------------------------------------------ pickling (ddp_spawn)
+    # What lives only while a run is going (native loop state, closures, writer threads) stays
+    # behind; the loop progress travels as numbers and the rest is rebuilt on arrival.
+    _TRANSIENT = ("_fit_loop", "_hooks", "_checkpoint_writer", "_lightning_optimizers", "_checkpoint_removals")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+        schedule = state.pop("_schedule")
+        state["_schedule_state"] = ({k: int(v) for k, v in dict(schedule.state_dict()).items()}, schedule.should_stop)
+        for k in ("_train_results", "_val_results", "_active_results"):
+            state[k] = None
+        state["_eval_fetchers"] = []
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        progress, should_stop = state.pop("_schedule_state")
+        self.__dict__.update(state)
+        self._fit_loop = None
+        self._hooks = None
+        self._train_results = Results(training=True)
+        self._val_results = Results(training=False)
+        self._schedule = None
+        self._new_schedule(has_validation=False, automatic=True)
+        self._schedule.load_state_dict(**progress)
+        self._schedule.should_stop = should_stop
 
     # ------------------------------------------------------------------ construction helpers
     def _check_barebones(self, callbacks: List[Callback], logger_setting: Any) -> None:
@@ -665,7 +692,8 @@ class Trainer:
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
         self.state.fn = TrainerFn.FITTING
-        self._run_guarded(lambda: self._fit_impl(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), model)
+        self._run_guarded(lambda: self._fit_impl(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), model,
+                          ("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)))
 
     def validate(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
                  verbose: bool = True, datamodule: Optional[LightningDataModule] = None) -> List[Dict[str, float]]:
@@ -685,7 +713,8 @@ class Trainer:
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.PREDICTING
         keep = True if return_predictions is None else cfg.check_bool("return_predictions", return_predictions)
-        return self._run_guarded(lambda: self._predict_impl(model, dataloaders, datamodule, keep, ckpt_path), model)
+        return self._run_guarded(lambda: self._predict_impl(model, dataloaders, datamodule, keep, ckpt_path), model,
+                                 ("predict", (model, dataloaders, datamodule, return_predictions, ckpt_path)))
 
     def _evaluate_entry(self, stage_fn: str, model: Optional[LightningModule], dataloaders: Any,
                         ckpt_path: Optional[str], verbose: bool, datamodule: Optional[LightningDataModule]) -> List[Dict[str, float]]:
@@ -696,7 +725,8 @@ class Trainer:
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.VALIDATING if stage_fn == "validate" else TrainerFn.TESTING
         return self._run_guarded(
-            lambda: self._evaluate_impl(stage_fn, model, dataloaders, datamodule, ckpt_path, verbose), model
+            lambda: self._evaluate_impl(stage_fn, model, dataloaders, datamodule, ckpt_path, verbose), model,
+            (stage_fn, (model, dataloaders, ckpt_path, verbose, datamodule)),
         )
 
     # ------------------------------------------------------------------ argument checks
@@ -743,13 +773,18 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ run scaffolding
-    def _run_guarded(self, fn: Any, model: LightningModule) -> Any:
+    def _run_guarded(self, fn: Any, model: LightningModule, call: Any = None) -> Any:
         """Lightning's `_call_and_handle_interrupt`: on an exception, `on_exception` hooks run,
-        loggers are finalized, and the exception reaches the user unchanged."""
+        loggers are finalized, and the exception reaches the user unchanged. `call` is the public
+        call (name, arguments) that a spawning launcher (`ddp_spawn`) runs in its workers instead."""
         self.state.status = TrainerStatus.RUNNING
         try:
-            self._strategy.launch()
-            result = fn()
+            launcher = self._strategy.launcher
+            if call is not None and getattr(launcher, "runs_in_workers", False):
+                result = launcher.run(self, *call)
+            else:
+                self._strategy.launch()
+                result = fn()
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
             self._interrupt(exc)
@@ -1077,6 +1112,7 @@ class Trainer:
         step_name = f"{stage}_step"
         setup_stage = "validate" if stage_fn == "validate" else "test"
         self._setup_run(model, datamodule, setup_stage)
+        self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path)
         if not is_overridden(model, LightningModule, step_name):
@@ -1114,6 +1150,7 @@ class Trainer:
         from ferrotrain.trainer.evaluation_loop import run_predict
 
         self._setup_run(model, datamodule, "predict")
+        self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path)
         loaders = resolve_loaders("predict", dataloaders, datamodule, model)
@@ -1122,7 +1159,8 @@ class Trainer:
                 "No predict data: pass `dataloaders` to `predict`, a `datamodule` with `predict_dataloader()`, "
                 "or implement `predict_dataloader()` on the LightningModule"
             )
-        loaders = as_loader_list(loaders, "dataloaders")
+        # With several processes each predicts its own part of the data (rank-local results).
+        loaders = [self._prepare_loader(l, "predict") for l in as_loader_list(loaders, "dataloaders")]
         from ferrotrain.callbacks.prediction_writer import BasePredictionWriter
 
         if any(isinstance(cb, BasePredictionWriter) for cb in self.callbacks):
