@@ -18,7 +18,7 @@ from ferrotrain import _core
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
-from ferrotrain.errors import ConfigTypeError, MisconfigurationException
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException, _TunerExitException
 from ferrotrain.trainer import config as cfg
 from ferrotrain.trainer.data import INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders
 from ferrotrain.trainer.hooks import HookTable
@@ -750,6 +750,14 @@ class Trainer:
         try:
             self._strategy.launch()
             result = fn()
+        except _TunerExitException:
+            # A tuner run from `Tuner` finished inside this call: end it as Lightning does, with
+            # the teardown hooks and loggers finalized, and no error.
+            self._end_tuner_run()
+            self._teardown()
+            self.state.status = TrainerStatus.FINISHED
+            self.state.stage = None
+            return None
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
             self._interrupt(exc)
@@ -768,6 +776,16 @@ class Trainer:
         self._teardown()
         self.state.stage = None
         return result
+
+    def _end_tuner_run(self) -> None:
+        """Lightning's `_call_teardown_hook` after a `_TunerExitException`."""
+        self._finish_run(self.state.fn.value)
+        module = self.lightning_module
+        if module is not None:
+            module.__dict__["_current_fx_name"] = None
+        for lg in self.loggers:
+            lg.finalize("success")
+        self.profiler.describe()
 
     def _interrupt(self, exc: BaseException) -> None:
         self.state.status = TrainerStatus.INTERRUPTED
