@@ -890,6 +890,7 @@ class Trainer:
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
         self._train_loader = None
+        self.__dict__.pop("_first_epoch_iterator", None)
         self._setup_run(model, datamodule, "fit")
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
@@ -990,6 +991,10 @@ class Trainer:
         dataset interleave with the step's exactly as in a hand-written loop."""
         from ferrotrain.trainer.fetching import TrainFetcher
 
+        if "_first_epoch_iterator" in self.__dict__:  # started by the learning rate finder
+            from ferrotrain.tuner._trial import take_first_epoch_iterator
+
+            loader = take_first_epoch_iterator(self, loader)
         depth = 0 if self._config.deterministic else self.prefetch_batches
         if self._device.type == "cuda":  # pinned memory, copies one batch ahead (`device_feed`)
             from ferrotrain.trainer import device_feed

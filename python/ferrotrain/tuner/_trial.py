@@ -58,15 +58,19 @@ def begin_trials(trainer: Any, callbacks: List[Any], **limits: Any) -> None:
     trainer._config = dataclasses.replace(trainer._config, **limits)
 
 
-def run_fit_loop(trainer: Any, reload_data: bool, progress: Optional[dict] = None) -> None:
+def run_fit_loop(trainer: Any, reload_data: bool, progress: Optional[dict] = None,
+                 reload_train: Optional[bool] = None) -> None:
     """One trial: the fit loop runs from the current progress (or `progress`) until the trial's
-    limits. With `reload_data`, the training and validation loaders are requested again (the
-    batch size changed); otherwise the fit's validation loaders are kept under the trial's limit."""
+    limits. With `reload_data`, the validation loaders, and the training loader unless
+    `reload_train` is False, are requested again (the batch size changed); otherwise the fit's
+    validation loaders are kept under the trial's limit."""
     from ferrotrain.trainer.fit_loop import FitLoop
 
     model = trainer.lightning_module
     dm = trainer.datamodule
     train_given, val_given = trainer._fit_sources
+    if reload_train is None:
+        reload_train = reload_data
     if reload_data:
         trainer._setup_val_data(model, dm, val_given, for_fit=True)
     else:
@@ -77,7 +81,7 @@ def run_fit_loop(trainer: Any, reload_data: bool, progress: Optional[dict] = Non
     if progress is not None:
         trainer._schedule.load_state_dict(**progress)
     trainer.should_stop = False
-    if reload_data or trainer._train_loader is None:
+    if reload_train or trainer._train_loader is None:
         trainer._setup_train_data(model, dm, train_given)
     else:
         trainer._count_train_batches()
@@ -124,3 +128,36 @@ def restored_after(trainer: Any, prefix: str) -> Iterator[Snapshot]:
         finally:
             if trainer.is_global_zero and os.path.exists(path):
                 os.remove(path)
+
+
+class _Started:
+    """A loader's iterator created ahead of its epoch, handed to the epoch's fetcher once."""
+
+    __slots__ = ("loader", "iterator")
+
+    def __init__(self, loader: Any, iterator: Any) -> None:
+        self.loader = loader
+        self.iterator = iterator
+
+    def __iter__(self) -> Any:
+        return self.iterator
+
+    def __getattr__(self, name: str) -> Any:  # `pin_memory` etc. as the loader says (device feed)
+        return getattr(self.loader, name)
+
+
+def start_first_epoch_iterator(trainer: Any) -> None:
+    """Set up the training loader and create its first epoch's iterator now (Lightning's
+    `fit_loop.setup_data()` at the end of `lr_find`). The iterator draws its base seed here, inside
+    the finder's `isolate_rng`, so the real fit's random stream is the one Lightning's sees."""
+    trainer._setup_train_data(trainer.lightning_module, trainer.datamodule, trainer._fit_sources[0])
+    loader = trainer._train_loader
+    trainer._first_epoch_iterator = (loader, _Started(loader, iter(loader)))
+
+
+def take_first_epoch_iterator(trainer: Any, loader: Any) -> Any:
+    """The loader to read the epoch from: the iterator started ahead for `loader`, if any."""
+    started = trainer.__dict__.pop("_first_epoch_iterator", None)
+    if started is not None and started[0] is loader:
+        return started[1]
+    return loader

@@ -74,13 +74,17 @@ class _Trials:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self.pending = 0
+        self.first = True
 
     def run(self) -> None:
         from ferrotrain.tuner import _trial
 
         garbage_collection_cuda()
-        self.pending = 0  # the trial's epoch uses the loader set up last
-        _trial.run_fit_loop(self.trainer, reload_data=True, progress=_ZERO)
+        # The first trial reads the loader set up before `init_val` was applied, as in Lightning
+        # (it is only rebuilt after a trial); later ones follow a rebuild.
+        first, self.first = self.first, False
+        self.pending = 0  # the trial's epoch uses the loader set up last, even if it then fails
+        _trial.run_fit_loop(self.trainer, reload_data=True, progress=_ZERO, reload_train=not first)
 
     def reset_dataloaders(self) -> None:
         self.pending += 1

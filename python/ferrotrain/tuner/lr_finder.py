@@ -156,6 +156,7 @@ def _lr_find(
         lr_finder._total_batch_idx = dict(trainer._schedule.state_dict())["total_batches"] - 1
         lr_finder.results = trainer.strategy.broadcast(lr_finder.results)
         finished = True
+    _trial.start_first_epoch_iterator(trainer)
 
     # Applied after the restore, so the suggestion survives it and the rest of the fit uses it.
     if update_attr and finished:
