@@ -42,3 +42,8 @@ class NonFiniteNormError(FerrotrainError, RuntimeError):
 class NonFiniteLossError(FerrotrainError, RuntimeError):
     """`training_step` returned a NaN or infinite loss while `Trainer(detect_anomaly=True)`; the
     message names the global step, the epoch and the batch."""
+
+
+class _TunerExitException(Exception):
+    """Raised by a tuner callback run from `Tuner` once it is done: the `fit`/`validate`/... call
+    that hosted it ends there, with the teardown hooks, and is not an error (Lightning's)."""

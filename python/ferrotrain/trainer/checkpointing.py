@@ -298,6 +298,15 @@ def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
     path = resolve_path(trainer, ckpt_path, "fit")
     if path is None:
         return
+    ckpt = restore_state(trainer, path)
+    trainer._resume_rng = (ckpt.get("epoch_start_rng_states"), ckpt.get("rng_states"))
+    trainer._ckpt_path = path
+
+
+def restore_state(trainer: Any, path: str) -> Dict[str, Any]:
+    """Put the model, datamodule, callbacks, optimizers, schedulers, precision and loop progress
+    back as `path` holds them (Lightning's `_CheckpointConnector.restore`, which the tuners use to
+    undo their trial runs); the RNG is left alone. Returns the checkpoint dict."""
     module = trainer.lightning_module
     strategy = trainer.strategy
     ckpt = strategy.load_checkpoint(path, trainer._device)
@@ -328,8 +337,7 @@ def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
         trainer._precision.load_state_dict(ckpt["MixedPrecision"])
     progress = {k: int(v) for k, v in ckpt["loops"]["progress"].items()}
     trainer._schedule.load_state_dict(**progress)
-    trainer._resume_rng = (ckpt.get("epoch_start_rng_states"), ckpt.get("rng_states"))
-    trainer._ckpt_path = path
+    return ckpt
 
 
 def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any, strict: Optional[bool],

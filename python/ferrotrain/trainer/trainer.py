@@ -18,7 +18,7 @@ from ferrotrain import _core
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
-from ferrotrain.errors import ConfigTypeError, MisconfigurationException
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException, _TunerExitException
 from ferrotrain.trainer import config as cfg
 from ferrotrain.trainer.data import INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders
 from ferrotrain.trainer.hooks import HookTable
@@ -785,6 +785,14 @@ class Trainer:
             else:
                 self._strategy.launch()
                 result = fn()
+        except _TunerExitException:
+            # A tuner run from `Tuner` finished inside this call: end it as Lightning does, with
+            # the teardown hooks and loggers finalized, and no error.
+            self._end_tuner_run()
+            self._teardown()
+            self.state.status = TrainerStatus.FINISHED
+            self.state.stage = None
+            return None
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
             self._interrupt(exc)
@@ -803,6 +811,16 @@ class Trainer:
         self._teardown()
         self.state.stage = None
         return result
+
+    def _end_tuner_run(self) -> None:
+        """Lightning's `_call_teardown_hook` after a `_TunerExitException`."""
+        self._finish_run(self.state.fn.value)
+        module = self.lightning_module
+        if module is not None:
+            module.__dict__["_current_fx_name"] = None
+        for lg in self.loggers:
+            lg.finalize("success")
+        self.profiler.describe()
 
     def _interrupt(self, exc: BaseException) -> None:
         self.state.status = TrainerStatus.INTERRUPTED
@@ -907,6 +925,7 @@ class Trainer:
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
         self._train_loader = None
+        self.__dict__.pop("_first_epoch_iterator", None)
         self._setup_run(model, datamodule, "fit")
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
@@ -1007,6 +1026,10 @@ class Trainer:
         dataset interleave with the step's exactly as in a hand-written loop."""
         from ferrotrain.trainer.fetching import TrainFetcher
 
+        if "_first_epoch_iterator" in self.__dict__:  # started by the learning rate finder
+            from ferrotrain.tuner._trial import take_first_epoch_iterator
+
+            loader = take_first_epoch_iterator(self, loader)
         depth = 0 if self._config.deterministic else self.prefetch_batches
         if self._device.type == "cuda":  # pinned memory, copies one batch ahead (`device_feed`)
             from ferrotrain.trainer import device_feed

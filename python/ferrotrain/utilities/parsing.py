@@ -77,3 +77,53 @@ def save_hyperparameters(
         hp.pop(k, None)
     obj._hparams = AttributeDict(hp)
     obj._hparams_initial = AttributeDict(dict(hp))
+
+
+# ---------------------------------------------------------------------- Lightning's attribute lookup
+# The tuners read and write a hyperparameter (`lr`, `batch_size`) wherever the user keeps it: on the
+# module, in `module.hparams`, on the datamodule or in its `hparams` (Lightning's `lightning_*attr`).
+def _attr_holders(model: Any, attribute: str) -> list:
+    holders: list = []
+    if hasattr(model, attribute):
+        holders.append(model)
+    if hasattr(model, "hparams") and attribute in model.hparams:
+        holders.append(model.hparams)
+    trainer = getattr(model, "_trainer", None)
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if dm is not None:
+        if hasattr(dm, attribute):
+            holders.append(dm)
+        if hasattr(dm, "hparams") and attribute in dm.hparams:
+            holders.append(dm.hparams)
+    return holders
+
+
+def lightning_hasattr(model: Any, attribute: str) -> bool:
+    return bool(_attr_holders(model, attribute))
+
+
+def _missing(attribute: str) -> AttributeError:
+    return AttributeError(
+        f"{attribute} is neither stored in the model namespace nor the `hparams` namespace/dict, nor the datamodule."
+    )
+
+
+def lightning_getattr(model: Any, attribute: str) -> Any:
+    """The value from the last holder (Lightning's order: module, hparams, datamodule, its hparams)."""
+    holders = _attr_holders(model, attribute)
+    if not holders:
+        raise _missing(attribute)
+    holder = holders[-1]
+    return holder[attribute] if isinstance(holder, dict) else getattr(holder, attribute)
+
+
+def lightning_setattr(model: Any, attribute: str, value: Any) -> None:
+    """Set the value in every holder."""
+    holders = _attr_holders(model, attribute)
+    if not holders:
+        raise _missing(attribute)
+    for holder in holders:
+        if isinstance(holder, dict):
+            holder[attribute] = value
+        else:
+            setattr(holder, attribute, value)
