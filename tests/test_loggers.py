@@ -338,3 +338,65 @@ def test_tensorboard_bad_value_is_a_clear_error_and_options_fall_back_to_summary
     purged.finalize("success")
     assert type(purged.experiment).__name__ == "SummaryWriter"
     assert [(e.step, e.value) for e in _accumulator(purged.log_dir).Scalars("loss")] == [(0, 1.0)]
+
+
+def _checkpoint_notices(L) -> list:  # noqa: N803
+    """What a custom logger hears of checkpoints: ModelCheckpoint's saves, not `save_checkpoint`."""
+    import importlib
+    import tempfile
+
+    import torch
+
+    from tests.lightning_ref import is_lightning, loader
+
+    loggers = importlib.import_module("lightning.pytorch.loggers" if is_lightning(L) else "ferrotrain.loggers")
+    callbacks = importlib.import_module("lightning.pytorch.callbacks" if is_lightning(L) else "ferrotrain.callbacks")
+
+    class Recorder(loggers.Logger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved = []
+
+        @property
+        def name(self):
+            return "rec"
+
+        @property
+        def version(self):
+            return 0
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def after_save_checkpoint(self, checkpoint_callback):
+            self.saved.append(checkpoint_callback.save_last)  # the ModelCheckpoint (Lightning: a proxy)
+
+    class M(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    rec = Recorder()
+    with tempfile.TemporaryDirectory() as root:
+        ck = callbacks.ModelCheckpoint(dirpath=root, save_last=True)
+        t = L.Trainer(max_epochs=2, logger=rec, callbacks=[ck], enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=root)
+        t.fit(M(), loader(4))
+        t.save_checkpoint(os.path.join(root, "manual.ckpt"))
+    return rec.saved
+
+
+def test_loggers_hear_of_model_checkpoint_saves_only() -> None:
+    from tests.lightning_ref import check
+
+    # Two epochs, each saving its checkpoint and last.ckpt: four notices; `save_checkpoint` none.
+    check(_checkpoint_notices, [True] * 4)

@@ -310,6 +310,9 @@ class ModelCheckpoint(Checkpoint):
 
         checkpointing.save(trainer, path, self.save_weights_only, sync=False)
         self._last_checkpoint_saved = path
+        # Loggers hear of checkpoints ModelCheckpoint saves (not of `trainer.save_checkpoint`), as in Lightning.
+        for lg in trainer.loggers:
+            lg.after_save_checkpoint(self)
 
     def _remove(self, trainer: Any, path: str) -> None:
         from ferrotrain.trainer import checkpointing

@@ -239,7 +239,6 @@ class FSDPStrategy(ParallelStrategy):
         self.barrier("sharded checkpoint written")
         if self.is_global_zero:
             checkpointing.wait_for_writes(trainer)  # deletes what this checkpoint replaced
-            checkpointing.after_save(trainer)
 
     def checkpoint_exists(self, path: str) -> bool:
         return os.path.isfile(path) or _is_sharded_checkpoint(path)

@@ -160,13 +160,6 @@ def write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
             # Not taken (an unsavable value, a previous failure): the files stay queued.
             trainer.__dict__.setdefault("_checkpoint_removals", [])[:0] = files
             raise
-    after_save(trainer)
-
-
-def after_save(trainer: Any) -> None:
-    for lg in trainer.loggers:
-        if hasattr(lg, "after_save_checkpoint"):
-            lg.after_save_checkpoint(trainer.checkpoint_callback)
 
 
 def wait_for_writes(trainer: Any) -> None:
