@@ -400,3 +400,100 @@ def test_loggers_hear_of_model_checkpoint_saves_only() -> None:
 
     # Two epochs, each saving its checkpoint and last.ckpt: four notices; `save_checkpoint` none.
     check(_checkpoint_notices, [True] * 4)
+
+
+def _hparams_calls(L, autolog: bool = True, clash: bool = False) -> list:  # noqa: N803
+    """The calls a custom logger gets around `on_fit_start` and in `test`, with what values."""
+    import importlib
+    import tempfile
+    import warnings
+
+    import torch
+
+    from tests.lightning_ref import is_lightning, loader
+
+    loggers = importlib.import_module("lightning.pytorch.loggers" if is_lightning(L) else "ferrotrain.loggers")
+    calls = []
+
+    class Recorder(loggers.Logger):
+        @property
+        def name(self):
+            return "rec"
+
+        @property
+        def version(self):
+            return 0
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            calls.append(("hparams", dict(params)))
+
+        def log_graph(self, model, input_array=None):
+            calls.append(("graph",))
+
+        def save(self):
+            calls.append(("save",))
+
+    class M(L.LightningModule):
+        def __init__(self, lr: float = 0.1, width: int = 4) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.hparams.lr = 99.0  # changed after saving: loggers get the initial values
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def test_step(self, batch, batch_idx):
+            pass
+
+        def on_fit_start(self):
+            calls.append(("on_fit_start",))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return loader(4)
+
+    class DM(L.LightningDataModule):
+        def __init__(self, width: int = 5 if clash else 4, batch: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+        def train_dataloader(self):
+            return loader(4)
+
+        def test_dataloader(self):
+            return loader(2)
+
+    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = L.Trainer(max_epochs=1, logger=Recorder(), enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, default_root_dir=root, enable_autolog_hparams=autolog)
+        try:
+            t.fit(M(), datamodule=DM())
+        except RuntimeError as exc:
+            return [("error", str(exc))]
+        calls.append(("-- test",))
+        t.test(M(), datamodule=DM(), verbose=False)
+    return calls
+
+
+def test_hyperparameters_reach_loggers_as_in_lightning() -> None:
+    from tests.lightning_ref import check
+
+    first = [("hparams", {"lr": 0.1, "width": 4, "batch": 2}), ("graph",), ("save",)]
+    fit = [("on_fit_start",)] + first
+    got = _hparams_calls(ferrotrain)
+    assert got[: len(fit)] == fit and ("-- test",) in got
+    assert got[got.index(("-- test",)) + 1: got.index(("-- test",)) + 4] == first
+    check(_hparams_calls, got)
+    check(lambda L: [c for c in _hparams_calls(L, autolog=False) if c[0] != "save"],
+          [c for c in _hparams_calls(ferrotrain, autolog=False) if c[0] != "save"])
+    assert all(c[0] not in ("hparams", "graph") for c in _hparams_calls(ferrotrain, autolog=False))
+    clash = _hparams_calls(ferrotrain, clash=True)
+    assert clash[0][0] == "error" and "['width']" in clash[0][1]
+    check(lambda L: _hparams_calls(L, clash=True), clash)

@@ -479,3 +479,57 @@ def scen_several_val_loaders_need_dataloader_idx(L):
 
 def test_several_val_loaders_need_a_dataloader_idx_argument():
     check(scen_several_val_loaders_need_dataloader_idx, (True, True))
+
+
+def _overfit_scenario(L) -> dict:
+    import warnings as _warnings
+
+    import torch
+
+    from tests.lightning_ref import dataset, is_lightning
+
+    class M(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Linear(4, 1)
+            self.seen = {"train": [], "val": []}
+
+        def training_step(self, batch, batch_idx):
+            self.seen["train"].append(round(float(batch[0][0, 0]), 5))
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.seen["val"].append(round(float(batch[0][0, 0]), 5))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    m = M()
+    t = L.Trainer(max_epochs=3, overfit_batches=2, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False)
+    train = torch.utils.data.DataLoader(dataset(12), batch_size=3, shuffle=True)
+    val = torch.utils.data.DataLoader(dataset(9, seed=1), batch_size=3, shuffle=True)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        t.fit(m, train, val)
+    said = sorted({str(w.message) for w in caught if "overfit" in str(w.message)})
+    return dict(said=said, train=m.seen["train"], val=m.seen["val"], limits=(t.num_training_batches, t.num_val_batches),
+                overfit=t.overfit_batches, weight=[round(v, 5) for v in m.net.weight.flatten().tolist()])
+
+
+def test_overfit_batches_trains_on_the_same_first_batches() -> None:
+    from tests.lightning_ref import check, dataset
+
+    first = [round(float(dataset(12)[i][0][0]), 5) for i in (0, 3)]
+    first_val = [round(float(dataset(9, seed=1)[i][0][0]), 5) for i in (0, 3)]
+    got = _overfit_scenario(ferrotrain)
+    assert got["said"] == [
+        "You requested to overfit but enabled train dataloader shuffling. We are turning off the train dataloader "
+        "shuffling for you.",
+        "You requested to overfit but enabled val dataloader shuffling. We are turning off the val dataloader "
+        "shuffling for you.",
+    ]
+    assert got["train"] == first * 3 and got["val"] == first_val * 3
+    assert got["limits"] == (2, [2]) and got["overfit"] == 2
+    check(_overfit_scenario, got)

@@ -10,7 +10,8 @@ from ferrotrain.utilities.parsing import AttributeDict, save_hyperparameters as 
 
 
 class HyperparametersMixin:
-    _log_hyperparams = True
+    # Loggers receive hyperparameters only once `save_hyperparameters(logger=True)` ran (Lightning).
+    _log_hyperparams = False
 
     @property
     def hparams(self) -> AttributeDict:

@@ -45,16 +45,10 @@ def with_distributed_sampler(loader: Any, stage: str, num_replicas: int, rank: i
         loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
         seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
     )
-    kwargs = dict(
-        batch_size=batch_size, sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory, drop_last=drop_last, timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator, persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
+    from ferrotrain.trainer.data import rebuild_loader
+
     try:
-        return type(loader)(loader.dataset, **kwargs)
+        return rebuild_loader(loader, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     except TypeError as exc:
         rank_zero_warn(
             f"Could not rebuild the {stage} loader ({type(loader).__name__}) with a DistributedSampler ({exc}); "

@@ -91,6 +91,7 @@ class TrainerConfig:
     limit_val_batches: Union[int, float]
     limit_test_batches: Union[int, float]
     limit_predict_batches: Union[int, float]
+    overfit_batches: Union[int, float]
     fast_dev_run: int
     num_nodes: int
     inference_mode: bool
@@ -362,6 +363,7 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     if benchmark is not None:
         check_bool("benchmark", benchmark)
     reload_every = check_int("reload_dataloaders_every_n_epochs", k["reload_dataloaders_every_n_epochs"], 0)
+    overfit = check_limit("overfit_batches", k["overfit_batches"])
 
     return TrainerConfig(
         max_epochs=max_epochs,
@@ -385,10 +387,12 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
         enable_checkpointing=check_bool("enable_checkpointing", k["enable_checkpointing"]),
         default_root_dir=root,
         deterministic=deterministic if deterministic is not None else False,
-        limit_train_batches=check_limit("limit_train_batches", k["limit_train_batches"]),
-        limit_val_batches=check_limit("limit_val_batches", k["limit_val_batches"]),
+        # `overfit_batches` > 0 replaces both limits (Lightning's `_init_debugging_flags`).
+        limit_train_batches=overfit or check_limit("limit_train_batches", k["limit_train_batches"]),
+        limit_val_batches=overfit or check_limit("limit_val_batches", k["limit_val_batches"]),
         limit_test_batches=check_limit("limit_test_batches", k["limit_test_batches"]),
         limit_predict_batches=check_limit("limit_predict_batches", k["limit_predict_batches"]),
+        overfit_batches=overfit,
         fast_dev_run=fast_dev_run,
         num_nodes=num_nodes,
         inference_mode=check_bool("inference_mode", k["inference_mode"]),

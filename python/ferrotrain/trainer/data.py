@@ -20,6 +20,45 @@ from ferrotrain.errors import ConfigTypeError, MisconfigurationException
 INF = float("inf")
 
 
+def sequential_for_overfit(loaders: List[Any], prefix: str) -> List[Any]:
+    """`Trainer(overfit_batches=...)`: the same first batches every epoch, so a shuffling loader
+    is rebuilt with a `SequentialSampler`, with Lightning's warning (fit only)."""
+    from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
+
+    if all(isinstance(getattr(dl, "sampler", None), SequentialSampler) for dl in loaders if hasattr(dl, "sampler")):
+        return loaders
+    from ferrotrain.utilities.rank_zero import rank_zero_warn
+
+    rank_zero_warn(
+        f"You requested to overfit but enabled {prefix} dataloader shuffling."
+        f" We are turning off the {prefix} dataloader shuffling for you."
+    )
+    out = []
+    for dl in loaders:
+        rebuildable = (isinstance(dl, DataLoader) and not isinstance(dl.dataset, IterableDataset)
+                       and dl.batch_size is not None and not isinstance(dl.sampler, SequentialSampler))
+        out.append(rebuild_loader(dl, sampler=SequentialSampler(dl.dataset), batch_size=dl.batch_size,
+                                  drop_last=dl.drop_last) if rebuildable else dl)
+    return out
+
+
+def rebuild_loader(loader: Any, **sampling: Any) -> Any:
+    """A new `type(loader)` over the same dataset with the same worker, collation and memory
+    settings, and the given sampling arguments (`sampler`, `batch_size`, `drop_last`, or
+    `batch_sampler`) instead of its own: how a DistributedSampler, a sequential sampler for
+    `overfit_batches` or index tracking for prediction writers goes in front of a user's loader.
+    Raises TypeError when the class does not take DataLoader's arguments."""
+    kwargs = dict(
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
+        persistent_workers=loader.persistent_workers, **sampling,
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return type(loader)(loader.dataset, **kwargs)
+
+
 def _check_iterable(source: Any, what: str) -> None:
     if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
         raise ConfigTypeError(

@@ -69,16 +69,10 @@ def with_index_tracking(loader: Any) -> Any:
             " all indices.",
             stacklevel=2,
         )
-    kwargs = dict(
-        batch_sampler=IndexBatchSampler(batch_sampler), num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
+    from ferrotrain.trainer.data import rebuild_loader
+
     try:
-        return type(loader)(loader.dataset, **kwargs)
+        return rebuild_loader(loader, batch_sampler=IndexBatchSampler(batch_sampler))
     except TypeError as exc:
         warnings.warn(f"Could not rebuild the predict loader ({type(loader).__name__}) to record batch indices ({exc})",
                       stacklevel=2)

@@ -20,7 +20,8 @@ from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, _TunerExitException
 from ferrotrain.trainer import config as cfg
-from ferrotrain.trainer.data import INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders
+from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
+                                     sequential_for_overfit)
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
 from ferrotrain.trainer.precision import Precision
@@ -76,14 +77,18 @@ class Trainer:
         sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
+        enable_autolog_hparams: bool = True,
+        model_registry: Optional[str] = None,
     ) -> None:
         self._config = cfg.resolve(dict(locals()))
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
 
         self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
-        cfg.reject_unsupported("overfit_batches", overfit_batches, 0.0)
         cfg.reject_unsupported("plugins", plugins, None)
-        cfg.reject_unsupported("sync_batchnorm", sync_batchnorm, False)
+        self._sync_batchnorm = cfg.check_bool("sync_batchnorm", sync_batchnorm)
+        self.enable_autolog_hparams = cfg.check_bool("enable_autolog_hparams", enable_autolog_hparams)
+        # Lightning uploads checkpoints to its model hub (the `litmodels` package); not here.
+        cfg.reject_unsupported("model_registry", model_registry, None)
         check_bool = cfg.check_bool
         check_bool("use_distributed_sampler", use_distributed_sampler)
         c = self._config
@@ -98,6 +103,7 @@ class Trainer:
         self._strategy._attach(self)
         self._strategy.check_precision(c.precision)
         self._device = self._strategy.root_device
+        self._check_sync_batchnorm()
         self._use_distributed_sampler = use_distributed_sampler
         self._precision = Precision(c.precision, self._device)
         self.state = TrainerState()
@@ -167,6 +173,26 @@ class Trainer:
         self._schedule.should_stop = should_stop
 
     # ------------------------------------------------------------------ construction helpers
+    def _check_sync_batchnorm(self) -> None:
+        # torch's SyncBatchNorm synchronises only accelerator tensors: with several CPU processes
+        # every forward would fail, so say so now rather than after the sanity check.
+        from ferrotrain.strategies.parallel import ParallelStrategy
+
+        if (self._sync_batchnorm and isinstance(self._strategy, ParallelStrategy) and self._device.type == "cpu"
+                and self._strategy.world_size > 1):
+            raise MisconfigurationException(
+                "`Trainer(sync_batchnorm=True)` needs accelerator devices when several processes train: torch's "
+                "SyncBatchNorm cannot synchronise CPU tensors. Use sync_batchnorm=False on the CPU"
+            )
+
+    def _convert_sync_batchnorm(self, model: LightningModule) -> None:
+        """`sync_batchnorm=True` with a data-parallel strategy: BatchNorm layers become torch's
+        SyncBatchNorm before the model is wrapped (Lightning's TorchSyncBatchNorm); a no-op with one process."""
+        from ferrotrain.strategies.parallel import ParallelStrategy
+
+        if isinstance(self._strategy, ParallelStrategy):
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
     def _check_barebones(self, callbacks: List[Callback], logger_setting: Any) -> None:
         c = self._config
         for name, value in (("enable_checkpointing", c.enable_checkpointing), ("enable_progress_bar", c.enable_progress_bar),
@@ -551,7 +577,7 @@ class Trainer:
 
     @property
     def overfit_batches(self) -> Union[int, float]:
-        return 0.0  # any other value is refused when the Trainer is built
+        return self._config.overfit_batches
 
     @property
     def reload_dataloaders_every_n_epochs(self) -> int:
@@ -927,6 +953,8 @@ class Trainer:
         self._train_loader = None
         self.__dict__.pop("_first_epoch_iterator", None)
         self._setup_run(model, datamodule, "fit")
+        if self._sync_batchnorm:
+            self._convert_sync_batchnorm(model)
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
         # Validation loaders first, as Lightning asks for them (for the sanity check) before the
@@ -945,8 +973,8 @@ class Trainer:
         self._fit_loop = FitLoop(self)
         if ckpt_path is not None:
             checkpointing.restore_for_fit(self, ckpt_path)
-        self._log_hyperparams()
         self._call_hooks("on_fit_start")
+        self._log_hyperparams()
         self._run_sanity_check()
         # The training loader is asked for after the sanity check, as in Lightning.
         if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
@@ -996,12 +1024,15 @@ class Trainer:
                 loader = CombinedLoader(loader, "max_size_cycle")
         else:
             _check_iterable(loader, "train_dataloaders")
+        if self._config.overfit_batches > 0:
+            (loader,) = sequential_for_overfit([loader], "train")
         self._train_loader = self._prepare_loader(loader, "train")
         self._count_train_batches()
 
     def _count_train_batches(self) -> None:
         c = self._config
-        limit = c.fast_dev_run if c.fast_dev_run else c.limit_train_batches
+        # `overfit_batches` decides the training and validation batches, even with fast_dev_run.
+        limit = c.fast_dev_run if c.fast_dev_run and not c.overfit_batches else c.limit_train_batches
         self.num_training_batches = limited_batches(self._train_loader, limit, "limit_train_batches")
         if self.num_training_batches == 0:
             rank_zero_info("`Trainer.fit` stopped: No training batches.")
@@ -1055,9 +1086,12 @@ class Trainer:
         if loaders is None:
             self._val_loaders, self.num_val_batches = [], []
         else:
-            self._val_loaders = [self._prepare_loader(l, "val") for l in as_loader_list(loaders, "val_dataloaders")]
+            loaders = as_loader_list(loaders, "val_dataloaders")
             c = self._config
-            limit = c.fast_dev_run if c.fast_dev_run else c.limit_val_batches
+            if for_fit and c.overfit_batches > 0:
+                loaders = sequential_for_overfit(loaders, "val")
+            self._val_loaders = [self._prepare_loader(l, "val") for l in loaders]
+            limit = c.fast_dev_run if c.fast_dev_run and not c.overfit_batches else c.limit_val_batches
             self.num_val_batches = [limited_batches(l, limit, "limit_val_batches") for l in self._val_loaders]
         self._has_validation = bool(self._val_loaders) and sum(self.num_val_batches) > 0
 
@@ -1138,6 +1172,7 @@ class Trainer:
         self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path)
+        self._log_hyperparams()
         if not is_overridden(model, LightningModule, step_name):
             raise MisconfigurationException(f"No `{step_name}()` method defined to run `Trainer.{stage_fn}`")
         self._note_val_source(dataloaders if prefix == "val" else None, datamodule, model)
@@ -1176,6 +1211,7 @@ class Trainer:
         self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path)
+        self._log_hyperparams()
         loaders = resolve_loaders("predict", dataloaders, datamodule, model)
         if loaders is None:
             raise MisconfigurationException(
@@ -1283,17 +1319,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ hyperparameters and checkpoints
     def _log_hyperparams(self) -> None:
+        """Lightning's `_log_hyperparams`, at the start of every run: the module's and the
+        datamodule's initial hyperparameters (a key both save with different values is an error),
+        the graph, then `save()`; off with `enable_autolog_hparams=False`."""
+        if not self.enable_autolog_hparams or not self.loggers:
+            return
         model = self.lightning_module
-        hp: Dict[str, Any] = {}
-        if model is not None and model._log_hyperparams:
-            hp.update(model.hparams)
-        if self.datamodule is not None and getattr(self.datamodule, "_log_hyperparams", False):
-            hp.update(self.datamodule.hparams)
+        dm = self.datamodule
+        from_model = model is not None and model._log_hyperparams
+        from_dm = dm is not None and getattr(dm, "_log_hyperparams", False)
+        hp: Optional[Dict[str, Any]] = None
+        if from_model and from_dm:
+            mine, theirs = model.hparams_initial, dm.hparams_initial
+            clash = [k for k in mine.keys() & theirs.keys() if k != "_class_path" and (
+                type(mine[k]) is not type(theirs[k])
+                or (isinstance(mine[k], torch.Tensor) and mine[k] is not theirs[k])
+                or (not isinstance(mine[k], torch.Tensor) and mine[k] != theirs[k]))]
+            if clash:
+                raise RuntimeError(
+                    f"Error while merging hparams: the keys {clash} are present in both the LightningModule's "
+                    "and LightningDataModule's hparams but have different values."
+                )
+            hp = {**mine, **theirs}
+        elif from_model:
+            hp = dict(model.hparams_initial)
+        elif from_dm:
+            hp = dict(dm.hparams_initial)
+        if hp is not None:
+            hp.pop("_class_path", None)
         for lg in self.loggers:
-            if hp:
+            if hp is not None:
                 lg.log_hyperparams(hp)
-            if hasattr(lg, "log_graph"):
-                lg.log_graph(model)
+            lg.log_graph(model)
             lg.save()
 
     def save_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = False,
