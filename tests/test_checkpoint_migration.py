@@ -145,6 +145,34 @@ def test_pickle_payload_is_never_executed_via_migration(tmp_path, writer) -> Non
     assert not (tmp_path / "out.ckpt").exists()
 
 
+class _TrustedExtra:
+    """A custom object a user's own Lightning checkpoint may hold (via `on_save_checkpoint`)."""
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+
+
+def test_weights_only_false_is_the_users_explicit_trust(tmp_path) -> None:
+    # As Lightning's `weights_only` argument: refused by default with a message saying how to
+    # opt in; read when the user passes weights_only=False for a file they trust.
+    src = Net(dim=4)
+    path = str(tmp_path / "mine.ckpt")
+    torch.save({"state_dict": src.state_dict(), "hyper_parameters": {"dim": 4}, "extra": _TrustedExtra("x")}, path)
+    with pytest.raises(CheckpointError, match="weights_only=False"):
+        Net.load_from_checkpoint(path)
+    loaded = Net.load_from_checkpoint(path, weights_only=False)
+    torch.testing.assert_close(loaded.layer.weight, src.layer.weight, rtol=0, atol=0)
+    class Checked(Net):
+        def validation_step(self, batch, batch_idx):
+            self.log("w", self.layer.weight.detach().sum())
+
+    trainer = L.Trainer(default_root_dir=str(tmp_path), **QUIET)
+    with pytest.raises(CheckpointError, match="mine.ckpt"):
+        trainer.validate(Checked(dim=4), _loader(), ckpt_path=path, verbose=False)
+    (got,) = trainer.validate(Checked(dim=4), _loader(), ckpt_path=path, verbose=False, weights_only=False)
+    assert got["w"] == pytest.approx(float(src.layer.weight.detach().sum()), rel=1e-6) and trainer.ckpt_path == path
+
+
 def test_pickle_payload_in_our_format_is_data_not_code(tmp_path) -> None:
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Payload(str(marker)), protocol=2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -39,22 +39,23 @@ def is_torch_file(path: PathLike) -> bool:
     return head[:1] == b"\x80" and head[8:9] != b"{"
 
 
-def torch_load(path: PathLike, map_location: MapLocation = None) -> Dict[str, Any]:
+def torch_load(path: PathLike, map_location: MapLocation = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
     """`torch.load(path, weights_only=True)`, with every refusal or read error raised as
-    `CheckpointError` naming the file."""
+    `CheckpointError` naming the file. `weights_only=False` is the caller's explicit trust in the
+    file (Lightning's argument of the same name): torch then unpickles whatever it holds."""
     path = os.fspath(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before refusing a file; the refusal below is the
             # message that matters, so the warning is not passed on.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location=map_location, weights_only=weights_only is not False)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint '{path}' holds objects that are not loaded without running code from the "
             f"file (torch.load(weights_only=True) refused them): {str(e).strip()}\n"
-            "ferrotrain never unpickles arbitrary objects. If you trust this file, allow the "
-            "listed types with torch.serialization.add_safe_globals([...]) and load it again."
+            "ferrotrain never unpickles arbitrary objects unless told to. If you trust this file, allow "
+            "the listed types with torch.serialization.add_safe_globals([...]), or pass weights_only=False."
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointError(f"cannot read the torch checkpoint '{path}': {e}") from None
@@ -95,11 +96,11 @@ def from_lightning(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_any(path: PathLike, map_location: MapLocation = None) -> Dict[str, Any]:
-    """Load a ferrotrain checkpoint, or a Lightning one (restricted `torch.load`, translated by
-    `from_lightning`)."""
+def load_any(path: PathLike, map_location: MapLocation = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
+    """Load a ferrotrain checkpoint (never pickled), or a Lightning one (restricted `torch.load`
+    unless `weights_only=False`, translated by `from_lightning`)."""
     if is_torch_file(path):
-        return from_lightning(torch_load(path, map_location))
+        return from_lightning(torch_load(path, map_location, weights_only))
     return load(path, map_location=map_location)
 
 

@@ -481,9 +481,13 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         map_location: Any = None,
         hparams_file: Any = None,
         strict: Optional[bool] = None,
+        weights_only: Optional[bool] = None,
         **kwargs: Any,
     ) -> "LightningModule":
+        """Rebuild the module from a checkpoint's hyperparameters and load its weights. A
+        ferrotrain checkpoint never runs code when read; a torch-pickled (Lightning) one is read
+        with `torch.load(weights_only=True)` unless you pass `weights_only=False` for a file you trust."""
         from ferrotrain.trainer.checkpointing import load_module_from_checkpoint
 
-        return load_module_from_checkpoint(cls, checkpoint_path, map_location, strict, kwargs)
+        return load_module_from_checkpoint(cls, checkpoint_path, map_location, strict, kwargs, weights_only)
 

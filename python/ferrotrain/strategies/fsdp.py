@@ -243,11 +243,12 @@ class FSDPStrategy(ParallelStrategy):
     def checkpoint_exists(self, path: str) -> bool:
         return os.path.isfile(path) or _is_sharded_checkpoint(path)
 
-    def load_checkpoint(self, path: str, map_location: Any) -> dict:
+    def load_checkpoint(self, path: str, map_location: Any, weights_only: Optional[bool] = None) -> dict:
         from ferrotrain.trainer import checkpointing
 
         if not os.path.isdir(path):
-            return checkpointing.load(path, map_location=map_location)  # full: every rank reads the file
+            # full: every rank reads the file
+            return checkpointing.load(path, map_location=map_location, weights_only=weights_only)
         if self._model is None:
             raise CheckpointError(f"{path!r} is a sharded checkpoint; it can be loaded only into the sharded model")
         import torch.distributed.checkpoint as dcp

@@ -174,11 +174,12 @@ class Strategy:
         """Whether `path` names a checkpoint this strategy can read (a file here)."""
         return os.path.isfile(path)
 
-    def load_checkpoint(self, path: str, map_location: Any) -> dict:
-        """The checkpoint dict at `path` (sharded strategies restore their shards here already)."""
+    def load_checkpoint(self, path: str, map_location: Any, weights_only: Optional[bool] = None) -> dict:
+        """The checkpoint dict at `path` (sharded strategies restore their shards here already);
+        `weights_only=False` lets a trusted torch-pickled file unpickle anything."""
         from ferrotrain.trainer import checkpointing
 
-        return checkpointing.load(path, map_location=map_location)
+        return checkpointing.load(path, map_location=map_location, weights_only=weights_only)
 
     def load_model_state_dict(self, module: torch.nn.Module, ckpt: dict, path: str, strict: bool) -> None:
         from ferrotrain.trainer import checkpointing

@@ -260,11 +260,12 @@ def _latest_in(folder: Optional[str]) -> str:
     return max(files, key=os.path.getmtime) if files else ""
 
 
-def load(path: str, map_location: Any = None) -> Dict[str, Any]:
-    """A ferrotrain checkpoint, or a Lightning one (read with `torch.load(weights_only=True)`)."""
+def load(path: str, map_location: Any = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
+    """A ferrotrain checkpoint, or a Lightning one (read with `torch.load(weights_only=True)`
+    unless the caller passed `weights_only=False`)."""
     from ferrotrain.checkpoint._migrate import load_any
 
-    return load_any(path, map_location=map_location)
+    return load_any(path, map_location=map_location, weights_only=weights_only)
 
 
 def _strict(module: Any) -> bool:
@@ -272,37 +273,37 @@ def _strict(module: Any) -> bool:
     return True if strict is None else bool(strict)
 
 
-def restore_weights(trainer: Any, ckpt_path: str) -> None:
+def restore_weights(trainer: Any, ckpt_path: str, weights_only: Optional[bool] = None) -> None:
     fn = trainer.state.fn.value if trainer.state.fn is not None else "validate"
     path = resolve_path(trainer, ckpt_path, fn)
     if path is None:
         return
     module = trainer.lightning_module
     strategy = trainer.strategy
-    ckpt = strategy.load_checkpoint(path, trainer._device)
+    ckpt = strategy.load_checkpoint(path, trainer._device, weights_only)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
         module.on_load_checkpoint(ckpt)
     strategy.load_model_state_dict(module, ckpt, path, _strict(module))
     trainer._ckpt_path = path
 
 
-def restore_for_fit(trainer: Any, ckpt_path: str) -> None:
+def restore_for_fit(trainer: Any, ckpt_path: str, weights_only: Optional[bool] = None) -> None:
     """Restore model, optimizers, schedulers, precision, callbacks, RNG and loop progress."""
     path = resolve_path(trainer, ckpt_path, "fit")
     if path is None:
         return
-    ckpt = restore_state(trainer, path)
+    ckpt = restore_state(trainer, path, weights_only)
     trainer._resume_rng = (ckpt.get("epoch_start_rng_states"), ckpt.get("rng_states"))
     trainer._ckpt_path = path
 
 
-def restore_state(trainer: Any, path: str) -> Dict[str, Any]:
+def restore_state(trainer: Any, path: str, weights_only: Optional[bool] = None) -> Dict[str, Any]:
     """Put the model, datamodule, callbacks, optimizers, schedulers, precision and loop progress
     back as `path` holds them (Lightning's `_CheckpointConnector.restore`, which the tuners use to
     undo their trial runs); the RNG is left alone. Returns the checkpoint dict."""
     module = trainer.lightning_module
     strategy = trainer.strategy
-    ckpt = strategy.load_checkpoint(path, trainer._device)
+    ckpt = strategy.load_checkpoint(path, trainer._device, weights_only)
     if is_overridden(module, LightningModule, "on_load_checkpoint"):
         module.on_load_checkpoint(ckpt)
     strategy.load_model_state_dict(module, ckpt, path, _strict(module))
@@ -334,14 +335,14 @@ def restore_state(trainer: Any, path: str) -> Dict[str, Any]:
 
 
 def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any, strict: Optional[bool],
-                                kwargs: Dict[str, Any]) -> LightningModule:
+                                kwargs: Dict[str, Any], weights_only: Optional[bool] = None) -> LightningModule:
     """Lightning's `LightningModule.load_from_checkpoint`: rebuild `cls` from the saved
     hyperparameters (overridden by `kwargs`; filtered to the constructor's parameters unless it
     takes `**kwargs`), run `on_load_checkpoint`, load the weights."""
     import inspect
 
     path = os.fspath(checkpoint_path)
-    ckpt = load(path, map_location=map_location)
+    ckpt = load(path, map_location=map_location, weights_only=weights_only)
     if "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' entry: it is not a model checkpoint")
     hparams = dict(ckpt.get("hyper_parameters") or {})

@@ -143,6 +143,8 @@ class Trainer:
         # The loaders of the last `test`/`predict` call, by stage (`test_dataloaders`, ...).
         self._eval_loaders: Dict[str, List[Any]] = {}
         self._predict_loop: Any = None
+        # The running call's `weights_only` (how a torch-pickled `ckpt_path` may be read).
+        self._ckpt_weights_only: Optional[bool] = None
         self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
         self._new_schedule(has_validation=False, automatic=True)
 
@@ -707,7 +709,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            datamodule: Optional[LightningDataModule] = None, ckpt_path: Optional[str] = None) -> None:
+            datamodule: Optional[LightningDataModule] = None, ckpt_path: Optional[str] = None,
+            weights_only: Optional[bool] = None) -> None:
         self._check_model(model, "fit")
         if not is_overridden(model, LightningModule, "training_step"):
             raise MisconfigurationException(
@@ -718,20 +721,23 @@ class Trainer:
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
         self.state.fn = TrainerFn.FITTING
+        self._ckpt_weights_only = weights_only
         self._run_guarded(lambda: self._fit_impl(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), model,
-                          ("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)))
+                          ("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)))
 
     def validate(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
-                 verbose: bool = True, datamodule: Optional[LightningDataModule] = None) -> List[Dict[str, float]]:
-        return self._evaluate_entry("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+                 verbose: bool = True, datamodule: Optional[LightningDataModule] = None,
+                 weights_only: Optional[bool] = None) -> List[Dict[str, float]]:
+        return self._evaluate_entry("validate", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: Optional[LightningModule] = None, dataloaders: Any = None, ckpt_path: Optional[str] = None,
-             verbose: bool = True, datamodule: Optional[LightningDataModule] = None) -> List[Dict[str, float]]:
-        return self._evaluate_entry("test", model, dataloaders, ckpt_path, verbose, datamodule)
+             verbose: bool = True, datamodule: Optional[LightningDataModule] = None,
+             weights_only: Optional[bool] = None) -> List[Dict[str, float]]:
+        return self._evaluate_entry("test", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(self, model: Optional[LightningModule] = None, dataloaders: Any = None,
                 datamodule: Optional[LightningDataModule] = None, return_predictions: Optional[bool] = None,
-                ckpt_path: Optional[str] = None) -> Optional[List[Any]]:
+                ckpt_path: Optional[str] = None, weights_only: Optional[bool] = None) -> Optional[List[Any]]:
         ckpt_path = self._default_ckpt_path("predict", model, ckpt_path)
         model = self._model_for_eval(model, "predict")
         if dataloaders is not None and isinstance(dataloaders, LightningDataModule):
@@ -739,20 +745,23 @@ class Trainer:
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.PREDICTING
         keep = True if return_predictions is None else cfg.check_bool("return_predictions", return_predictions)
+        self._ckpt_weights_only = weights_only
         return self._run_guarded(lambda: self._predict_impl(model, dataloaders, datamodule, keep, ckpt_path), model,
-                                 ("predict", (model, dataloaders, datamodule, return_predictions, ckpt_path)))
+                                 ("predict", (model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)))
 
     def _evaluate_entry(self, stage_fn: str, model: Optional[LightningModule], dataloaders: Any,
-                        ckpt_path: Optional[str], verbose: bool, datamodule: Optional[LightningDataModule]) -> List[Dict[str, float]]:
+                        ckpt_path: Optional[str], verbose: bool, datamodule: Optional[LightningDataModule],
+                        weights_only: Optional[bool] = None) -> List[Dict[str, float]]:
         ckpt_path = self._default_ckpt_path(stage_fn, model, ckpt_path)
         model = self._model_for_eval(model, stage_fn)
         if dataloaders is not None and isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.VALIDATING if stage_fn == "validate" else TrainerFn.TESTING
+        self._ckpt_weights_only = weights_only
         return self._run_guarded(
             lambda: self._evaluate_impl(stage_fn, model, dataloaders, datamodule, ckpt_path, verbose), model,
-            (stage_fn, (model, dataloaders, ckpt_path, verbose, datamodule)),
+            (stage_fn, (model, dataloaders, ckpt_path, verbose, datamodule, weights_only)),
         )
 
     # ------------------------------------------------------------------ argument checks
@@ -972,7 +981,7 @@ class Trainer:
         self.profiler.setup("fit", 0, self.log_dir)
         self._fit_loop = FitLoop(self)
         if ckpt_path is not None:
-            checkpointing.restore_for_fit(self, ckpt_path)
+            checkpointing.restore_for_fit(self, ckpt_path, self._ckpt_weights_only)
         self._call_hooks("on_fit_start")
         self._log_hyperparams()
         self._run_sanity_check()
@@ -1171,7 +1180,7 @@ class Trainer:
         self._setup_run(model, datamodule, setup_stage)
         self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
-            checkpointing.restore_weights(self, ckpt_path)
+            checkpointing.restore_weights(self, ckpt_path, self._ckpt_weights_only)
         self._log_hyperparams()
         if not is_overridden(model, LightningModule, step_name):
             raise MisconfigurationException(f"No `{step_name}()` method defined to run `Trainer.{stage_fn}`")
@@ -1210,7 +1219,7 @@ class Trainer:
         self._setup_run(model, datamodule, "predict")
         self._strategy.prepare_for_evaluation(model)
         if ckpt_path is not None:
-            checkpointing.restore_weights(self, ckpt_path)
+            checkpointing.restore_weights(self, ckpt_path, self._ckpt_weights_only)
         self._log_hyperparams()
         loaders = resolve_loaders("predict", dataloaders, datamodule, model)
         if loaders is None:
