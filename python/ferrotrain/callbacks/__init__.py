@@ -29,6 +29,7 @@ _LAZY = {
     "RichModelSummary": "rich_model_summary",
     "SpikeDetection": "spike",
     "StochasticWeightAveraging": "stochastic_weight_avg",
+    "ThroughputMonitor": "throughput_monitor",
     "Timer": "timer",
     "EMAWeightAveraging": "weight_averaging",
     "WeightAveraging": "weight_averaging",
