@@ -23,6 +23,7 @@ _LAZY = {
     "ModelCheckpoint": "model_checkpoint",
     "ModelSummary": "model_summary",
     "OnExceptionCheckpoint": "on_exception_checkpoint",
+    "ModelPruning": "pruning",
     "ProgressBar": "progress",
     "RichProgressBar": "progress",
     "TQDMProgressBar": "progress",
