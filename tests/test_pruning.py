@@ -240,3 +240,20 @@ def test_errors():
         "The provided `parameters_to_prune` should either be list of tuple with 2 elements:"
         " (nn.Module, parameter_name_to_prune) or None",
     ])
+
+
+def test_fit_validation_runs_under_no_grad_not_inference_mode():
+    """A fit's validation (and sanity check) runs under `no_grad`, so that what its hooks create
+    (pruning masks) can be used by training; a standalone validate uses inference mode."""
+
+    def scenario(L: Any) -> Any:
+        seen: List[Any] = []
+        model = _model(L)
+        model.on_validation_epoch_end = lambda: seen.append(  # type: ignore[method-assign]
+            (model.trainer.state.fn, torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        t = L.Trainer(**{**QUIET, "max_epochs": 1, "num_sanity_val_steps": 1})
+        t.fit(model, loader(4, batch_size=4), loader(4, batch_size=4))
+        t.validate(model, loader(4, batch_size=4), verbose=False)
+        return [(str(getattr(fn, "value", fn)), inf, grad) for fn, inf, grad in seen]
+
+    check(scenario, [("fit", False, False), ("fit", False, False), ("validate", True, False)])

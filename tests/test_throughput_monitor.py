@@ -214,3 +214,15 @@ def test_throughput_windows_and_world_size():
         "Expected samples (3) to be greater or equal than batches (4)",
         "Expected lengths (10) to be greater or equal than samples (20)",
     ]))
+
+
+def test_only_batch_end_hooks_per_batch():
+    from ferrotrain.callbacks import Callback, ModelPruning, ThroughputMonitor
+
+    def per_batch(cls: Any) -> Any:
+        return sorted(n for n in dir(Callback) if "batch" in n and n.startswith("on_")
+                      and getattr(cls, n) is not getattr(Callback, n))
+
+    assert per_batch(ThroughputMonitor) == ["on_predict_batch_end", "on_test_batch_end", "on_train_batch_end",
+                                            "on_validation_batch_end"]
+    assert per_batch(ModelPruning) == []
