@@ -26,7 +26,10 @@ _CPU = torch.device("cpu")
 
 
 def _no_grad(trainer: Any) -> Any:
-    return torch.inference_mode() if trainer._config.inference_mode else torch.no_grad()
+    # A fit's validation (and sanity check) runs under `no_grad`, as Lightning's: tensors made
+    # there (e.g. by callbacks pruning at validation end) are used by the training that follows.
+    fitting = trainer.state.fn == "fit"
+    return torch.inference_mode() if trainer._config.inference_mode and not fitting else torch.no_grad()
 
 
 def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],

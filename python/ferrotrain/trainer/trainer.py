@@ -961,6 +961,8 @@ class Trainer:
         self._fit_sources = (train_dataloaders, val_dataloaders)
         self._train_loader = None
         self.__dict__.pop("_first_epoch_iterator", None)
+        # Known before the `setup` hooks, as in Lightning, whose data is attached before them.
+        self._note_val_source(val_dataloaders, datamodule, model)
         self._setup_run(model, datamodule, "fit")
         if self._sync_batchnorm:
             self._convert_sync_batchnorm(model)
