@@ -929,6 +929,7 @@ class Trainer:
         self._setup_run(model, datamodule, "fit")
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
+        self._strategy.setup_optimizers(self, model)
         # Validation loaders first, as Lightning asks for them (for the sanity check) before the
         # training loader.
         self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
