@@ -49,7 +49,7 @@ class Model(L.LightningModule):
         return make_optimizer(self.parameters())
 
 
-def trainer(out: str, epochs: int, stage: int, **kw) -> L.Trainer:
+def trainer(out: str, epochs: int, stage: str, **kw) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=2, strategy=f"deepspeed_stage_{stage}", max_epochs=epochs,
                      enable_progress_bar=False, enable_model_summary=False, logger=False, default_root_dir=out,
                      num_sanity_val_steps=0, accumulate_grad_batches=2, gradient_clip_val=CLIP, **kw)
@@ -69,7 +69,7 @@ def full_weights(t: L.Trainer) -> dict:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def fit_mode(out: str, stage: int) -> dict:
+def fit_mode(out: str, stage: str) -> dict:
     t = trainer(out, 2, stage, enable_checkpointing=False)
     model = Model()
     t.fit(model, *loaders())
@@ -79,7 +79,7 @@ def fit_mode(out: str, stage: int) -> dict:
             "config": t.strategy.deepspeed_engine.config if hasattr(t.strategy.deepspeed_engine, "config") else None}
 
 
-def resume_mode(out: str, stage: int) -> dict:
+def resume_mode(out: str, stage: str) -> dict:
     t = trainer(os.path.join(out, "straight"), 2, stage, enable_checkpointing=False)
     t.fit(Model(), *loaders())
     straight = full_weights(t)
@@ -103,7 +103,7 @@ def resume_mode(out: str, stage: int) -> dict:
 
 
 def main(mode: str, out: str, stage: str) -> None:
-    info = fit_mode(out, int(stage)) if mode == "fit" else resume_mode(out, int(stage))
+    info = fit_mode(out, stage) if mode == "fit" else resume_mode(out, stage)
     import torch.distributed as dist
 
     torch.save(info, os.path.join(out, f"rank{dist.get_rank()}.pt"))
