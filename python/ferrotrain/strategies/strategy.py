@@ -105,6 +105,14 @@ class Strategy:
         """What `training_step` / `validation_step` / ... calls: the module's bound method here."""
         return getattr(module, name)
 
+    def setup_optimizers(self, trainer: Any, module: Any) -> None:
+        """Called right after `configure_optimizers` in `fit` (DeepSpeed builds its engine here)."""
+
+    def automatic_step(self, trainer: Any) -> Any:
+        """The object that runs one automatically optimized training batch, or None for the
+        Trainer's own (DeepSpeed's engine does backward and step itself)."""
+        return None
+
     def no_sync(self) -> Optional[Callable[[], ContextManager[Any]]]:
         """A context factory that skips the gradient all-reduce, or None when there is none."""
         return None

@@ -53,7 +53,8 @@ STRATEGIES = (
 )
 SUPPORTED_STRATEGIES = (
     "auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false",
-    "ddp_spawn", "fsdp", "fsdp_cpu_offload",
+    "ddp_spawn", "fsdp", "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
+    "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
 )
 PRECISIONS = {
     "64": "64-true", "64-true": "64-true", "32": "32-true", "32-true": "32-true",

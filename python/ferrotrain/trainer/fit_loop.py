@@ -36,7 +36,10 @@ class FitLoop:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         module = trainer.lightning_module
-        self.step = AutomaticStep(trainer) if module.automatic_optimization else ManualStep(trainer)
+        if module.automatic_optimization:
+            self.step = trainer.strategy.automatic_step(trainer) or AutomaticStep(trainer)
+        else:
+            self.step = ManualStep(trainer)
         # Manual optimization steps its schedulers itself (`self.lr_schedulers()`), as in Lightning.
         self.step_scheds: list = []
         self.epoch_scheds: list = []

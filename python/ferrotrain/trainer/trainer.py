@@ -968,6 +968,7 @@ class Trainer:
             self._convert_sync_batchnorm(model)
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
+        self._strategy.setup_optimizers(self, model)
         # Validation loaders first, as Lightning asks for them (for the sanity check) before the
         # training loader.
         self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
