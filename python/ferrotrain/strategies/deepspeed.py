@@ -383,13 +383,12 @@ class DeepSpeedStrategy(ParallelStrategy):
         )
         self.barrier("deepspeed checkpoint written")
         if self.is_global_zero:
-            checkpointing.wait_for_writes(trainer)
-            checkpointing.after_save(trainer)
+            checkpointing.wait_for_writes(trainer)  # deletes what this checkpoint replaced
 
     def checkpoint_exists(self, path: str) -> bool:
         return os.path.isfile(path) or _is_deepspeed_checkpoint(path)
 
-    def load_checkpoint(self, path: str, map_location: Any) -> dict:
+    def load_checkpoint(self, path: str, map_location: Any, weights_only: Optional[bool] = None) -> dict:
         from ferrotrain.trainer import checkpointing
 
         engine = self._model
@@ -399,7 +398,7 @@ class DeepSpeedStrategy(ParallelStrategy):
                     f"{path!r} is a checkpoint file; `DeepSpeedStrategy` resumes a fit from the folder the engine "
                     "wrote (`engine.save_checkpoint`)"
                 )
-            return checkpointing.load(path, map_location=map_location)
+            return checkpointing.load(path, map_location=map_location, weights_only=weights_only)
         if not _is_deepspeed_checkpoint(path):
             raise CheckpointError(f"{path!r} is not a DeepSpeed checkpoint folder (no 'latest' file)")
         if engine is None:
