@@ -73,8 +73,15 @@ def lightning_module() -> Any:
 
 @contextlib.contextmanager
 def _quiet_output() -> Any:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
+    # ferrotrain's own messages go through `logging` (its handler holds the real stderr).
+    ours = logging.getLogger("ferrotrain")
+    level = ours.level
+    ours.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        ours.setLevel(level)
 
 
 def _trainer(L: Any, root: str, quiet: bool, **kw: Any) -> Any:  # noqa: N803 - the framework, as users import it

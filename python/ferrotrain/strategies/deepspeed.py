@@ -516,22 +516,9 @@ def _make_step_class() -> Any:
             self.clip_val = None  # the engine clips
             self.ov_clip = False  # warned about at setup: the engine clips
 
-        def _backward(self, loss: torch.Tensor) -> None:
-            trainer, module = self.trainer, self.module
-            if self.cb_bb or self.m_bb is not None:
-                self.fx["_current_fx_name"] = "on_before_backward"
-                for f in self.cb_bb:
-                    f(trainer, module, loss)
-                if self.m_bb is not None:
-                    self.m_bb(loss)
+        def _backward_pass(self, loss: torch.Tensor) -> None:
             # Divided by `accumulate_grad_batches` in the closure already, as without DeepSpeed.
             self.engine.backward(loss, scale_wrt_gas=False)
-            if self.cb_ab or self.m_ab is not None:
-                self.fx["_current_fx_name"] = "on_after_backward"
-                for f in self.cb_ab:
-                    f(trainer, module)
-                if self.m_ab is not None:
-                    self.m_ab()
 
         def run(self, batch: Any, batch_idx: int, flags: int) -> Any:
             self._batch = batch

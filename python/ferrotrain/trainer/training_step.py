@@ -117,9 +117,9 @@ class AutomaticStep:
         return run
 
     # The closure reads the batch from `self` so no new function object is made per step.
-    def closure(self) -> Optional[torch.Tensor]:
-        fx = self.fx
-        fx["_current_fx_name"] = "training_step"
+    def _step_loss(self) -> Optional[torch.Tensor]:
+        """`training_step` on the current batch, and its loss divided over the accumulation window."""
+        self.fx["_current_fx_name"] = "training_step"
         if self.mixed:
             with self.precision.step_context():
                 out = self.training_step(self._batch, self._batch_idx)
@@ -130,6 +130,10 @@ class AutomaticStep:
         if loss is not None and self.accumulate > 1:
             loss = loss / self.accumulate
         self._loss = loss
+        return loss
+
+    def closure(self) -> Optional[torch.Tensor]:
+        loss = self._step_loss()
         if self._zero:
             self._zero_grad()
         if loss is not None:
@@ -165,12 +169,7 @@ class AutomaticStep:
                 f(trainer, module, loss)
             if self.m_bb is not None:
                 self.m_bb(loss)
-        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
-        if self.ov_backward:
-            self.fx["_current_fx_name"] = "backward"
-            module.backward(scaled)
-        else:
-            scaled.backward()
+        self._backward_pass(loss)
         if self.cb_ab or self.m_ab is not None:
             self.fx["_current_fx_name"] = "on_after_backward"
             for f in self.cb_ab:
@@ -178,6 +177,15 @@ class AutomaticStep:
             if self.m_ab is not None:
                 self.m_ab()
 
+
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        """The backward itself, between the backward hooks (a strategy's engine may own it)."""
+        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+        if self.ov_backward:
+            self.fx["_current_fx_name"] = "backward"
+            self.module.backward(scaled)
+        else:
+            scaled.backward()
     def after_closure(self) -> None:
         """Before-step hooks and clipping, on the (unscaled) accumulated gradients."""
         trainer, module, opt = self.trainer, self.module, self.optimizer
@@ -232,16 +240,7 @@ class SkipBackwardStep(AutomaticStep):
     calls the optimizer, on whatever gradients are left, as Lightning does."""
 
     def closure(self) -> Optional[torch.Tensor]:
-        fx = self.fx
-        fx["_current_fx_name"] = "training_step"
-        with self.precision.step_context():
-            out = self.training_step(self._batch, self._batch_idx)
-        self._out = out
-        loss = _loss_from_output(out)
-        if loss is not None and self.accumulate > 1:
-            loss = loss / self.accumulate
-        self._loss = loss
-        return loss
+        return self._step_loss()
 
 
 class ManualStep:
