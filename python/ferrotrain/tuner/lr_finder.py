@@ -191,9 +191,12 @@ class _LRCallback(Callback):
         if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
             return
         if self.progress_bar_refresh_rate and self.progress_bar is None:
-            from tqdm import tqdm
-
-            self.progress_bar = tqdm(desc="Finding best initial lr", total=self.num_training)
+            try:
+                from tqdm import tqdm
+            except ImportError:  # Lightning's bar needs tqdm, which ferrotrain does not require
+                self.progress_bar = False
+            else:
+                self.progress_bar = tqdm(desc="Finding best initial lr", total=self.num_training)
         self.lrs.append(trainer.lr_scheduler_configs[0].scheduler.lr[0])
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
