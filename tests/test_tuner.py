@@ -354,3 +354,17 @@ def test_other_runtime_errors_propagate(tmp_path):
         return os.listdir(tmp_path), model.batch_size  # no temporary checkpoint left; last size tried
 
     check(scenario, ([], 8))
+
+
+def test_out_of_range_margin_and_windows_are_configuration_errors() -> None:
+    # Lightning asserts these; ferrotrain raises its usual ValueError naming the parameter.
+    from ferrotrain.callbacks import BatchSizeFinder
+    from ferrotrain.callbacks.throughput_monitor import Throughput
+    from ferrotrain.errors import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="margin"):
+        BatchSizeFinder(margin=1.0)
+    with pytest.raises(MisconfigurationException, match="window_size"):
+        Throughput(window_size=1)
+    with pytest.raises(MisconfigurationException, match="world_size"):
+        Throughput(world_size=0)

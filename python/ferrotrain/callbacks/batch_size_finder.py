@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ferrotrain.callbacks.callback import Callback
+from ferrotrain.tuner.batch_size_scaling import _check_margin
 
 
 class BatchSizeFinder(Callback):
@@ -26,7 +27,7 @@ class BatchSizeFinder(Callback):
         mode = mode.lower()
         if mode not in self.SUPPORTED_MODES:
             raise ValueError(f"`mode` should be either of {self.SUPPORTED_MODES}")
-        assert 0.0 <= margin < 1.0, f"`margin` should be between 0 and 1. Found {margin=}"
+        _check_margin(margin)
         self.optimal_batch_size: Optional[int] = init_val
         self._mode = mode
         self._steps_per_trial = steps_per_trial

@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from ferrotrain.callbacks.callback import Callback
+from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.states import RunningStage, TrainerFn
 from ferrotrain.utilities.rank_zero import rank_zero_warn
 
@@ -76,9 +77,12 @@ class Throughput:
                  separator: str = "/") -> None:
         self.available_flops = available_flops
         self.separator = separator
-        assert world_size > 0
+        if not world_size > 0:
+            raise MisconfigurationException(f"`Throughput(world_size={world_size!r})` must be an int >= 1")
         self.world_size = world_size
-        assert window_size > 1  # rates are differences between the window's first and last values
+        # Rates are differences between the window's first and last values: two at least.
+        if not window_size > 1:
+            raise MisconfigurationException(f"`Throughput(window_size={window_size!r})` must be an int >= 2")
         self._time = _MonotonicWindow(window_size)
         self._batches = _MonotonicWindow(window_size)
         self._samples = _MonotonicWindow(window_size)

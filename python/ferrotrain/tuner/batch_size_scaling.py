@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, Tuple
 
+from ferrotrain.errors import MisconfigurationException
 from ferrotrain.utilities.memory import garbage_collection_cuda, is_oom_error
 from ferrotrain.utilities.parsing import lightning_getattr, lightning_setattr
 from ferrotrain.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -17,6 +18,12 @@ log = logging.getLogger(__name__)
 
 # Every trial starts from an empty progress (Lightning resets the optimizer and epoch progress).
 _ZERO = dict(epoch=0, epochs_processed=0, batches_in_epoch=0, total_batches=0, global_step=0, batches_that_stepped=0)
+
+
+def _check_margin(margin: float) -> None:
+    # Lightning asserts this; here it is the usual configuration error (a ValueError).
+    if not 0.0 <= margin < 1.0:
+        raise MisconfigurationException(f"`margin` should be between 0 and 1 (0 <= margin < 1). Found margin={margin!r}")
 
 
 def _scale_batch_size(
@@ -32,7 +39,7 @@ def _scale_batch_size(
     """Search from inside a fit (`on_fit_start`); returns the size found, also set on the model."""
     from ferrotrain.tuner import _trial
 
-    assert 0.0 <= margin < 1.0, f"`margin` should be between 0 and 1. Found {margin=}"
+    _check_margin(margin)
     if trainer.fast_dev_run:
         rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
         return None
