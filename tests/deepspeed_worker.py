@@ -21,32 +21,17 @@ from ferrotrain.callbacks import ModelCheckpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from fsdp_worker import CLIP, dataset, make_net, make_optimizer  # noqa: E402
+import fsdp_worker  # noqa: E402
+from fsdp_worker import CLIP, dataset  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-class Model(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = make_net()
-        self.seen = {}
+class Model(fsdp_worker.Model):
+    """The FSDP worker's model; the first step records the engine's optimizer."""
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = torch.nn.functional.mse_loss(self.net(x), y)
-        self.log("loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        if batch_idx == 0 and self.current_epoch == 0:
-            self.seen["model_type"] = type(self.trainer.model).__name__
-            self.seen["optimizer_type"] = type(self.trainer.optimizers[0]).__name__
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y), sync_dist=True)
-
-    def configure_optimizers(self):
-        return make_optimizer(self.parameters())
+    def note_first_step(self) -> None:
+        self.seen["optimizer_type"] = type(self.trainer.optimizers[0]).__name__
 
 
 def trainer(out: str, epochs: int, stage: str, **kw) -> L.Trainer:

@@ -58,9 +58,12 @@ class Model(L.LightningModule):
         self.log("loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         if batch_idx == 0 and self.current_epoch == 0:
             self.seen["model_type"] = type(self.trainer.model).__name__
-            # Each rank holds only its shard of the first layer's weight.
-            self.seen["local_numel"] = self.net[0].lin.weight.numel()
+            self.note_first_step()
         return loss
+
+    def note_first_step(self) -> None:
+        # Each rank holds only its shard of the first layer's weight.
+        self.seen["local_numel"] = self.net[0].lin.weight.numel()
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

@@ -340,23 +340,15 @@ def test_tensorboard_bad_value_is_a_clear_error_and_options_fall_back_to_summary
     assert [(e.step, e.value) for e in _accumulator(purged.log_dir).Scalars("loss")] == [(0, 1.0)]
 
 
-def _checkpoint_notices(L) -> list:  # noqa: N803
-    """What a custom logger hears of checkpoints: ModelCheckpoint's saves, not `save_checkpoint`."""
+def _quiet_logger_class(L):  # noqa: N803
+    """A minimal custom `Logger` of library `L` that drops everything; tests record what they need."""
     import importlib
-    import tempfile
 
-    import torch
-
-    from tests.lightning_ref import is_lightning, loader
+    from tests.lightning_ref import is_lightning
 
     loggers = importlib.import_module("lightning.pytorch.loggers" if is_lightning(L) else "ferrotrain.loggers")
-    callbacks = importlib.import_module("lightning.pytorch.callbacks" if is_lightning(L) else "ferrotrain.callbacks")
 
-    class Recorder(loggers.Logger):
-        def __init__(self) -> None:
-            super().__init__()
-            self.saved = []
-
+    class Quiet(loggers.Logger):
         @property
         def name(self):
             return "rec"
@@ -370,6 +362,25 @@ def _checkpoint_notices(L) -> list:  # noqa: N803
 
         def log_hyperparams(self, params, *args, **kwargs):
             pass
+
+    return Quiet
+
+
+def _checkpoint_notices(L) -> list:  # noqa: N803
+    """What a custom logger hears of checkpoints: ModelCheckpoint's saves, not `save_checkpoint`."""
+    import importlib
+    import tempfile
+
+    import torch
+
+    from tests.lightning_ref import is_lightning, loader
+
+    callbacks = importlib.import_module("lightning.pytorch.callbacks" if is_lightning(L) else "ferrotrain.callbacks")
+
+    class Recorder(_quiet_logger_class(L)):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved = []
 
         def after_save_checkpoint(self, checkpoint_callback):
             self.saved.append(checkpoint_callback.save_last)  # the ModelCheckpoint (Lightning: a proxy)
@@ -404,29 +415,16 @@ def test_loggers_hear_of_model_checkpoint_saves_only() -> None:
 
 def _hparams_calls(L, autolog: bool = True, clash: bool = False) -> list:  # noqa: N803
     """The calls a custom logger gets around `on_fit_start` and in `test`, with what values."""
-    import importlib
     import tempfile
     import warnings
 
     import torch
 
-    from tests.lightning_ref import is_lightning, loader
+    from tests.lightning_ref import loader
 
-    loggers = importlib.import_module("lightning.pytorch.loggers" if is_lightning(L) else "ferrotrain.loggers")
     calls = []
 
-    class Recorder(loggers.Logger):
-        @property
-        def name(self):
-            return "rec"
-
-        @property
-        def version(self):
-            return 0
-
-        def log_metrics(self, metrics, step=None):
-            pass
-
+    class Recorder(_quiet_logger_class(L)):
         def log_hyperparams(self, params, *args, **kwargs):
             calls.append(("hparams", dict(params)))
 

@@ -224,18 +224,22 @@ class _LRCallback(Callback):
         self.losses.append(smoothed)
 
 
-class _LinearLR(LRScheduler):
-    """Raises the learning rate linearly from the optimizer's to `end_lr` over `num_iter` steps."""
+class _RangeLR(LRScheduler):
+    """Raises the learning rate from the optimizer's to `end_lr` over `num_iter` steps; the
+    subclasses say how (`_at`: the rate a fraction `r` of the way)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, end_lr: float, num_iter: int, last_epoch: int = -1) -> None:
         self.end_lr = end_lr
         self.num_iter = num_iter
         super().__init__(optimizer, last_epoch)
 
+    def _at(self, base: float, r: float) -> float:
+        raise NotImplementedError
+
     def get_lr(self) -> List[float]:
         r = (self.last_epoch + 1) / self.num_iter
         if self.last_epoch > 0:
-            val = [base + r * (self.end_lr - base) for base in self.base_lrs]
+            val = [self._at(base, r) for base in self.base_lrs]
         else:
             val = list(self.base_lrs)
         self._lr = val
@@ -246,23 +250,15 @@ class _LinearLR(LRScheduler):
         return self._lr
 
 
-class _ExponentialLR(LRScheduler):
-    """Raises the learning rate geometrically from the optimizer's to `end_lr` over `num_iter` steps."""
+class _LinearLR(_RangeLR):
+    """Linearly, as Lightning's `_LinearLR`."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, end_lr: float, num_iter: int, last_epoch: int = -1) -> None:
-        self.end_lr = end_lr
-        self.num_iter = num_iter
-        super().__init__(optimizer, last_epoch)
+    def _at(self, base: float, r: float) -> float:
+        return base + r * (self.end_lr - base)
 
-    def get_lr(self) -> List[float]:
-        r = (self.last_epoch + 1) / self.num_iter
-        if self.last_epoch > 0:
-            val = [base * (self.end_lr / base) ** r for base in self.base_lrs]
-        else:
-            val = list(self.base_lrs)
-        self._lr = val
-        return val
 
-    @property
-    def lr(self) -> Union[float, List[float]]:
-        return self._lr
+class _ExponentialLR(_RangeLR):
+    """Geometrically, as Lightning's `_ExponentialLR`."""
+
+    def _at(self, base: float, r: float) -> float:
+        return base * (self.end_lr / base) ** r

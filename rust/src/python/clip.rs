@@ -1,8 +1,9 @@
 //! Bindings for the gradient-norm and clip math (`crate::clip`). `split_grads` describes each
 //! contiguous CPU gradient as a `(data_ptr, numel, dtype_code)` triple (through torch's DLPack
-//! exchange table, `crate::dlpack`) while Python keeps the tensors alive for the call; the other
-//! functions check the triples, release the GIL and run the kernels on the raw memory. Every
-//! non-CPU or strided gradient stays in Python, on torch's `_foreach` path.
+//! exchange table, `crate::dlpack`) and returns them checked, as a `GradBufs`, while Python keeps
+//! the tensors alive for the call; the kernel functions take only a `GradBufs` (no pointer comes
+//! from Python), release the GIL and run on the raw memory. Every non-CPU or strided gradient
+//! stays in Python, on torch's `_foreach` path.
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
@@ -24,8 +25,8 @@ struct RawBuf {
 impl RawBuf {
     /// A shared view of the memory.
     ///
-    /// SAFETY: the caller (Python) passed the `data_ptr()` and `numel()` of a contiguous CPU
-    /// tensor of this dtype and holds that tensor alive for the whole call; `checked` verified
+    /// SAFETY: `split_grads` read the start and length of a contiguous CPU tensor of this dtype,
+    /// whose owner (Python) holds it alive for the whole call; `checked` verified
     /// the pointer is non-null and aligned. Nothing writes it while this view lives: the only
     /// writers are `grad_mut` views, made one at a time after all reads are done.
     unsafe fn grad(&self) -> Grad<'_> {
@@ -102,11 +103,6 @@ impl GradBufs {
 
 #[pymethods]
 impl GradBufs {
-    #[new]
-    fn new(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<Self> {
-        Self::from_triples(py, bufs)
-    }
-
     /// The number of gradients covered (empty ones included).
     fn __len__(&self) -> usize {
         self.nonempty.len()
@@ -205,21 +201,11 @@ fn native_triple(
     Ok(Some((ptr, numel, u8::try_from(code).unwrap_or(u8::MAX))))
 }
 
-/// The buffers of a call: prepared (`GradBufs`) or a list of `(data_ptr, numel, dtype_code)`.
-#[derive(FromPyObject)]
-enum BufsArg<'py> {
-    Prepared(Bound<'py, GradBufs>),
-    Raw(Vec<(usize, usize, u8)>),
-}
-
-impl BufsArg<'_> {
-    fn resolve(self, py: Python<'_>) -> PyResult<(Vec<RawBuf>, u8)> {
-        match self {
-            // A copy of a few words per gradient, far cheaper than re-checking the triples.
-            BufsArg::Prepared(b) => Ok((b.get().bufs.clone(), b.get().mask)),
-            BufsArg::Raw(v) => checked(py, v),
-        }
-    }
+/// The buffers of a call, and their dtype mask: a copy of a few words per gradient, far cheaper
+/// than describing the gradients again.
+fn held(bufs: &Bound<'_, GradBufs>) -> (Vec<RawBuf>, u8) {
+    let b = bufs.get();
+    (b.bufs.clone(), b.mask)
 }
 
 fn norm_type(py: Python<'_>, p: f64) -> PyResult<NormType> {
@@ -250,23 +236,18 @@ fn scale(bufs: &[RawBuf], coef: f64) {
 
 /// The total `norm_type`-norm of the buffers, seen as one vector, and the dtype mask.
 #[pyfunction]
-fn grad_norm_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResult<(f64, u8)> {
+fn grad_norm_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, norm_type: f64) -> PyResult<(f64, u8)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, mask) = bufs.resolve(py)?;
+    let (bufs, mask) = held(&bufs);
     Ok((py.detach(|| total(&bufs, norm)), mask))
 }
 
 /// The norm of each gradient and of all together, in one pass. Empty gradients have norm 0.
 #[pyfunction]
-fn grad_norms_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResult<(Vec<f64>, f64)> {
+fn grad_norms_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, norm_type: f64) -> PyResult<(Vec<f64>, f64)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, nonempty) = match bufs {
-        BufsArg::Prepared(b) => (b.get().bufs.clone(), b.get().nonempty.clone()),
-        BufsArg::Raw(v) => {
-            let nonempty = v.iter().map(|b| b.1 != 0).collect::<Vec<_>>();
-            (checked(py, v)?.0, nonempty)
-        }
-    };
+    let nonempty = bufs.get().nonempty.clone();
+    let (bufs, _) = held(&bufs);
     let (norms, total) = py.detach(|| {
         // SAFETY: see `RawBuf::grad`; only shared views exist in this closure.
         let grads: Vec<Grad<'_>> = bufs.iter().map(|b| unsafe { b.grad() }).collect();
@@ -286,13 +267,13 @@ fn grad_norms_bufs(py: Python<'_>, bufs: BufsArg<'_>, norm_type: f64) -> PyResul
 #[pyfunction]
 fn clip_grad_norm_bufs(
     py: Python<'_>,
-    bufs: BufsArg<'_>,
+    bufs: Bound<'_, GradBufs>,
     max_norm: f64,
     norm_type: f64,
     error_if_nonfinite: bool,
 ) -> PyResult<(f64, bool, u8)> {
     let norm = self::norm_type(py, norm_type)?;
-    let (bufs, mask) = bufs.resolve(py)?;
+    let (bufs, mask) = held(&bufs);
     let (t, scaled) = py.detach(|| {
         let t = total(&bufs, norm);
         if error_if_nonfinite && !t.is_finite() {
@@ -311,16 +292,16 @@ fn clip_grad_norm_bufs(
 
 /// Multiply every element of the buffers by `coef` in place.
 #[pyfunction]
-fn scale_bufs(py: Python<'_>, bufs: BufsArg<'_>, coef: f64) -> PyResult<()> {
-    let (bufs, _) = bufs.resolve(py)?;
+fn scale_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, coef: f64) -> PyResult<()> {
+    let (bufs, _) = held(&bufs);
     py.detach(|| scale(&bufs, coef));
     Ok(())
 }
 
 /// Clamp every element of the buffers to `[-clip_value, clip_value]` in place.
 #[pyfunction]
-fn clamp_bufs(py: Python<'_>, bufs: BufsArg<'_>, clip_value: f64) -> PyResult<()> {
-    let (bufs, _) = bufs.resolve(py)?;
+fn clamp_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, clip_value: f64) -> PyResult<()> {
+    let (bufs, _) = held(&bufs);
     py.detach(|| {
         for b in &bufs {
             // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
