@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import sys
 from datetime import timedelta
 from types import SimpleNamespace
@@ -109,22 +110,77 @@ def test_metric_numbers_are_padded_like_lightning():
 # --- progress bar: behaviour -----------------------------------------------------------------------
 
 
-def test_bar_not_a_terminal_prints_lines_every_tenth_and_at_epoch_end(monkeypatch):
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_timed_epoch(bar, trainer, n, clock, seconds_per_batch):
+    bar.on_train_epoch_start(trainer, None)
+    for i in range(n):
+        clock.now += seconds_per_batch
+        bar.on_train_batch_end(trainer, None, None, None, i)
+    bar.on_train_epoch_end(trainer, None)
+
+
+def _line_counts(text):
+    return [re.search(r"\| (\d+/\d+) \[", line).group(1) for line in text.splitlines()]
+
+
+def test_bar_not_a_terminal_prints_lines_every_tenth_at_most_once_a_second(monkeypatch):
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
+    clock = _Clock()
+    monkeypatch.setattr("ferrotrain.callbacks.progress._monotonic", clock)
     trainer = _FakeTrainer(num_training_batches=20)
     bar = TQDMProgressBar()
     bar.setup(trainer, None, "fit")
     bar.on_train_start(trainer, None)
-    _run_train_epoch(bar, trainer, 20)
-    bar.on_train_end(trainer, None)
+    # 10% of 20 batches is 2; a batch takes 0.3 s, so the 10% marks come every 0.6 s and a line is
+    # printed at the first mark at least 1 s after the previous line: 4, 8, 12, 16, then the end.
+    _run_timed_epoch(bar, trainer, 20, clock, 0.3)
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    # 10% of 20 batches is 2: lines at 2, 4, ..., 18, then the epoch-end line at 20.
-    assert [line.split("| ")[1].split(" ")[0] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+    assert _line_counts(out.getvalue()) == ["4/20", "8/20", "12/20", "16/20", "20/20"]
     assert lines[-1].startswith("Epoch 0: 100%|##########| 20/20 [")
     assert lines[-1].endswith(", train_loss=0.500]")
     assert trainer.metric_reads == len(lines)  # metrics are read only for a line that is printed
+    # Slow batches: every 10% mark gets its line.
+    out.seek(0)
+    out.truncate()
+    trainer.current_epoch = 1
+    _run_timed_epoch(bar, trainer, 20, clock, 1.0)
+    assert _line_counts(out.getvalue()) == [f"{n}/20" for n in range(2, 21, 2)]
+    # A fast epoch (well under a second) prints only its end line.
+    out.seek(0)
+    out.truncate()
+    trainer.current_epoch = 2
+    _run_timed_epoch(bar, trainer, 20, clock, 0.001)
+    bar.on_train_end(trainer, None)
+    assert _line_counts(out.getvalue()) == ["20/20"]
+
+
+def test_bar_not_a_terminal_prints_a_line_every_30_s_between_marks(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    clock = _Clock()
+    monkeypatch.setattr("ferrotrain.callbacks.progress._monotonic", clock)
+    trainer = _FakeTrainer(num_training_batches=1000)
+    bar = TQDMProgressBar()
+    bar.setup(trainer, None, "fit")
+    bar.on_train_start(trainer, None)
+    bar.on_train_epoch_start(trainer, None)
+    for i in range(60):  # 12.5 s a batch: the 10% mark (batch 100) is far away
+        clock.now += 12.5
+        bar.on_train_batch_end(trainer, None, None, None, i)
+    # Lines once 30 s passed since the previous one: at 37.5 s, 75 s, ...: every 3rd batch.
+    assert _line_counts(out.getvalue())[:3] == ["3/1000", "6/1000", "9/1000"]
+    assert len(out.getvalue().splitlines()) == 20
 
 
 def test_bar_on_a_terminal_redraws_in_place_and_reads_metrics_only_when_drawing(monkeypatch):

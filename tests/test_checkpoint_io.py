@@ -266,6 +266,71 @@ def test_subclasses_of_builtin_types_are_saved_as_their_base_type(tmp_path):
     assert_same(loaded, {"stage": "train", "point": (1, 2), "dd": {"a": 1}})
 
 
+def test_keys_that_need_escaping_and_mapping_order_round_trip(tmp_path):
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    od = OrderedDict([("a", 1), ("b", 2), ("c", 3)])
+    od.move_to_end("a")  # the OrderedDict's order now differs from its dict storage's
+    ckpt = {
+        'quote"back\\slash': 1,
+        "new\nline\ttab\x00nul\x1f": [2],
+        "ünï ✓ 🙂": {"deeper": "\x7f"},
+        "od": od,
+        "level": Level.HIGH,
+        "huge": -(2**200),
+    }
+    save(tmp_path / "k.ckpt", ckpt)
+    loaded = load(tmp_path / "k.ckpt")
+    assert list(loaded["od"]) == ["b", "c", "a"]
+    assert type(loaded["level"]) is int and loaded["level"] == 3
+    assert_same({**ckpt, "level": 3}, loaded)
+
+
+def test_a_key_with_a_lone_surrogate_names_its_tensor_with_an_escape(tmp_path):
+    from safetensors.torch import load_file
+
+    ckpt = {"bad\ud800key": torch.ones(2)}
+    save(tmp_path / "u.ckpt", ckpt)
+    assert list(load_file(tmp_path / "u.ckpt")) == ["bad\\ud800key"]
+    assert torch.equal(load(tmp_path / "u.ckpt")["bad\\ud800key"], torch.ones(2))
+
+
+def test_lazily_negated_and_conjugated_views_are_saved_with_their_values(tmp_path):
+    z = torch.complex(torch.arange(4.0), torch.arange(4.0) + 10).conj()
+    im = z.imag  # a float view with torch's negation bit set: its memory holds +10..13
+    assert im.is_neg()
+    ckpt = {"im": im, "z": z, "plain": torch.arange(4.0)}
+    save(tmp_path / "n.ckpt", ckpt)
+    loaded = load(tmp_path / "n.ckpt")
+    assert torch.equal(loaded["im"], -(torch.arange(4.0) + 10))
+    assert torch.equal(loaded["z"], z.resolve_conj())
+    with AsyncCheckpointWriter() as writer:
+        writer.submit(tmp_path / "a.ckpt", ckpt)
+    assert torch.equal(load(tmp_path / "a.ckpt")["im"], -(torch.arange(4.0) + 10))
+
+
+def test_a_parameter_and_a_plain_view_of_it_are_stored_once(tmp_path):
+    p = nn.Parameter(torch.randn(64, 64))
+    save(tmp_path / "p.ckpt", {"param": p, "state_dict": {"w": p.detach()}})
+    assert os.path.getsize(tmp_path / "p.ckpt") < 2 * p.numel() * 4
+    loaded = load(tmp_path / "p.ckpt")
+    assert type(loaded["param"]) is nn.Parameter and torch.equal(loaded["state_dict"]["w"], p.detach())
+
+
+def test_a_checkpoint_nested_too_deeply_is_an_error(tmp_path):
+    deep: list = []
+    node = deep
+    for _ in range(5000):
+        node.append([])
+        node = node[0]
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        save(tmp_path / "d.ckpt", {"deep": deep})
+    assert not (tmp_path / "d.ckpt").exists()
+
+
 def test_views_of_one_tensor_are_stored_once(tmp_path):
     w = torch.randn(256, 64)
     save(tmp_path / "tied.ckpt", {"state_dict": {"embed.weight": w, "head.weight": w.detach()}})

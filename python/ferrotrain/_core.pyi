@@ -132,13 +132,19 @@ class Prefetcher:
 
 # ---------------------------------------------------------------- checkpoints (checkpoint/)
 class CheckpointLayout:
-    def __init__(self, specs: list[tuple[str, str, list[int]]], tree: str, metadata: dict[str, str]) -> None: ...
+    """Made by `encode_checkpoint` only."""
     @property
     def offsets(self) -> list[int]: ...
     @property
     def data_len(self) -> int: ...
     @property
     def file_len(self) -> int: ...
+
+def encode_checkpoint(
+    checkpoint: dict, encoding: tuple, metadata: dict[str, str]
+) -> tuple[str, list[str], list[Any], CheckpointLayout, list[Optional[tuple[int, int]]]]:
+    """A checkpoint's JSON tree, stored tensors' names and objects, file layout, and per tensor
+    `(address, nbytes)` when its memory is written as it is (see `checkpoint/_tree.py`)."""
 
 def checkpoint_write(path: str, layout: CheckpointLayout, sources: list[tuple[int, int]]) -> None: ...
 def checkpoint_read(fd: int, path: str, verify: bool) -> tuple[list[tuple[str, str, list[int], int, int]], dict[str, str]]: ...

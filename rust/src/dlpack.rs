@@ -100,8 +100,16 @@ pub const EXCHANGE_API_CAPSULE: &std::ffi::CStr = c"dlpack_exchange_api";
 pub const MAJOR_VERSION: u32 = 1;
 
 const DEVICE_CPU: i32 = 1;
-const CODE_FLOAT: u8 = 2;
-const CODE_BFLOAT: u8 = 4;
+
+/// `DLDataTypeCode` values (dlpack.h).
+pub mod codes {
+    pub const INT: u8 = 0;
+    pub const UINT: u8 = 1;
+    pub const FLOAT: u8 = 2;
+    pub const BFLOAT: u8 = 4;
+    pub const BOOL: u8 = 6;
+}
+use codes::{BFLOAT as CODE_BFLOAT, FLOAT as CODE_FLOAT};
 
 /// The core's dtype for a DLPack scalar type, if it handles it.
 pub fn dtype_of(t: DlDataType) -> Option<DType> {
@@ -138,17 +146,27 @@ pub fn is_contiguous(shape: &[i64], strides: &[i64]) -> bool {
     true
 }
 
-/// `(address of the first element, number of elements, dtype)` when `t` is a contiguous CPU
-/// buffer of a dtype the core handles; `None` sends the tensor to torch's path.
+/// A CPU tensor's memory as DLPack describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuView {
+    /// Address of the first element.
+    pub address: usize,
+    pub shape: Vec<i64>,
+    /// In elements.
+    pub strides: Vec<i64>,
+    pub contiguous: bool,
+}
+
+/// The memory of `t` when it is on the CPU, with its shape and strides; `None` otherwise (or
+/// when the description is malformed).
 ///
 /// # Safety
 /// `t.shape` and `t.strides` must each point at `t.ndim` readable `i64`s (or be null), as the
 /// exporter promises while the described object is alive and unchanged.
-pub unsafe fn cpu_buffer(t: &DlTensor) -> Option<(usize, usize, DType)> {
+pub unsafe fn cpu_view(t: &DlTensor) -> Option<CpuView> {
     if t.device.device_type != DEVICE_CPU {
         return None;
     }
-    let dtype = dtype_of(t.dtype)?;
     let ndim = usize::try_from(t.ndim).ok()?;
     let (shape, strides): (&[i64], &[i64]) = if ndim == 0 {
         (&[], &[])
@@ -161,12 +179,27 @@ pub unsafe fn cpu_buffer(t: &DlTensor) -> Option<(usize, usize, DType)> {
         // SAFETY: non-null, and `ndim` long by the caller's contract.
         unsafe { (std::slice::from_raw_parts(t.shape, ndim), std::slice::from_raw_parts(t.strides, ndim)) }
     };
-    if !is_contiguous(shape, strides) {
+    if shape.iter().any(|&d| d < 0) {
         return None;
     }
-    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
-    let start = (t.data as usize).checked_add(usize::try_from(t.byte_offset).ok()?)?;
-    Some((start, numel, dtype))
+    let address = (t.data as usize).checked_add(usize::try_from(t.byte_offset).ok()?)?;
+    Some(CpuView { address, shape: shape.to_vec(), strides: strides.to_vec(), contiguous: is_contiguous(shape, strides) })
+}
+
+/// `(address of the first element, number of elements, dtype)` when `t` is a contiguous CPU
+/// buffer of a dtype the core handles; `None` sends the tensor to torch's path.
+///
+/// # Safety
+/// As [`cpu_view`].
+pub unsafe fn cpu_buffer(t: &DlTensor) -> Option<(usize, usize, DType)> {
+    let dtype = dtype_of(t.dtype)?;
+    // SAFETY: the caller's contract is `cpu_view`'s.
+    let view = unsafe { cpu_view(t) }?;
+    if !view.contiguous {
+        return None;
+    }
+    let numel = view.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
+    Some((view.address, numel, dtype))
 }
 
 #[cfg(test)]
@@ -256,5 +289,25 @@ mod tests {
         null_strides.strides = std::ptr::null();
         // SAFETY: null is checked before reading.
         assert_eq!(unsafe { cpu_buffer(&null_strides) }, None);
+    }
+
+    #[test]
+    fn cpu_view_keeps_strided_views_with_their_strides() {
+        let mut data = [0f32; 12];
+        let mut t = tensor(&mut data, &[3, 2], &[1, 4], F32);
+        t.byte_offset = 4;
+        // SAFETY: shape and strides point at 2 values each, alive for the call.
+        let view = unsafe { cpu_view(&t) };
+        let expected = CpuView { address: data.as_ptr() as usize + 4, shape: vec![3, 2], strides: vec![1, 4], contiguous: false };
+        assert_eq!(view, Some(expected));
+
+        // A dtype the clip math does not handle still has a view (the checkpoint takes any).
+        let t = tensor(&mut data, &[12], &[1], DlDataType { code: codes::INT, bits: 64, lanes: 1 });
+        // SAFETY: as above.
+        assert!(unsafe { cpu_view(&t) }.is_some_and(|v| v.contiguous));
+
+        let negative = tensor(&mut data, &[-1], &[1], F32);
+        // SAFETY: as above.
+        assert_eq!(unsafe { cpu_view(&negative) }, None);
     }
 }

@@ -7,8 +7,8 @@ What it shows matches Lightning's tqdm bar::
 
 On a terminal the line is redrawn in place (carriage return; the validation bar sits on the line
 below the training bar during `fit`). When stdout is not a terminal (a log file, CI) it prints whole
-lines instead: one at every 10% of an epoch or every 30 s, whichever comes first, and one at each
-epoch's end.
+lines instead: one at every 10% of an epoch (but not more than one a second: a log of short epochs
+gets their end lines only) or every 30 s, whichever comes first, and one at each epoch's end.
 
 Cost per step. The Trainer calls `on_train_batch_end` every step, and the whole loop has a budget of
 a few percent over raw PyTorch, so a step that does not redraw costs one integer comparison: the bar
@@ -35,7 +35,8 @@ _monotonic = time.monotonic
 _NEVER = sys.maxsize  # a "next batch to look at" that is never reached: the bar is off
 _REDRAW_INTERVAL_S = 0.1  # terminal: at most 10 redraws a second
 _LINE_INTERVAL_S = 30.0  # not a terminal: at least one line every 30 s while a bar runs
-_LINE_EVERY_FRACTION = 0.1  # not a terminal: a line at every 10% of the total
+_LINE_EVERY_FRACTION = 0.1  # not a terminal: a line at every 10% of the total...
+_LINE_MIN_INTERVAL_S = 1.0  # ... at most one a second
 _PAD_SIZE = 5
 
 
@@ -153,7 +154,7 @@ class _Bar:
 
     __slots__ = (
         "desc", "total", "n", "file", "tty", "unicode", "position", "leave", "start", "due", "milestone",
-        "_last_len", "postfix",
+        "quiet_until", "_last_len", "postfix",
     )
 
     def __init__(self, desc: str, file: TextIO, position: int, leave: bool) -> None:
@@ -166,9 +167,10 @@ class _Bar:
         self.leave = leave
         self.total: Optional[Union[int, float]] = None
         self.n = 0
-        self.start = time.monotonic()
+        self.start = _monotonic()
         self.due = 0.0
         self.milestone: float = _NEVER
+        self.quiet_until = 0.0  # not a terminal: no 10% line before this time
         self._last_len = 0
         self.postfix = ""
 
@@ -179,7 +181,8 @@ class _Bar:
             total = None
         self.total = total
         self.n = 0
-        self.start = time.monotonic()
+        self.start = _monotonic()
+        self.quiet_until = self.start + _LINE_MIN_INTERVAL_S
         # A terminal bar shows at the first stop; log lines wait for 10% or 30 s. Bars that vanish
         # when done (sanity check, validation inside fit) print no 10% lines.
         self.due = self.start if self.tty else self.start + _LINE_INTERVAL_S
@@ -196,7 +199,7 @@ class _Bar:
     def text(self) -> str:
         ncols = shutil.get_terminal_size((100, 20)).columns if self.tty else None
         return format_meter(
-            self.desc, self.n, self.total, time.monotonic() - self.start, self.postfix, ncols, self.unicode
+            self.desc, self.n, self.total, _monotonic() - self.start, self.postfix, ncols, self.unicode
         )
 
     def draw(self) -> None:
@@ -463,7 +466,7 @@ class TQDMProgressBar(ProgressBar):
     def _advance(self, bar: _Bar, n: int, trainer: Any, pl_module: Any, with_metrics: bool) -> Tuple[float, float, float]:
         """The slow path, at batch number `n` when `force` was reached or `due` passed: draw (or
         print a line), then return the new (next, force, due)."""
-        now = time.monotonic()
+        now = _monotonic()
         total = bar.total
         last = total is not None and n >= total
         bar.n = n
@@ -472,13 +475,16 @@ class TQDMProgressBar(ProgressBar):
             if draw:
                 bar.due = now + _REDRAW_INTERVAL_S
         else:
-            # The last line comes from the end hook; in between, every 10% or every 30 s.
-            draw = not last and (n >= bar.milestone or now >= bar.due)
+            # The last line comes from the end hook; in between, every 10% (at most one a second)
+            # or every 30 s.
+            at_milestone = n >= bar.milestone
+            draw = not last and ((at_milestone and now >= bar.quiet_until) or now >= bar.due)
             if draw:
                 bar.due = now + _LINE_INTERVAL_S
-                if total and bar.leave:
-                    every = max(1, math.ceil(total * _LINE_EVERY_FRACTION))
-                    bar.milestone = (n // every + 1) * every
+                bar.quiet_until = now + _LINE_MIN_INTERVAL_S
+            if (draw or at_milestone) and total and bar.leave:
+                every = max(1, math.ceil(total * _LINE_EVERY_FRACTION))
+                bar.milestone = (n // every + 1) * every
         if draw:
             if with_metrics:
                 bar.postfix = format_postfix(self.get_metrics(trainer, pl_module))

@@ -16,7 +16,7 @@ import torch
 
 from .. import _core
 from ..errors import CheckpointError
-from ._io import PathLike, layout_of
+from ._io import METADATA, PathLike
 from ._tree import flatten
 
 _live: "weakref.WeakSet[AsyncCheckpointWriter]" = weakref.WeakSet()
@@ -86,21 +86,21 @@ class AsyncCheckpointWriter:
                 raise CheckpointError("this AsyncCheckpointWriter is closed")
             self._writer.wait()  # the previous write: awaited first, its error raised here
             path = os.fspath(path)
-            flat = flatten(checkpoint)
-            layout = layout_of(flat)
-            on_device = [t for t in flat.tensors if t.device.type != "cpu"]
-            pinned = any(t.device.type == "cuda" for t in on_device) and torch.cuda.is_available()
+            flat = flatten(checkpoint, METADATA)
+            layout = flat.layout
+            # Tensors the native encoder could not read in place (devices, strided views).
+            copied = [t for t, direct in zip(flat.tensors, flat.direct) if direct is None]
+            pinned = any(t.device.type == "cuda" for t in copied) and torch.cuda.is_available()
             buf = self._buffer_for(layout.data_len, pinned)
             copies = []
-            keep = []
             streams = set()
-            for t, offset in zip(flat.tensors, layout.offsets):
+            for t, direct, offset in zip(flat.tensors, flat.direct, layout.offsets):
+                if direct is not None:
+                    if direct[1]:
+                        copies.append((direct[0], direct[1], offset))  # `flat` keeps `t` alive
+                    continue
                 nbytes = t.numel() * t.element_size()
                 if nbytes == 0:
-                    continue
-                if t.device.type == "cpu" and t.is_contiguous() and not (t.is_conj() or t.is_neg()):
-                    copies.append((t.data_ptr(), nbytes, offset))
-                    keep.append(t)  # alive until the Rust copy below has run
                     continue
                 # Strided or device tensors: torch copies them straight into their slot.
                 dst = buf[offset : offset + nbytes].view(t.dtype).view(t.shape)
@@ -114,7 +114,6 @@ class AsyncCheckpointWriter:
             for s in streams:
                 s.synchronize()
             self._writer.submit(path, layout, buf, buf.data_ptr(), buf.numel(), copies, [os.fspath(p) for p in remove])
-            del keep
 
     def wait(self) -> None:
         """Block until the write in flight (if any) is durable; raise its error if it failed."""

@@ -13,7 +13,7 @@ import torch
 
 from .. import _core
 from ..errors import CheckpointError, CorruptCheckpointError
-from ._tree import DTYPE_TO_NAME, NAME_TO_DTYPE, Flattened, flatten, unflatten
+from ._tree import NAME_TO_DTYPE, flatten, unflatten
 
 #: Extra `__metadata__` entries of every file (the safetensors convention for torch files).
 METADATA = {"format": "pt"}
@@ -21,12 +21,6 @@ _TREE_KEY = "ferrotrain.tree"
 
 PathLike = Union[str, "os.PathLike[str]"]
 MapLocation = Union[None, str, torch.device, dict, Callable[..., Any]]
-
-
-def layout_of(flat: Flattened) -> Any:
-    """The Rust layout (offsets, sizes, header) of a flattened checkpoint."""
-    specs = [(n, DTYPE_TO_NAME[t.dtype], list(t.shape)) for n, t in zip(flat.names, flat.tensors)]
-    return _core.CheckpointLayout(specs, flat.tree, METADATA)
 
 
 def host_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -54,11 +48,16 @@ def save(path: PathLike, checkpoint: dict) -> None:
     at `path`, if any, is then left untouched.
     """
     path = os.fspath(path)
-    flat = flatten(checkpoint)
-    layout = layout_of(flat)
-    host = [host_contiguous(t) for t in flat.tensors]
-    # `host` keeps every tensor alive while Rust reads their memory.
-    _core.checkpoint_write(path, layout, [(t.data_ptr(), t.numel() * t.element_size()) for t in host])
+    flat = flatten(checkpoint, METADATA)
+    sources = []
+    host = []  # keeps the host copies alive while Rust reads their memory (`flat` holds the rest)
+    for t, direct in zip(flat.tensors, flat.direct):
+        if direct is None:
+            t = host_contiguous(t)
+            host.append(t)
+            direct = (t.data_ptr(), t.numel() * t.element_size())
+        sources.append(direct)
+    _core.checkpoint_write(path, flat.layout, sources)
 
 
 def _map_tensor(t: torch.Tensor, saved: str, map_location: MapLocation) -> torch.Tensor:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .. import _core
 from ..errors import CheckpointError, CorruptCheckpointError
 
 try:  # numpy is optional: without it, no numpy value can appear in a checkpoint anyway.
@@ -76,11 +77,15 @@ def key_path(path: tuple) -> str:
 
 @dataclass
 class Flattened:
-    """A checkpoint split into its JSON tree and its tensors (in first-seen order)."""
+    """A checkpoint split into its JSON tree and its tensors (in first-seen order), with the file
+    layout and, per tensor, `(address, nbytes)` when its memory can be written as it is
+    (a contiguous CPU tensor) or None (torch makes a host copy)."""
 
     tree: str
     names: list = field(default_factory=list)
     tensors: list = field(default_factory=list)
+    layout: Any = None
+    direct: list = field(default_factory=list)
 
 
 def _utf8(s: str) -> str:
@@ -90,165 +95,76 @@ def _utf8(s: str) -> str:
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class _Encoder:
-    def __init__(self) -> None:
-        self.out = Flattened(tree="")
-        self._taken: set = set()
-        self._by_memory: dict = {}
-        self._open: set = set()  # ids of the containers on the current path (cycle check)
-
-    def fail(self, path: tuple, what: str) -> CheckpointError:
-        return CheckpointError(f"cannot save {key_path(path)}: {what}")
-
-    def _name(self, path: tuple) -> str:
-        parts = [str(p) for p in path]
-        if len(parts) > 1 and parts[0] == "state_dict":
-            parts = parts[1:]
-        base = _utf8("/".join(parts)) or "tensor"
-        name, n = base, 0
-        while name in self._taken or name == "__metadata__":
-            n += 1
-            name = f"{base}~{n}"
-        self._taken.add(name)
-        return name
-
-    def _add(self, t: torch.Tensor, path: tuple) -> str:
-        """Register a detached strided tensor; returns its name (shared views are stored once)."""
-        memory = None
-        if t.numel() > 0:
-            memory = (
-                t.device,
-                t.dtype,
-                t.untyped_storage().data_ptr(),
-                t.storage_offset(),
-                tuple(t.shape),
-                t.stride(),
-                t.is_conj(),
-                t.is_neg(),
-            )
-            if memory in self._by_memory:
-                return self._by_memory[memory]
-        name = self._name(path)
-        self.out.names.append(name)
-        self.out.tensors.append(t)
-        if memory is not None:
-            self._by_memory[memory] = name
-        return name
-
-    def tensor(self, t: torch.Tensor, path: tuple) -> dict:
-        if type(t) not in (torch.Tensor, torch.nn.Parameter):
-            raise self.fail(path, f"tensor subclass {type(t).__qualname__} is not supported")
-        if t.layout != torch.strided or t.is_quantized:
-            raise self.fail(path, f"only dense tensors are supported, got layout {t.layout}")
-        if t.device.type == "meta":
-            raise self.fail(path, "a meta tensor has no data")
-        if t.dtype not in DTYPE_TO_NAME:
-            raise self.fail(path, f"dtype {t.dtype} is not supported")
-        entry: dict = {"tensor": self._add(t.detach(), path)}
-        if t.device.type != "cpu":
-            entry["device"] = str(t.device)
-        if type(t) is torch.nn.Parameter:
-            entry["param"] = bool(t.requires_grad)
-        return entry
-
-    def numpy(self, a: Any, path: tuple, tag: str) -> dict:
-        try:
-            # (not ascontiguousarray: it turns 0-dim arrays into 1-dim ones)
-            t = torch.from_numpy(a if a.flags.c_contiguous else a.copy(order="C"))
-        except (TypeError, ValueError) as e:
-            raise self.fail(path, f"numpy dtype {a.dtype} is not supported ({e})") from None
-        return {tag: self._add(t, path)}
-
-    def key(self, k: Any, path: tuple) -> Any:
-        if k is None or isinstance(k, (bool, int, float, str, tuple)):
-            return self.value(k, path)
-        raise self.fail(path, f"dict key {k!r} of type {type(k).__qualname__} is not supported")
-
-    def mapping(self, d: dict, path: tuple, ordered: bool) -> dict:
-        if all(type(k) is str or isinstance(k, str) for k in d):
-            value = self.value
-            body: Any = {_utf8(str.__str__(k)): value(v, path + (k,)) for k, v in d.items()}
-        else:
-            body = [[self.key(k, path + (k,)), self.value(v, path + (k,))] for k, v in d.items()]
-        if not ordered:
-            return {"dict": body}
-        out = {"odict": body}
-        meta = getattr(d, "_metadata", None)  # nn.Module.state_dict() keeps module versions here
-        if meta is not None:
-            out["meta"] = self.value(meta, path + ("_metadata",))
-        return out
-
-    def value(self, obj: Any, path: tuple) -> Any:
-        t = type(obj)
-        if t is str:
-            return obj if obj.isascii() else _utf8(obj)
-        if obj is None or t is bool or t is int:
-            return obj
-        if t is float:
-            return obj if math.isfinite(obj) else {"float": repr(obj)}
-        if t is dict or t is list:  # the common containers first (same rules as below)
-            if id(obj) in self._open:
-                raise self.fail(path, "the checkpoint contains itself (a cycle)")
-            self._open.add(id(obj))
-            try:
-                if t is dict:
-                    return self.mapping(obj, path, ordered=False)
-                return [self.value(v, path + (i,)) for i, v in enumerate(obj)]
-            finally:
-                self._open.discard(id(obj))
-        if isinstance(obj, torch.Tensor):
-            return self.tensor(obj, path)
-        if t is torch.dtype:
-            return {"dtype": str(obj)[len("torch."):]}
-        if t is torch.device:
-            return {"device": str(obj)}
-        if t is torch.Size:
-            return {"size": [int(d) for d in obj]}
-        if t is bytes:
-            return {"bytes": self._add(torch.frombuffer(bytearray(obj), dtype=torch.uint8) if obj else torch.empty(0, dtype=torch.uint8), path)}
-        if _np is not None and isinstance(obj, _np.ndarray):
-            return self.numpy(obj, path, "ndarray")
-        if _np is not None and isinstance(obj, _np.generic):
-            return self.numpy(_np.asarray(obj), path, "np_scalar")
-        if isinstance(obj, (dict, list, tuple)):
-            if id(obj) in self._open:
-                raise self.fail(path, "the checkpoint contains itself (a cycle)")
-            self._open.add(id(obj))
-            try:
-                if isinstance(obj, dict):
-                    return self.mapping(obj, path, ordered=t is OrderedDict)
-                items = [self.value(v, path + (i,)) for i, v in enumerate(obj)]
-                return items if isinstance(obj, list) else {"tuple": items}
-            finally:
-                self._open.discard(id(obj))
-        if isinstance(obj, bool):  # pragma: no cover - bool cannot be subclassed
-            return bool(obj)
-        if isinstance(obj, int):
-            return int(obj)
-        if isinstance(obj, float):
-            return self.value(float(obj), path)
-        if isinstance(obj, str):
-            return _utf8(str.__str__(obj))
-        raise self.fail(
-            path,
-            f"values of type {t.__module__}.{t.__qualname__} cannot be saved (supported: tensors, "
-            "numpy arrays, None/bool/int/float/str/bytes, dicts, lists, tuples, torch.dtype/device); "
-            "nothing is pickled",
-        )
+# The encoder is the native core's (`_core.encode_checkpoint`): it walks the tree, writes the
+# JSON and describes plain CPU tensors itself, and calls the helpers below for the rare values
+# and for every error, so the messages and type rules stay stated here.
 
 
-def flatten(checkpoint: Any) -> Flattened:
-    """Split `checkpoint` into a JSON tree and its tensors; raises `CheckpointError` naming the
-    key path of the first value that cannot be saved."""
+def _fail(path: tuple, what: str) -> CheckpointError:
+    return CheckpointError(f"cannot save {key_path(path)}: {what}")
+
+
+def _tensor_info(t: torch.Tensor, path: tuple) -> tuple:
+    """A tensor the native walk does not describe itself (another device, a Parameter, complex
+    or float8, a lazily negated view) or refuses: `(tensor to store, dtype name, shape, saved
+    device or None, requires_grad of a Parameter or None, memory key or None, address when its
+    memory can be written as it is or None)`."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter):
+        raise _fail(path, f"tensor subclass {type(t).__qualname__} is not supported")
+    if t.layout != torch.strided or t.is_quantized:
+        raise _fail(path, f"only dense tensors are supported, got layout {t.layout}")
+    if t.device.type == "meta":
+        raise _fail(path, "a meta tensor has no data")
+    if t.dtype not in DTYPE_TO_NAME:
+        raise _fail(path, f"dtype {t.dtype} is not supported")
+    d = t.detach()
+    on_cpu = d.device.type == "cpu"
+    lazy = d.is_conj() or d.is_neg()
+    key = (str(d.device), d.data_ptr(), list(d.stride()), d.is_conj(), d.is_neg()) if d.numel() > 0 else None
+    direct = d.data_ptr() if on_cpu and not lazy and d.is_contiguous() else None
+    device = None if on_cpu else str(d.device)
+    param = bool(t.requires_grad) if type(t) is torch.nn.Parameter else None
+    return d, DTYPE_TO_NAME[d.dtype], list(d.shape), device, param, key, direct
+
+
+def _numpy_tensor(a: Any, path: tuple, scalar: bool) -> torch.Tensor:
+    if scalar:
+        a = _np.asarray(a)
+    try:
+        # (not ascontiguousarray: it turns 0-dim arrays into 1-dim ones)
+        return torch.from_numpy(a if a.flags.c_contiguous else a.copy(order="C"))
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"numpy dtype {a.dtype} is not supported ({e})") from None
+
+
+def _bytes_tensor(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else torch.empty(0, dtype=torch.uint8)
+
+
+_ENCODING = (
+    torch.Tensor,
+    torch.dtype,
+    torch.device,
+    torch.Size,
+    OrderedDict,
+    None if _np is None else _np.ndarray,
+    None if _np is None else _np.generic,
+    _tensor_info,
+    _numpy_tensor,
+    _bytes_tensor,
+    _fail,
+    _utf8,
+)
+
+
+def flatten(checkpoint: Any, metadata: Optional[dict] = None) -> Flattened:
+    """Split `checkpoint` into a JSON tree and its tensors, and place them in a file layout
+    whose header also carries `metadata`; raises `CheckpointError` naming the key path of the
+    first value that cannot be saved."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__qualname__}")
-    enc = _Encoder()
-    try:
-        tree = enc.value(checkpoint, ())
-    except RecursionError:
-        raise CheckpointError("cannot save the checkpoint: it is nested too deeply") from None
-    enc.out.tree = json.dumps(tree, allow_nan=False, separators=(",", ":"))
-    return enc.out
+    tree, names, tensors, layout, direct = _core.encode_checkpoint(checkpoint, _ENCODING, metadata or {})
+    return Flattened(tree, names, tensors, layout, direct)
 
 
 class _Decoder:

@@ -46,7 +46,8 @@ def rng_states() -> Dict[str, Any]:
         states["numpy"] = np.random.get_state()
     except ImportError:
         pass
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # (is_initialized first: it is a flag, while is_available may ask the driver)
+    if torch.cuda.is_initialized() and torch.cuda.is_available():
         states["torch.cuda"] = torch.cuda.get_rng_state_all()
     return states
 

@@ -9,6 +9,7 @@
 //! - `async_writer`: one write in flight on a background thread, overlapped with the snapshot copy.
 //! - `gate`: the per-piece hand-off between that copy and the write.
 //! - `parallel`: the piece-wise work split shared by the three passes over tensor bytes.
+//! - `tree`: the JSON text, tensor names and shared-memory keys of a checkpoint's tree.
 
 pub mod async_writer;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod format;
 pub mod gate;
 pub mod io;
 pub mod parallel;
+pub mod tree;
 
 #[cfg(test)]
 mod fuzz;

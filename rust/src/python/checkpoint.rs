@@ -17,10 +17,10 @@ use pyo3::prelude::*;
 use super::errors::ferro_err;
 use crate::checkpoint::{
     gate::RawBuffer, open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource,
-    CheckpointError, Dtype, Layout, TensorSpec,
+    CheckpointError, Layout,
 };
 
-fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
+pub(super) fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
     let class = if e.is_corrupt() {
         "CorruptCheckpointError"
     } else {
@@ -42,36 +42,21 @@ unsafe fn bytes_at<'a>(ptr: usize, len: usize) -> &'a [u8] {
     }
 }
 
-/// Where each tensor of a checkpoint goes; built once per save from `(name, dtype, shape)`
-/// triples (dtype as safetensors names it, e.g. "BF16"), the tree JSON and extra metadata.
+/// Where each tensor of a checkpoint goes; made once per save by `encode_checkpoint`
+/// (`checkpoint_tree.rs`), with the tree JSON and extra metadata in its header.
 #[pyclass(name = "CheckpointLayout", module = "ferrotrain._core", frozen)]
 pub struct PyLayout {
     inner: Layout,
 }
 
+impl From<Layout> for PyLayout {
+    fn from(inner: Layout) -> Self {
+        Self { inner }
+    }
+}
+
 #[pymethods]
 impl PyLayout {
-    #[new]
-    fn new(
-        py: Python<'_>,
-        specs: Vec<(String, String, Vec<u64>)>,
-        tree: &str,
-        metadata: BTreeMap<String, String>,
-    ) -> PyResult<Self> {
-        let specs = specs
-            .into_iter()
-            .map(|(name, dtype, shape)| match Dtype::parse(&dtype) {
-                Some(dtype) => Ok(TensorSpec { name, dtype, shape }),
-                None => Err(CheckpointError::Invalid(format!(
-                    "tensor '{name}' has unsupported dtype '{dtype}'"
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| to_py(py, e))?;
-        let inner = Layout::new(specs, tree, metadata).map_err(|e| to_py(py, e))?;
-        Ok(Self { inner })
-    }
-
     /// Start of each tensor relative to the data region, in the order the specs were given.
     #[getter]
     fn offsets(&self) -> Vec<u64> {

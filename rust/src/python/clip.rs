@@ -140,7 +140,7 @@ fn split_grads(
 
 /// The DLPack describer torch publishes on the tensor type (`__dlpack_c_exchange_api__`), if
 /// this torch has one whose layout we know. Looked up per call: a getattr, no import.
-fn exchange_api(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
+pub(super) fn exchange_api(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
     let py = tensor_type.py();
     let capsule = tensor_type.getattr(intern!(py, "__dlpack_c_exchange_api__")).ok()?;
     // SAFETY: `capsule` is a live object; GetPointer checks that it is a capsule with this

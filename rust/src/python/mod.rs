@@ -5,6 +5,7 @@
 use pyo3::prelude::*;
 
 mod checkpoint;
+mod checkpoint_tree;
 mod clip;
 mod errors;
 mod metrics;
@@ -21,6 +22,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     metrics::register(m)?;
     clip::register(m)?;
     checkpoint::register(m)?;
+    checkpoint_tree::register(m)?;
     prefetch::register(m)?;
     profile::register(m)?;
     tfevents::register(m)?;
