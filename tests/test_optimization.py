@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.testing import assert_close
 
 from tests.lightning_ref import check, is_lightning, libraries, loader, memory_logger, misconfiguration, trainer, state_of, tiny_net
@@ -206,6 +207,56 @@ def test_lbfgs_gets_a_closure_and_matches_hand_loop():
     for L in libraries():
         state, got_calls, steps = fit(L)
         assert (got_calls, steps) == (calls, 2 * EPOCHS)
+        assert_close(state, _state(net), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("where", ["none", "optimizer", "global"])
+def test_optimizer_step_pre_hooks_run_before_the_training_step(where):
+    """`optimizer.step(closure)` runs torch's step pre-hooks before the closure (the forward and
+    backward); ferrotrain calls the closure itself only when no such hook exists, so the order a
+    hook observes is Lightning's either way, and the weights equal a hand loop's."""
+
+    def scenario(L):
+        events: List[str] = []
+
+        def hook(opt, args, kwargs):
+            events.append("pre_hook")
+
+        class M(L.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = _net()
+
+            def training_step(self, batch, batch_idx):
+                events.append("training_step")
+                x, y = batch
+                return F.mse_loss(self.net(x), y)
+
+            def configure_optimizers(self):
+                opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+                if where == "optimizer":
+                    opt.register_step_pre_hook(hook)
+                return opt
+
+        handle = register_optimizer_step_pre_hook(hook) if where == "global" else None
+        try:
+            m = M()
+            _fit(L, m, loader(4, 2), max_epochs=1)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return events, _state(m.net)
+
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for x, y in loader(4, 2):
+        opt.zero_grad()
+        F.mse_loss(net(x), y).backward()
+        opt.step()
+    step = ["training_step"] if where == "none" else ["pre_hook", "training_step"]
+    for L in libraries():
+        events, state = scenario(L)
+        assert events == step * 2, L.__name__
         assert_close(state, _state(net), rtol=0, atol=0)
 
 

@@ -169,6 +169,7 @@ class SimpleProfiler(Profiler):
             step._zero_grad = wrap("[Strategy]zero_grad", step._zero_grad)
             step._backward = wrap("[Strategy]backward", step._backward)
             step.after_closure = wrap("[Strategy]clip_gradients", step.after_closure)
+            step.time_parts()
             run = step.run
             phase = self.timer.phase("[Strategy]optimizer_step")
             enter, leave = self.timer.enter, self.timer.exit

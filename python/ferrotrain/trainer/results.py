@@ -148,6 +148,9 @@ class Results:
 
             if log_synced(self, entry, value, weight):
                 return
+        # A one-element CPU tensor (a loss) is read by the native core in one call.
+        elif type(value) is torch.Tensor and self._store.update_from_tensor(entry.slot, value, torch.Tensor, weight):
+            return
         self._update(entry, value, weight)
 
     def _register(self, fx: Optional[str], name: str, options: tuple, dl_idx: Optional[int]) -> _Entry:

@@ -10,9 +10,11 @@ A batch inside an accumulation window runs the closure alone.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Dict, Optional
 
 import torch
+import torch.optim.optimizer as _torch_optimizer
 
 from ferrotrain import _core
 from ferrotrain.errors import MisconfigurationException
@@ -38,6 +40,20 @@ class MockOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
+
+
+# torch's optimizers whose `step(closure)` calls the closure once, under `enable_grad`, before
+# anything else it does (a graph-capture health check aside): calling the closure and then
+# `step()` is the same sequence, without a grad-mode context per step. Others (LBFGS, user
+# classes) always get the closure.
+_CLOSURE_FIRST = frozenset(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta")
+    if hasattr(torch.optim, name)
+)
+# Step pre-hooks registered for every optimizer (torch keeps them here); None on a torch that
+# does not, which then always gets the closure.
+_GLOBAL_STEP_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 
 
 def _loss_from_output(out: Any) -> Optional[torch.Tensor]:
@@ -85,7 +101,7 @@ class AutomaticStep:
         self.precision = trainer._precision
         self.mixed = self.precision.has_step_context
         self.scaler = self.precision.scaler
-        self.accumulate = trainer.accumulate_grad_batches
+        self._accumulate = trainer.accumulate_grad_batches
         cb, mod, ov = hooks.cb, hooks.mod, hooks.overridden
         self.cb_zero, self.m_zero = cb["on_before_zero_grad"], mod["on_before_zero_grad"]
         self.cb_bb, self.m_bb = cb["on_before_backward"], mod["on_before_backward"]
@@ -106,8 +122,73 @@ class AutomaticStep:
         self._lightning_optimizer = LightningOptimizer(self.optimizer, trainer) if self.ov_step else None
         self.count_step = trainer._schedule.count_optimizer_step
         # Batches that do not step skip the gradient all-reduce when the strategy can (DDP `no_sync`).
-        no_sync = trainer.strategy.no_sync()
+        self._no_sync = trainer.strategy.no_sync()
+        self._parts_timed = False
+        self._select_closures()
+        self._step_pre_hooks = getattr(self.optimizer, "_optimizer_step_pre_hooks", None)
+        self._closure_first = (
+            type(self.optimizer) in _CLOSURE_FIRST and self._step_pre_hooks is not None and _GLOBAL_STEP_PRE_HOOKS is not None
+        )
+
+    @property
+    def accumulate(self) -> int:
+        return self._accumulate
+
+    @accumulate.setter
+    def accumulate(self, value: int) -> None:
+        # GradientAccumulationScheduler changes it between epochs: the closures follow.
+        self._accumulate = value
+        self._select_closures()
+
+    def _select_closures(self) -> None:
+        """With no hook, override, scaler, clipping or accumulation between them, a step is just
+        training_step, zero_grad, backward and the optimizer's step: one closure does it all."""
+        for name in ("closure", "closure_then_hooks"):
+            self.__dict__.pop(name, None)  # back to the methods
+        plain = (
+            type(self) is AutomaticStep
+            and not self._parts_timed
+            and not self.mixed
+            and self.scaler is None
+            and self._accumulate == 1
+            and self._no_sync is None
+            and not (self.ov_zero or self.ov_backward or self.ov_clip or self.clip_val)
+            and not (self.cb_zero or self.cb_bb or self.cb_ab or self.cb_bos)
+            and self.m_zero is None and self.m_bb is None and self.m_ab is None and self.m_bos is None
+        )
+        if plain:
+            self.closure = self.closure_then_hooks = self._plain_closure  # type: ignore[method-assign]
+        no_sync = self._no_sync
         self.accumulate_closure = self.closure if no_sync is None else self._closure_without_sync(no_sync)
+
+    def time_parts(self) -> None:
+        """The profiler wraps `_zero_grad`, `_backward` and `after_closure` to time them: the
+        step then goes through each of them."""
+        self._parts_timed = True
+        self._select_closures()
+
+    def _plain_closure(self) -> Optional[torch.Tensor]:
+        """`closure_then_hooks` when there is nothing between its parts (see `__init__`)."""
+        self.fx["_current_fx_name"] = "training_step"
+        out = self.training_step(self._batch, self._batch_idx)
+        self._out = out
+        loss = out if type(out) is torch.Tensor and out.numel() == 1 else _loss_from_output(out)
+        self._loss = loss
+        if self._zero:
+            self.optimizer.zero_grad()
+        if loss is not None:
+            loss.backward()
+        return loss
+
+    def _optimizer_step(self) -> None:
+        """`optimizer.step(closure)`; for torch's optimizers that run the closure first, the
+        closure and then `step()`, unless a step pre-hook must run before the closure."""
+        opt = self.optimizer
+        if self._closure_first and not self._step_pre_hooks and not _GLOBAL_STEP_PRE_HOOKS and "step" not in opt.__dict__:
+            self.closure_then_hooks()
+            opt.step()
+        else:
+            opt.step(closure=self.closure_then_hooks)
 
     def _closure_without_sync(self, no_sync: Any) -> Any:
         def run() -> Optional[torch.Tensor]:
@@ -214,7 +295,7 @@ class AutomaticStep:
                     self.trainer.current_epoch, batch_idx, self._lightning_optimizer, self.closure
                 )
             elif self.scaler is None:
-                self.optimizer.step(closure=self.closure_then_hooks)
+                self._optimizer_step()
             else:
                 self.precision.optimizer_step(self.optimizer, self.closure, self.after_closure)
         else:
@@ -229,7 +310,7 @@ class AutomaticStep:
         if loss is None:
             return {}
         out = self._out
-        if isinstance(out, Mapping):
+        if type(out) is not torch.Tensor and isinstance(out, Mapping):
             return {**{k: v for k, v in out.items() if k != "loss"}, "loss": loss.detach()}
         return {"loss": loss.detach()}
 

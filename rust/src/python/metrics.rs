@@ -1,10 +1,14 @@
-//! Bindings for metric accumulation. `update_from_ptr` reads a scalar straight from a CPU
-//! tensor's memory: no `.item()`, no host copy, no torch call on the step path.
+//! Bindings for metric accumulation. `update_from_tensor` reads a scalar straight from a CPU
+//! tensor's memory, described by one C call through torch's DLPack exchange table: no
+//! `.item()`, no host copy, no torch attribute read on the step path (`self.log` of a loss).
 
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
 use super::errors::ferro_err;
 use crate::clip::{bf16_to_f32, f16_to_f32};
+use crate::dlpack::{self, codes};
 use crate::metrics::{MetricStore, Reduce};
 
 /// dtype codes shared with `ferrotrain/trainer/results.py` (and, for 0-3, the clip bindings).
@@ -41,6 +45,42 @@ impl PyMetricStore {
 
     fn update(&mut self, slot: usize, value: f64, weight: f64) -> bool {
         self.inner.update(slot, value, weight)
+    }
+
+    /// Add the value of `tensor` when it is a one-element CPU tensor of exactly `tensor_type`
+    /// (`torch.Tensor`) with a dtype read here; returns False, having added nothing, for any
+    /// other tensor (the caller then takes torch's path, or raises for a non-scalar).
+    fn update_from_tensor(
+        &mut self,
+        slot: usize,
+        tensor: &Bound<'_, PyAny>,
+        tensor_type: &Bound<'_, PyType>,
+        weight: f64,
+    ) -> PyResult<bool> {
+        let py = tensor.py();
+        if !tensor.get_type().is(tensor_type) {
+            return Ok(false);
+        }
+        let Some(describe) = super::clip::exchange_api(tensor_type) else { return Ok(false) };
+        let mut t = dlpack::DlTensor::default();
+        // SAFETY: `tensor` is a live object of exactly the type that published `describe`, and
+        // the GIL is held, as the exchange API requires.
+        if unsafe { describe(tensor.as_ptr().cast(), &mut t) } != 0 {
+            drop(PyErr::take(py));
+            return Ok(false);
+        }
+        // SAFETY: the exporter filled `t` for `tensor`, alive and unchanged while the GIL is held.
+        let Some(view) = (unsafe { dlpack::cpu_view(&t) }) else { return Ok(false) };
+        let Some(code) = scalar_code(t.dtype) else { return Ok(false) };
+        if view.shape.iter().product::<i64>() != 1 {
+            return Ok(false);
+        }
+        // DLPack has no negation bit: a lazily negated view must be resolved by torch.
+        if tensor.call_method0(intern!(py, "is_neg"))?.is_truthy()? {
+            return Ok(false);
+        }
+        self.update_from_ptr(py, slot, view.address, code, weight)?;
+        Ok(true)
     }
 
     /// Read one element of `dtype` at `ptr` (a live CPU tensor's `data_ptr()`) and add it.
@@ -88,6 +128,23 @@ impl PyMetricStore {
 
     fn __len__(&self) -> usize {
         self.inner.len()
+    }
+}
+
+/// The dtype code of a DLPack scalar type this module reads, if any.
+fn scalar_code(t: dlpack::DlDataType) -> Option<u8> {
+    if t.lanes != 1 {
+        return None;
+    }
+    match (t.code, t.bits) {
+        (codes::FLOAT, 32) => Some(F32),
+        (codes::FLOAT, 64) => Some(F64),
+        (codes::FLOAT, 16) => Some(F16),
+        (codes::BFLOAT, 16) => Some(BF16),
+        (codes::INT, 64) => Some(I64),
+        (codes::INT, 32) => Some(I32),
+        (codes::BOOL, 8) => Some(BOOL),
+        _ => None,
     }
 }
 
