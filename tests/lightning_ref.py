@@ -50,6 +50,11 @@ def misconfiguration(L: Any) -> type:
     return ferrotrain.errors.MisconfigurationException
 
 
+def callbacks_module(L: Any) -> Any:
+    """`ferrotrain.callbacks` or `lightning.pytorch.callbacks`."""
+    return importlib.import_module("lightning.pytorch.callbacks" if is_lightning(L) else "ferrotrain.callbacks")
+
+
 def csv_logger(L: Any, path: Any, **kwargs: Any) -> Any:
     if is_lightning(L):
         from lightning.pytorch.loggers import CSVLogger

@@ -131,7 +131,7 @@ def test_configure_optimizers_shapes(tmp_path, returns, n_opt, n_sched) -> None:
 
 # --- the rest of Lightning's Trainer and module surface --------------------------------------------
 
-from tests.lightning_ref import check, libraries, is_lightning  # noqa: E402
+from tests.lightning_ref import callbacks_module, check, is_lightning, libraries  # noqa: E402
 
 
 def _views_scenario(L) -> dict:
@@ -160,9 +160,7 @@ def _views_scenario(L) -> dict:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    from importlib import import_module
-
-    callbacks = import_module(f"{L.__name__}.pytorch.callbacks" if is_lightning(L) else f"{L.__name__}.callbacks")
+    callbacks = callbacks_module(L)
     stop = callbacks.EarlyStopping(monitor="x", check_on_train_epoch_end=False)
     t = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                   enable_checkpointing=False, val_check_interval=2, callbacks=[stop], num_sanity_val_steps=0,

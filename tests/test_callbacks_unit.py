@@ -729,3 +729,28 @@ def test_epoch_based_model_checkpoint_is_not_called_every_batch():
     called = {f.__self__ for f in table.cb["on_train_batch_end"]}
     assert called == {per_step, timed, custom}
     assert per_epoch.on_train_epoch_end in table.cb_train_epoch_end_last
+
+
+def test_checkpoint_names_from_templates_match_lightning():
+    from tests.lightning_ref import callbacks_module, check
+
+    metrics = {"epoch": torch.tensor(3), "step": torch.tensor(120), "val/loss": torch.tensor(0.12345),
+               "val.acc": torch.tensor(0.9), "lr": 0.01}
+    templates = [None, "{epoch}-{step}", "{epoch:02d}-{val/loss:.2f}", "best-{val.acc:.3f}-{epoch}", "{lr}", "{missing}"]
+
+    def scenario(L):
+        names = []
+        for auto in (True, False):
+            for template in templates:
+                mc = callbacks_module(L).ModelCheckpoint(filename=template, auto_insert_metric_name=auto)
+                names.append(mc.format_checkpoint_name(dict(metrics)))
+                names.append(mc.format_checkpoint_name(dict(metrics), ver=2))
+        return names
+
+    check(scenario, [
+        "epoch=3-step=120.ckpt", "epoch=3-step=120-v2.ckpt", "epoch=3-step=120.ckpt", "epoch=3-step=120-v2.ckpt",
+        "epoch=03-val/loss=0.12.ckpt", "epoch=03-val/loss=0.12-v2.ckpt", "best-val.acc=0.900-epoch=3.ckpt",
+        "best-val.acc=0.900-epoch=3-v2.ckpt", "lr=0.01.ckpt", "lr=0.01-v2.ckpt", "missing=0.ckpt", "missing=0-v2.ckpt",
+        "3-120.ckpt", "3-120-v2.ckpt", "3-120.ckpt", "3-120-v2.ckpt", "03-0.12.ckpt", "03-0.12-v2.ckpt",
+        "best-0.900-3.ckpt", "best-0.900-3-v2.ckpt", "0.01.ckpt", "0.01-v2.ckpt", "0.ckpt", "0-v2.ckpt",
+    ])

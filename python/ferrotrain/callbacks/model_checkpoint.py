@@ -5,11 +5,12 @@ blocks training only while the tensors are snapshotted."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 from datetime import timedelta
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -344,18 +345,27 @@ class ModelCheckpoint(Checkpoint):
         return name + self.FILE_EXTENSION
 
     def _format(self, template: str, metrics: Dict[str, Any]) -> str:
-        groups = re.findall(r"(\{.*?)[:\}]", template)
-        for group in sorted(set(groups), key=len, reverse=True):
-            key = group[1:]
-            if self.auto_insert_metric_name:
-                template = template.replace(group, key + self.CHECKPOINT_EQUALS_CHAR + "{" + key)
-            template = template.replace("{" + key, "{" + key.replace("/", "___").replace(".", "__dot__"))
+        fmt, keys = _parse_template(template, self.auto_insert_metric_name, self.CHECKPOINT_EQUALS_CHAR)
         values = {}
-        for group in groups:
-            key = group[1:]
+        for key, safe in keys:
             v = metrics.get(key, 0)
             if isinstance(v, torch.Tensor):
                 v = v.item()
-            values[key.replace("/", "___").replace(".", "__dot__")] = v
-        name = template.format(**values)
+            values[safe] = v
+        name = fmt.format(**values)
         return name.replace("___", "/").replace("__dot__", ".") if "___" in name or "__dot__" in name else name
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_template(template: str, auto_insert_metric_name: bool, equals: str) -> Tuple[str, Tuple[Tuple[str, str], ...]]:
+    """A filename template as a `str.format` string and its (metric key, format field) pairs,
+    parsed once per template rather than at every save. `{val/loss}` becomes the field
+    `val___loss` (`/` and `.` cannot appear in a field name), put back in the formatted name."""
+    groups = re.findall(r"(\{.*?)[:\}]", template)
+    for group in sorted(set(groups), key=len, reverse=True):
+        key = group[1:]
+        if auto_insert_metric_name:
+            template = template.replace(group, key + equals + "{" + key)
+        template = template.replace("{" + key, "{" + key.replace("/", "___").replace(".", "__dot__"))
+    keys = tuple((g[1:], g[1:].replace("/", "___").replace(".", "__dot__")) for g in groups)
+    return template, keys
