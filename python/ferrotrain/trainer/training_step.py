@@ -5,7 +5,9 @@ be decided once is decided in `__init__`, and hooks nobody overrode are not call
 Automatic order (Lightning's): optimizer_step( closure: training_step, on_before_zero_grad,
 optimizer_zero_grad (first batch of an accumulation window), on_before_backward, backward,
 on_after_backward ), on_before_optimizer_step, configure_gradient_clipping, the optimizer's step.
-A batch inside an accumulation window runs the closure alone.
+A batch inside an accumulation window runs the closure alone. When no hook, override, scaler,
+clipping or accumulation sits between the parts, one plain closure runs them, and torch's own
+optimizers (which call the closure first thing) get it called just before `step()`.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ class AutomaticStep:
         self._select_closures()
 
     def _plain_closure(self) -> Optional[torch.Tensor]:
-        """`closure_then_hooks` when there is nothing between its parts (see `__init__`)."""
+        """`closure_then_hooks` when there is nothing between its parts (`_select_closures`)."""
         self.fx["_current_fx_name"] = "training_step"
         out = self.training_step(self._batch, self._batch_idx)
         self._out = out

@@ -4,6 +4,7 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 use super::errors::ferro_err;
@@ -61,7 +62,7 @@ impl PyMetricStore {
         if !tensor.get_type().is(tensor_type) {
             return Ok(false);
         }
-        let Some(describe) = super::clip::exchange_api(tensor_type) else { return Ok(false) };
+        let Some(describe) = describer(tensor_type) else { return Ok(false) };
         let mut t = dlpack::DlTensor::default();
         // SAFETY: `tensor` is a live object of exactly the type that published `describe`, and
         // the GIL is held, as the exchange API requires.
@@ -129,6 +130,13 @@ impl PyMetricStore {
     fn __len__(&self) -> usize {
         self.inner.len()
     }
+}
+
+/// torch's DLPack describer for `tensor_type` (always `torch.Tensor`), looked up once: `self.log`
+/// runs every step, and the table lives as long as the process.
+fn describer(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
+    static DESCRIBE: PyOnceLock<Option<dlpack::DlTensorFromPyObject>> = PyOnceLock::new();
+    *DESCRIBE.get_or_init(tensor_type.py(), || super::clip::exchange_api(tensor_type))
 }
 
 /// The dtype code of a DLPack scalar type this module reads, if any.
