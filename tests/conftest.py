@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 import ferrotrain as L
 
 torch.set_num_threads(1)
+
+# A shell that starts a command in the background (`make test &`, nohup, some CI runners) makes it
+# ignore SIGINT, and Python then raises no KeyboardInterrupt, so the Ctrl-C tests could not send
+# one. Put back Python's own handler: this process and the processes it starts get Ctrl-C again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_dataset(n: int = 64, dim: int = 4, seed: int = 0) -> TensorDataset:

@@ -232,3 +232,42 @@ def test_exception_in_training_step_reaches_user_with_on_exception(tmp_path) -> 
     assert trainer.interrupted
     # The user's frame is in the traceback, unchanged by the native loop.
     assert any(tb.name == "training_step" for tb in info.traceback)
+
+
+@pytest.mark.parametrize("returns", ["tensor", "dict"])
+def test_batch_end_hooks_get_the_step_outputs_next_to_the_progress_bar(tmp_path, returns):
+    """`on_train_batch_end` gets Lightning's outputs (the loss detached, the step's other keys)
+    wherever it is overridden, a progress bar subclass included, also when the default bar
+    (which never reads them) runs beside it."""
+    from ferrotrain.callbacks import TQDMProgressBar
+
+    seen: List[Any] = []
+
+    class Bar(TQDMProgressBar):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(("bar", sorted(outputs), outputs["loss"].requires_grad))
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    class M(ferrotrain.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.layer(batch[0]).pow(2).mean()
+            return loss if returns == "tensor" else {"loss": loss, "extra": batch_idx}
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            seen.append(("module", sorted(outputs), outputs["loss"].requires_grad))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    keys = ["loss"] if returns == "tensor" else ["extra", "loss"]
+    for callbacks in ([Bar()], []):
+        seen.clear()
+        trainer = ferrotrain.Trainer(default_root_dir=str(tmp_path), max_epochs=1, callbacks=callbacks, logger=False,
+                                     enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(M(), DataLoader(make_dataset(8), batch_size=4))
+        want = ([("bar", keys, False)] if callbacks else []) + [("module", keys, False)]
+        assert seen == want * 2

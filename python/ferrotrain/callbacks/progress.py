@@ -471,7 +471,8 @@ class TQDMProgressBar(ProgressBar):
         last = total is not None and n >= total
         bar.n = n
         if bar.tty:
-            draw = last or now >= bar.due
+            # The last batch's text is drawn by the end hook (or the bar is wiped there).
+            draw = not last and now >= bar.due
             if draw:
                 bar.due = now + _REDRAW_INTERVAL_S
         else:

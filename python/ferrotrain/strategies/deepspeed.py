@@ -537,12 +537,7 @@ def _make_step_class() -> Any:
             if step:
                 self.count_step()
             self._batch = None
-            if not self.wants_outputs:
-                return None
-            out = self._out
-            if isinstance(out, dict):
-                return {**{k: v for k, v in out.items() if k != "loss"}, "loss": loss.detach()}
-            return {"loss": loss.detach()}
+            return self._batch_outputs(self._out, loss) if self.wants_outputs else None
 
     return DeepSpeedStep
 

@@ -58,6 +58,16 @@ _CLOSURE_FIRST = frozenset(
 _GLOBAL_STEP_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 
 
+def _reads_batch_outputs(callback_hooks: Any, module_hook: Any) -> bool:
+    """Whether any `on_train_batch_end` to call may read its `outputs`: the module's or a
+    callback's, except ferrotrain's own progress bar, which never does (building the outputs
+    costs a dict and a detach every step)."""
+    from ferrotrain.callbacks.progress import TQDMProgressBar
+
+    ignores = (TQDMProgressBar.on_train_batch_end,)
+    return module_hook is not None or any(getattr(f, "__func__", f) not in ignores for f in callback_hooks)
+
+
 def _loss_from_output(out: Any) -> Optional[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         loss = out
@@ -115,7 +125,7 @@ class AutomaticStep:
         self.ov_clip = ov["configure_gradient_clipping"]
         self.clip_val = trainer.gradient_clip_val
         self.clip_algo = trainer.gradient_clip_algorithm
-        self.wants_outputs = bool(cb["on_train_batch_end"]) or mod["on_train_batch_end"] is not None
+        self.wants_outputs = _reads_batch_outputs(cb["on_train_batch_end"], mod["on_train_batch_end"])
         self._out: Any = None
         self._loss: Optional[torch.Tensor] = None
         self._batch: Any = None
@@ -306,12 +316,14 @@ class AutomaticStep:
             # global_step moves on right after the step, before on_train_batch_end (Lightning).
             self.count_step()
         self._batch = None
-        loss = self._loss
-        if not self.wants_outputs:
-            return None
+        return self._batch_outputs(self._out, self._loss) if self.wants_outputs else None
+
+    @staticmethod
+    def _batch_outputs(out: Any, loss: Optional[torch.Tensor]) -> Any:
+        """What `on_train_batch_end` receives as `outputs` (Lightning's): the step's dict with the
+        loss detached, `{"loss": loss}` for a bare tensor, `{}` for a skipped batch."""
         if loss is None:
             return {}
-        out = self._out
         if type(out) is not torch.Tensor and isinstance(out, Mapping):
             return {**{k: v for k, v in out.items() if k != "loss"}, "loss": loss.detach()}
         return {"loss": loss.detach()}
