@@ -132,15 +132,21 @@ def _line_counts(text):
     return [re.search(r"\| (\d+/\d+) \[", line).group(1) for line in text.splitlines()]
 
 
-def test_bar_not_a_terminal_prints_lines_every_tenth_at_most_once_a_second(monkeypatch):
+def _log_file_bar(monkeypatch, batches):
+    """A default bar writing to a captured log file (not a terminal), on a clock the test moves."""
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     clock = _Clock()
     monkeypatch.setattr("ferrotrain.callbacks.progress._monotonic", clock)
-    trainer = _FakeTrainer(num_training_batches=20)
+    trainer = _FakeTrainer(num_training_batches=batches)
     bar = TQDMProgressBar()
     bar.setup(trainer, None, "fit")
     bar.on_train_start(trainer, None)
+    return out, clock, trainer, bar
+
+
+def test_bar_not_a_terminal_prints_lines_every_tenth_at_most_once_a_second(monkeypatch):
+    out, clock, trainer, bar = _log_file_bar(monkeypatch, 20)
     # 10% of 20 batches is 2; a batch takes 0.3 s, so the 10% marks come every 0.6 s and a line is
     # printed at the first mark at least 1 s after the previous line: 4, 8, 12, 16, then the end.
     _run_timed_epoch(bar, trainer, 20, clock, 0.3)
@@ -166,14 +172,7 @@ def test_bar_not_a_terminal_prints_lines_every_tenth_at_most_once_a_second(monke
 
 
 def test_bar_not_a_terminal_prints_a_line_every_30_s_between_marks(monkeypatch):
-    out = io.StringIO()
-    monkeypatch.setattr("sys.stdout", out)
-    clock = _Clock()
-    monkeypatch.setattr("ferrotrain.callbacks.progress._monotonic", clock)
-    trainer = _FakeTrainer(num_training_batches=1000)
-    bar = TQDMProgressBar()
-    bar.setup(trainer, None, "fit")
-    bar.on_train_start(trainer, None)
+    out, clock, trainer, bar = _log_file_bar(monkeypatch, 1000)
     bar.on_train_epoch_start(trainer, None)
     for i in range(60):  # 12.5 s a batch: the 10% mark (batch 100) is far away
         clock.now += 12.5

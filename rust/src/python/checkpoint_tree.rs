@@ -251,22 +251,14 @@ impl<'py> Walk<'py> {
             let t = self.types.bytes_tensor.call1((obj,))?;
             return self.tagged_tensor("bytes", &t);
         }
-        if let Some(nd) = &self.types.ndarray {
-            if obj.is_instance(nd)? {
-                let t = self
-                    .types
-                    .numpy_tensor
-                    .call1((obj, self.path_tuple()?, false))?;
-                return self.tagged_tensor("ndarray", &t);
-            }
-        }
-        if let Some(g) = &self.types.generic {
-            if obj.is_instance(g)? {
-                let t = self
-                    .types
-                    .numpy_tensor
-                    .call1((obj, self.path_tuple()?, true))?;
-                return self.tagged_tensor("np_scalar", &t);
+        // numpy arrays, then numpy scalars (np.float64 is also a float: numpy's rule comes first).
+        let numpy = [(self.types.ndarray.clone(), "ndarray", false), (self.types.generic.clone(), "np_scalar", true)];
+        for (numpy_type, tag, scalar) in numpy {
+            if let Some(ty) = numpy_type {
+                if obj.is_instance(&ty)? {
+                    let t = self.types.numpy_tensor.call1((obj, self.path_tuple()?, scalar))?;
+                    return self.tagged_tensor(tag, &t);
+                }
             }
         }
         if obj.is_instance_of::<PyDict>() {
