@@ -116,16 +116,21 @@ def w1_net() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(W1_DIM, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
 
 
-def w1_raw(epochs: int, ds: TensorDataset) -> None:
+def w1_raw(epochs: int, ds: TensorDataset, epoch_starts: Optional[List[float]] = None) -> None:
+    """The hand-written loop; `epoch_starts` gets the clock at each epoch's start and at the end."""
     net = w1_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loader = DataLoader(ds, batch_size=W1_BATCH, shuffle=False)
     for _ in range(epochs):
+        if epoch_starts is not None:
+            epoch_starts.append(time.perf_counter())
         for x, y in loader:
             loss = torch.nn.functional.mse_loss(net(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
+    if epoch_starts is not None:
+        epoch_starts.append(time.perf_counter())
 
 
 def w1_module_class(L: Any) -> type:  # noqa: N803
