@@ -364,6 +364,12 @@ def test_out_of_range_margin_and_windows_are_configuration_errors() -> None:
 
     with pytest.raises(MisconfigurationException, match="margin"):
         BatchSizeFinder(margin=1.0)
+    from ferrotrain import Trainer
+    from ferrotrain.tuner import Tuner
+    from tests.conftest import BoringModel
+
+    with pytest.raises(MisconfigurationException, match=r"margin=-0\.1"):
+        Tuner(Trainer(logger=False, enable_progress_bar=False)).scale_batch_size(BoringModel(), margin=-0.1)
     with pytest.raises(MisconfigurationException, match="window_size"):
         Throughput(window_size=1)
     with pytest.raises(MisconfigurationException, match="world_size"):

@@ -37,7 +37,6 @@ class Tuner:
         also set on the model's `batch_arg_name`."""
         _check_tuner_configuration(train_dataloaders, val_dataloaders, dataloaders, method)
         _check_scale_batch_size_configuration(self._trainer)
-        assert 0.0 <= margin < 1.0, f"`margin` should be between 0 and 1. Found {margin=}"
         from ferrotrain.callbacks.batch_size_finder import BatchSizeFinder
 
         finder = BatchSizeFinder(mode=mode, steps_per_trial=steps_per_trial, init_val=init_val,
