@@ -116,15 +116,21 @@ def w1_net() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(W1_DIM, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
 
 
-def w1_raw(epochs: int, ds: TensorDataset, epoch_starts: Optional[List[float]] = None) -> None:
-    """The hand-written loop; `epoch_starts` gets the clock at each epoch's start and at the end."""
+def w1_raw(epochs: int, ds: TensorDataset, epoch_starts: Optional[List[float]] = None,
+           direct_read: bool = False) -> None:
+    """The hand-written loop; `epoch_starts` gets the clock at each epoch's start and at the end.
+    `direct_read`: the batches are read as ferrotrain reads them (`loader_batches`), the same
+    tensors with one call per tensor instead of the DataLoader's per-sample collation, so that
+    comparing against it shows the Trainer's own cost apart from the faster read."""
+    from ferrotrain.data.tensor_batches import loader_batches
+
     net = w1_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loader = DataLoader(ds, batch_size=W1_BATCH, shuffle=False)
     for _ in range(epochs):
         if epoch_starts is not None:
             epoch_starts.append(time.perf_counter())
-        for x, y in loader:
+        for x, y in (loader_batches(loader) if direct_read else loader):
             loss = torch.nn.functional.mse_loss(net(x), y)
             opt.zero_grad()
             loss.backward()
@@ -172,6 +178,7 @@ def w1(sizes: Sizes, repeats: int, L_ref: Any) -> List[Row]:  # noqa: N803
         "raw loop": w1_raw,
         # The same raw loop timed again in its own slot: its ratio is the run's noise floor.
         "raw loop (control)": w1_raw,
+        "raw loop, direct read": lambda epochs, ds: w1_raw(epochs, ds, direct_read=True),
         "ferrotrain defaults": w1_trainer_run(ferrotrain, quiet=False),
         "ferrotrain quiet": w1_trainer_run(ferrotrain, quiet=True),
     }

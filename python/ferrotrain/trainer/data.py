@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 from ferrotrain.callbacks.callback import is_overridden
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
+from ferrotrain.data.tensor_batches import loader_batches
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException
 
 INF = float("inf")
@@ -138,7 +139,7 @@ class Fetcher:
     __slots__ = ("_it", "_remaining", "_sized", "_next", "_exhausted")
 
     def __init__(self, loader: Iterable[Any], num_batches: Union[int, float]) -> None:
-        self._it: Iterator[Any] = iter(loader)
+        self._it: Iterator[Any] = loader_batches(loader)
         self._sized = num_batches != INF
         self._remaining = num_batches
         self._exhausted = False

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
+from ferrotrain.data.tensor_batches import loader_batches
 from ferrotrain.utilities.apply_func import iter_tensors, map_tensors, move_data_to_device
 
 
@@ -52,7 +53,7 @@ class PinnedLoader:
         self._loader = loader
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in self._loader:
+        for batch in loader_batches(self._loader):
             yield map_tensors(batch, _pin)
 
     def __len__(self) -> int:

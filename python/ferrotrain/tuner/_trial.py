@@ -16,6 +16,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Optional, Union
 
+from ferrotrain.data.tensor_batches import loader_batches
 from ferrotrain.trainer.data import INF, limited_batches
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.results import Results
@@ -152,7 +153,7 @@ def start_first_epoch_iterator(trainer: Any) -> None:
     the finder's `isolate_rng`, so the real fit's random stream is the one Lightning's sees."""
     trainer._setup_train_data(trainer.lightning_module, trainer.datamodule, trainer._fit_sources[0])
     loader = trainer._train_loader
-    trainer._first_epoch_iterator = (loader, _Started(loader, iter(loader)))
+    trainer._first_epoch_iterator = (loader, _Started(loader, loader_batches(loader)))
 
 
 def take_first_epoch_iterator(trainer: Any, loader: Any) -> Any:

@@ -1,0 +1,165 @@
+"""The direct read of TensorDataset batches gives what the DataLoader itself gives: the same
+tensors (values, dtype, shape, strides) in the same list, the same order and random draws, the
+same errors; and it is only taken where that holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sampler, SubsetRandomSampler, TensorDataset,
+                              WeightedRandomSampler, default_collate)
+
+import ferrotrain as L
+from ferrotrain.data.tensor_batches import TensorBatches, loader_batches
+
+
+def _dataset(n: int = 50) -> TensorDataset:
+    g = torch.Generator().manual_seed(3)
+    return TensorDataset(
+        torch.randn(n, 4, generator=g),
+        torch.randint(0, 9, (n,), generator=g),
+        torch.randn(n, 3, 2, 2, generator=g).to(torch.float16),
+        torch.rand(n, 1, generator=g) > 0.5,
+        torch.randn(n, 2, generator=g, dtype=torch.complex64),
+        torch.randn(n, 1, 1, 1, generator=g).to(torch.bfloat16),
+    )
+
+
+def _assert_same_batches(loader: DataLoader, seed: int = 7) -> None:
+    """One pass through the DataLoader and one through `loader_batches`, from the same random
+    state: equal batches, and equal random states afterwards."""
+    own = loader.generator.get_state() if loader.generator is not None else None
+    torch.manual_seed(seed)
+    expected = list(iter(loader))
+    after_expected = torch.rand(3)
+    torch.manual_seed(seed)
+    if own is not None:
+        loader.generator.set_state(own)
+    got = list(loader_batches(loader))
+    after_got = torch.rand(3)
+    assert len(got) == len(expected)
+    for want, have in zip(expected, got):
+        assert type(have) is type(want) is list
+        assert len(have) == len(want)
+        for a, b in zip(want, have):
+            assert b.dtype == a.dtype and b.shape == a.shape and b.stride() == a.stride()
+            assert torch.equal(a, b)
+    assert torch.equal(after_expected, after_got)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(batch_size=8),
+    dict(batch_size=8, drop_last=True),
+    dict(batch_size=1),
+    dict(batch_size=64),
+    dict(batch_size=8, shuffle=True),
+    dict(batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(11)),
+    dict(batch_size=5, sampler=SubsetRandomSampler(list(range(0, 50, 3)))),
+    dict(batch_size=6, sampler=WeightedRandomSampler(torch.rand(50).tolist(), num_samples=40, replacement=True)),
+    dict(batch_sampler=BatchSampler(RandomSampler(range(50)), batch_size=9, drop_last=False)),
+], ids=["sequential", "drop_last", "batch1", "one-batch", "shuffle", "shuffle-generator", "subset", "weighted",
+        "batch-sampler"])
+def test_batches_equal_the_dataloaders(kwargs):
+    loader = DataLoader(_dataset(), **kwargs)
+    assert isinstance(loader_batches(loader), TensorBatches)
+    _assert_same_batches(loader)
+
+
+def test_a_batch_is_a_copy_so_changing_it_leaves_the_dataset_alone():
+    ds = TensorDataset(torch.arange(12.0).reshape(6, 2))
+    before = ds.tensors[0].clone()
+    for batch in loader_batches(DataLoader(ds, batch_size=4)):
+        batch[0].mul_(-1)
+    assert torch.equal(ds.tensors[0], before)
+
+
+class _Indices(Sampler):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def test_indices_the_gather_refuses_are_read_as_the_dataloader_reads_them():
+    ds = _dataset(10)
+    # Negative indices count from the end for the DataLoader's per-sample read.
+    _assert_same_batches(DataLoader(ds, batch_sampler=_Indices([[-1, 0, -3], [2, 2]])))
+    # 0-d tensors as indices.
+    _assert_same_batches(DataLoader(ds, batch_sampler=_Indices([[torch.tensor(4), torch.tensor(1)]])))
+    # Out of range: the DataLoader's own error.
+    loader = DataLoader(ds, batch_sampler=_Indices([[1, 2], [3, 10]]))
+    with pytest.raises(IndexError) as expected:
+        list(iter(loader))
+    with pytest.raises(IndexError) as got:
+        list(loader_batches(loader))
+    assert str(got.value) == str(expected.value)
+
+
+class _OwnDataset(TensorDataset):
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x * 2, y
+
+
+class _OwnLoader(DataLoader):
+    pass
+
+
+@pytest.mark.parametrize("make", [
+    lambda ds: DataLoader(_OwnDataset(*ds.tensors), batch_size=4),
+    lambda ds: _OwnLoader(ds, batch_size=4),
+    lambda ds: DataLoader(ds, batch_size=4, collate_fn=lambda items: default_collate(items)),
+    lambda ds: DataLoader(ds, batch_size=None),
+    lambda ds: DataLoader(TensorDataset(ds.tensors[0].t().contiguous().t(), ds.tensors[1]), batch_size=4),
+    lambda ds: DataLoader(TensorDataset(ds.tensors[0].requires_grad_(), ds.tensors[1]), batch_size=4),
+], ids=["dataset-subclass", "loader-subclass", "own-collate", "no-batching", "non-contiguous", "requires-grad"])
+def test_other_loaders_are_read_by_the_dataloader(make):
+    ds = TensorDataset(torch.randn(10, 3), torch.arange(10))
+    loader = make(ds)
+    assert not isinstance(loader_batches(loader), TensorBatches)
+    _assert_same_batches(loader)
+
+
+def test_the_read_is_recorded_under_the_dataloaders_name_in_torchs_profiler():
+    loader = DataLoader(_dataset(), batch_size=8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        n = sum(1 for _ in loader_batches(loader))
+    names = [e.name for e in prof.events()]
+    assert names.count("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__") == n
+
+
+class _Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen.append((x.clone(), y.clone()))
+        x.mul_(0)  # a step that changes its batch in place must not reach the dataset
+        return self.layer(x).sum() + 0 * y.sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_training_steps_see_the_dataloaders_batches_in_its_order(tmp_path):
+    ds = TensorDataset(torch.randn(40, 4), torch.randn(40))
+    original = ds.tensors[0].clone()
+    L.seed_everything(5)
+    expected = [b for _ in range(2) for b in DataLoader(ds, batch_size=6, shuffle=True)]
+    L.seed_everything(5)
+    module = _Recorder()
+    torch.manual_seed(5)  # the module's init drew numbers; the loader starts from the same state
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(ds, batch_size=6, shuffle=True))
+    assert len(module.seen) == len(expected)
+    for (x, y), (ex, ey) in zip(module.seen, expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    assert torch.equal(ds.tensors[0], original)
