@@ -36,8 +36,8 @@ torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
 config, epochs = sys.argv[1], int(sys.argv[2])
 ds = w1_data(4096)
-if config == "raw":
-    w1_raw(epochs, ds)
+if config.startswith("raw"):
+    w1_raw(epochs, ds, direct_read=config == "raw-direct")
 else:
     lib, mode = config.split("-")
     L = __import__(lib)
@@ -80,12 +80,13 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed: this benchmark counts instructions with callgrind")
-    configs = ["raw", "ferrotrain-defaults", "ferrotrain-quiet"]
+    # raw-direct: the raw loop reading batches as ferrotrain does (see bench_w1.py).
+    configs = ["raw", "raw-direct", "ferrotrain-defaults", "ferrotrain-quiet"]
     if importlib.util.find_spec("lightning") is not None:
         configs += ["lightning-defaults", "lightning-quiet"]
     if args.only:
         wanted = args.only.split(",")
-        configs = [c for c in configs if c == "raw" or any(w in c for w in wanted)]
+        configs = [c for c in configs if c.startswith("raw") or any(w in c for w in wanted)]
     steps = (args.long - args.short) * 4096 // 32
     per_step: Dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="w1-cg-") as workdir:
@@ -93,11 +94,11 @@ def main() -> None:
             counts: List[int] = [main_thread_instructions(config, e, workdir) for e in (args.short, args.long)]
             per_step[config] = (counts[1] - counts[0]) / steps
             print(f"  {config}: {per_step[config]:,.0f} instructions/step", flush=True)
-    raw = per_step["raw"]
+    raw, direct = per_step["raw"], per_step["raw-direct"]
     print(f"\nW1 in instructions on the training thread: slope between {args.short} and {args.long} epochs")
-    print(f"{'configuration':<22}{'instr/step':>14}{'vs raw':>10}{'overhead':>10}")
+    print(f"{'configuration':<22}{'instr/step':>14}{'vs raw':>10}{'overhead':>10}{'vs direct':>11}")
     for config, n in per_step.items():
-        print(f"{config:<22}{n:>14,.0f}{n / raw:>10.3f}{(n / raw - 1) * 100:>9.1f}%")
+        print(f"{config:<22}{n:>14,.0f}{n / raw:>10.3f}{(n / raw - 1) * 100:>9.1f}%{n / direct:>11.3f}")
 
 
 if __name__ == "__main__":
