@@ -24,8 +24,8 @@ from ferrotrain.trainer.checkpointing import rng_states, set_rng_states
 from ferrotrain.trainer.data import INF
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
-from ferrotrain.trainer.trainer import _as_tensors
 from ferrotrain.trainer.training_step import AutomaticStep, ManualStep, SkipBackwardStep
+from ferrotrain.trainer.views import _as_tensors
 from ferrotrain.utilities.rank_zero import rank_zero_info
 
 STEP = _core.FLAG_STEP
