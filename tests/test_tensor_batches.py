@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sampler, SubsetRandomSampler, TensorDataset,
-                              WeightedRandomSampler, default_collate)
+from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sampler, Subset, SubsetRandomSampler,
+                              TensorDataset, WeightedRandomSampler, default_collate, random_split)
 
 import ferrotrain as L
 from ferrotrain.data.tensor_batches import TensorBatches, loader_batches
@@ -65,6 +65,34 @@ def test_batches_equal_the_dataloaders(kwargs):
     _assert_same_batches(loader)
 
 
+def _splits():
+    return random_split(_dataset(), [0.7, 0.3], generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DataLoader(_splits()[0], batch_size=8),
+    lambda: DataLoader(_splits()[1], batch_size=4, shuffle=True),
+    lambda: DataLoader(Subset(_splits()[0], torch.tensor([5, 0, 3, 3, 20], dtype=torch.int32)), batch_size=2),
+    lambda: DataLoader(Subset(_dataset(), range(10, 40, 2)), batch_size=3, shuffle=True),
+], ids=["random-split", "random-split-shuffled", "nested-subset", "range-subset"])
+def test_subsets_of_a_tensor_dataset_give_the_dataloaders_batches(make):
+    loader = make()
+    assert isinstance(loader_batches(loader), TensorBatches)
+    _assert_same_batches(loader)
+
+
+def test_subsets_with_indices_the_gather_refuses_give_the_dataloaders_batches_and_errors():
+    ds = _dataset(10)
+    _assert_same_batches(DataLoader(Subset(ds, [-1, 4, -10, 2]), batch_size=3))
+    _assert_same_batches(DataLoader(Subset(Subset(ds, [9, 8, 7]), [-1, 0]), batch_size=2))
+    loader = DataLoader(Subset(ds, [1, 2, 3, 10]), batch_size=2)
+    with pytest.raises(IndexError) as expected:
+        list(iter(loader))
+    with pytest.raises(IndexError) as got:
+        list(loader_batches(loader))
+    assert str(got.value) == str(expected.value)
+
+
 def test_a_batch_is_a_copy_so_changing_it_leaves_the_dataset_alone():
     ds = TensorDataset(torch.arange(12.0).reshape(6, 2))
     before = ds.tensors[0].clone()
@@ -116,7 +144,9 @@ class _OwnLoader(DataLoader):
     lambda ds: DataLoader(ds, batch_size=None),
     lambda ds: DataLoader(TensorDataset(ds.tensors[0].t().contiguous().t(), ds.tensors[1]), batch_size=4),
     lambda ds: DataLoader(TensorDataset(ds.tensors[0].requires_grad_(), ds.tensors[1]), batch_size=4),
-], ids=["dataset-subclass", "loader-subclass", "own-collate", "no-batching", "non-contiguous", "requires-grad"])
+    lambda ds: DataLoader(Subset(_OwnDataset(*ds.tensors), [3, 1, 2]), batch_size=2),
+], ids=["dataset-subclass", "loader-subclass", "own-collate", "no-batching", "non-contiguous", "requires-grad",
+        "subset-of-subclass"])
 def test_other_loaders_are_read_by_the_dataloader(make):
     ds = TensorDataset(torch.randn(10, 3), torch.arange(10))
     loader = make(ds)

@@ -16,43 +16,57 @@ error is the DataLoader's. Under torch's profiler the read is recorded under the
 
 Only the exact case takes the direct path: a `DataLoader` (not a subclass, which may read
 differently) in the main process, over a `TensorDataset` (not a subclass) of dense contiguous CPU
-tensors that do not require grad, with `default_collate` and without pinning. Anything else is
-`iter(loader)`.
+tensors that do not require grad, or over `Subset`s of one (`random_split`'s), with
+`default_collate` and without pinning. Anything else is `iter(loader)`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 
 def loader_batches(loader: Any) -> Iterator[Any]:
     """The batches of one pass over `loader`: `iter(loader)`, read directly when it is a plain
-    DataLoader over a TensorDataset (see the module docstring)."""
-    tensors = _direct_tensors(loader)
+    DataLoader over a TensorDataset or a Subset of one (see the module docstring)."""
+    source = _direct_source(loader)
     it = iter(loader)
-    if tensors is None or getattr(it, "_pin_memory", True) or not hasattr(it, "_next_index") \
+    if source is None or getattr(it, "_pin_memory", True) or not hasattr(it, "_next_index") \
             or not hasattr(it, "_dataset_fetcher"):
         return it
-    return TensorBatches(it, tensors, _samples_in_order(loader))
+    tensors, rows = source
+    return TensorBatches(it, tensors, rows, rows is None and _samples_in_order(loader))
 
 
-def _direct_tensors(loader: Any) -> Any:
-    """The dataset's tensors when `loader` is the exact case the direct read reproduces, else None."""
-    from torch.utils.data import DataLoader, TensorDataset
+def _direct_source(loader: Any) -> Optional[Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]]:
+    """`(tensors, rows)` when `loader` is the exact case the direct read reproduces, else None:
+    the TensorDataset's tensors, and for a Subset (nested or not, as `random_split` makes) the
+    dataset row of each of its items (None: item i is row i)."""
+    from torch.utils.data import DataLoader, Subset, TensorDataset
     from torch.utils.data._utils.collate import default_collate
 
-    if type(loader) is not DataLoader or type(loader.dataset) is not TensorDataset:
+    if type(loader) is not DataLoader or loader.num_workers != 0 or loader.batch_sampler is None \
+            or loader.collate_fn is not default_collate:
         return None
-    if loader.num_workers != 0 or loader.batch_sampler is None or loader.collate_fn is not default_collate:
+    dataset, rows = loader.dataset, None
+    try:
+        while type(dataset) is Subset:
+            # Item i of a Subset is item indices[i] of the dataset under it.
+            indices = torch.as_tensor(dataset.indices)
+            if indices.dim() != 1 or indices.dtype not in (torch.int64, torch.int32):
+                return None
+            rows = indices if rows is None else torch.index_select(indices, 0, rows)
+            dataset = dataset.dataset
+    except Exception:  # indices torch cannot gather with (negative, out of range, not ints)
         return None
-    tensors = loader.dataset.tensors
-    for t in tensors:
+    if type(dataset) is not TensorDataset:
+        return None
+    for t in dataset.tensors:
         if (type(t) is not torch.Tensor or t.layout is not torch.strided or t.device.type != "cpu"
                 or t.requires_grad or not t.is_contiguous()):
             return None
-    return tensors
+    return tuple(dataset.tensors), rows
 
 
 def _samples_in_order(loader: Any) -> bool:
@@ -67,12 +81,14 @@ def _samples_in_order(loader: Any) -> bool:
 class TensorBatches:
     """One pass over a DataLoader of a TensorDataset, each batch read with one call per tensor."""
 
-    __slots__ = ("_loader_iter", "_next_index", "_tensors", "_in_order")
+    __slots__ = ("_loader_iter", "_next_index", "_tensors", "_rows", "_in_order")
 
-    def __init__(self, loader_iter: Any, tensors: Sequence[torch.Tensor], in_order: bool) -> None:
+    def __init__(self, loader_iter: Any, tensors: Sequence[torch.Tensor], rows: Optional[torch.Tensor],
+                 in_order: bool) -> None:
         self._loader_iter = loader_iter
         self._next_index = loader_iter._next_index
         self._tensors = tuple(tensors)
+        self._rows = rows
         self._in_order = in_order
 
     def __iter__(self) -> "TensorBatches":
@@ -91,6 +107,8 @@ class TensorBatches:
                 start, n = index[0], len(index)
                 return [torch.narrow_copy(t, 0, start, n) for t in self._tensors]
             rows = torch.as_tensor(index)
+            if self._rows is not None:
+                rows = torch.index_select(self._rows, 0, rows)
             return [torch.index_select(t, 0, rows) for t in self._tensors]
         except Exception:
             # What the gather refuses (negative or out-of-range indices, other index types) the
