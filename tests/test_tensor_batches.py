@@ -10,6 +10,7 @@ from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sampler, 
                               TensorDataset, WeightedRandomSampler, default_collate, random_split)
 
 import ferrotrain as L
+from tests import lightning_ref as ref
 from ferrotrain.data.tensor_batches import TensorBatches, loader_batches
 
 
@@ -193,3 +194,46 @@ def test_training_steps_see_the_dataloaders_batches_in_its_order(tmp_path):
     for (x, y), (ex, ey) in zip(module.seen, expected):
         assert torch.equal(x, ex) and torch.equal(y, ey)
     assert torch.equal(ds.tensors[0], original)
+
+
+def _order_scenario(L):  # noqa: N803
+    """What a user sees of the data order: per training batch the sum of x (which rows, in which
+    order), for shuffled loaders over a TensorDataset and over a random_split Subset of one (and
+    validation over the other split), and the next random number after fit (every draw alike)."""
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            self.seen.append(round(float(x.sum()), 4))
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            self.seen.append(-round(float(batch[0].sum()), 4))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g))
+    L.seed_everything(3)
+    train, val = random_split(ds, [16, 8])
+    module = Module()
+    trainer = ref.trainer(L, max_epochs=2, num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader(train, batch_size=5, shuffle=True), DataLoader(val, batch_size=3))
+    whole = Module()
+    ref.trainer(L, max_epochs=1).fit(whole, DataLoader(ds, batch_size=7, shuffle=True))
+    return module.seen, whole.seen, round(float(torch.rand(1)), 6)
+
+
+def test_batch_order_and_random_draws_are_lightnings():
+    ref.check(_order_scenario, (
+        [7.354, 2.2579, 4.3602, -1.6884, -4.0965, 7.6184, 1.1092, 0.8115, 4.6739, 4.5714, 2.227, -4.0965, 7.6184,
+         1.1092],
+        [6.8666, -0.9856, -1.47, 3.2418],
+        0.962303,
+    ))
