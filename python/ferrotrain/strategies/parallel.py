@@ -139,7 +139,7 @@ class ParallelStrategy(Strategy):
         dist.init_process_group(
             self._process_group_backend, rank=self.global_rank, world_size=self.world_size, timeout=self._timeout
         )
-        atexit.register(_destroy_process_group)
+        atexit.register(destroy_process_group_if_any)
 
     def process_dataloader(self, loader: Any, stage: str) -> Any:
         from ferrotrain.strategies.sampler import with_distributed_sampler
@@ -271,6 +271,6 @@ def _is_comm_error(exc: BaseException) -> bool:
     )
 
 
-def _destroy_process_group() -> None:
+def destroy_process_group_if_any() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -30,6 +30,7 @@ import torch
 
 from ferrotrain.strategies.environment import find_free_port
 from ferrotrain.strategies.launcher import RankFailedError
+from ferrotrain.strategies.parallel import destroy_process_group_if_any
 
 _RESULT_FILE = "rank0.pt"
 
@@ -121,6 +122,10 @@ def _worker(local_rank: int, trainer: Any, entry: str, args: Tuple[Any, ...], ra
     strategy.launcher = None  # this process is a rank: it starts nothing
     strategy._root_device = strategy.parallel_devices[local_rank]
     result = getattr(trainer, entry)(*args)
+    # Nothing in this process talks to the other ranks any more. Destroying the process group now,
+    # not in the atexit handler during interpreter shutdown, lets gloo's worker threads drop what
+    # they hold while Python can still take it (a late release aborted a rank at exit, rarely).
+    destroy_process_group_if_any()
     if strategy.global_rank != 0:
         return
     module = trainer.lightning_module
