@@ -79,7 +79,8 @@ def _samples_in_order(loader: Any) -> bool:
 
 
 class TensorBatches:
-    """One pass over a DataLoader of a TensorDataset, each batch read with one call per tensor."""
+    """One pass over a DataLoader of a TensorDataset (or a Subset of one: `rows` maps its items to
+    dataset rows), each batch read with one call per tensor."""
 
     __slots__ = ("_loader_iter", "_next_index", "_tensors", "_rows", "_in_order")
 
