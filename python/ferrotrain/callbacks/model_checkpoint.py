@@ -1,7 +1,11 @@
 """`ModelCheckpoint`: when to save, under which name, and which files to keep (top-k by a monitored
 metric, the latest, `last.ckpt`), with Lightning 2.x's options and file names
-(`epoch=0-step=128.ckpt`). The bytes are written in the background by the native writer; a save
-blocks training only while the tensors are snapshotted."""
+(`epoch=0-step=128.ckpt`). Saves go through `trainer.save_checkpoint` (as Lightning's do, so
+subclasses and wrappers of it see them); the bytes are written in the background by the native
+writer, and a save blocks training only while the tensors are snapshotted. A file reported in
+`best_model_path` / `last_model_path` is at its final name, complete, when the next save starts,
+when `fit` returns, and when `ckpt_path="best"`/`"last"` is resolved; a hook running in between
+may find it still being written (its previous version, if any, stays whole until the rename)."""
 
 from __future__ import annotations
 
@@ -307,9 +311,17 @@ class ModelCheckpoint(Checkpoint):
         self.last_model_path = path
 
     def _write(self, trainer: Any, path: str) -> None:
-        from ferrotrain.trainer import checkpointing
+        self._save_checkpoint(trainer, path)
 
-        checkpointing.save(trainer, path, self.save_weights_only, sync=False)
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        """Lightning's hook point: `trainer.save_checkpoint(filepath, self.save_weights_only)`,
+        which this call routes to the background writer."""
+        path = filepath
+        trainer._checkpoint_async = True
+        try:
+            trainer.save_checkpoint(path, self.save_weights_only)
+        finally:
+            trainer.__dict__.pop("_checkpoint_async", None)
         self._last_checkpoint_saved = path
         # Loggers hear of checkpoints ModelCheckpoint saves (not of `trainer.save_checkpoint`), as in Lightning.
         for lg in trainer.loggers:

@@ -39,16 +39,28 @@ def save(path: PathLike, checkpoint: dict) -> None:
     """Write `checkpoint` to `path` atomically and durably; returns once it is on disk.
 
     `checkpoint` is a (Lightning-style) nested dict: see `ferrotrain.checkpoint` for what it may
-    hold. The file is safetensors-compatible (`safetensors.torch.load_file(path)` returns every
-    tensor, the model's weights under their `state_dict` names). Tensors are written from their
-    own memory (CPU) or from a host copy (other devices), with the GIL released.
+    hold. The file is torch's own format (`torch.load(path)` returns the dict, with its default
+    `weights_only=True`). Tensors are written from their own memory (CPU) or from a host copy
+    (other devices), with the GIL released.
 
-    Raises `CheckpointError` naming the key path of a value that cannot be saved, or naming
-    `path` when the file cannot be written (read-only folder, disk full...); the previous file
-    at `path`, if any, is then left untouched.
+    Raises `CheckpointError` naming the key path of a value that cannot be saved (before any
+    file is touched), or naming `path` when the file cannot be written (read-only folder, disk
+    full...); the previous file at `path`, if any, is then left untouched.
     """
+    _write(path, flatten(checkpoint))
+
+
+def save_safetensors(path: PathLike, tensors: dict) -> None:
+    """Write a flat `{name: tensor}` dict as a safetensors file (atomic, durable), for serving
+    stacks that read that format; `safetensors.torch.load_file(path)` returns it."""
+    bad = [k for k, v in tensors.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"a safetensors file holds str -> tensor entries only; {bad[0]!r} is not one")
+    _write(path, flatten(dict(tensors), METADATA, format="safetensors"))
+
+
+def _write(path: PathLike, flat: Any) -> None:
     path = os.fspath(path)
-    flat = flatten(checkpoint, METADATA)
     sources = []
     host = []  # keeps the host copies alive while Rust reads their memory (`flat` holds the rest)
     for t, direct in zip(flat.tensors, flat.direct):
@@ -112,8 +124,8 @@ def _tensors_from(path: str, f: Any, entries: list) -> dict:
     return tensors
 
 
-def load(path: PathLike, map_location: MapLocation = None, verify: bool = True) -> dict:
-    """Read a checkpoint written by `save` (or `AsyncCheckpointWriter`): the inverse of `save`.
+def load_legacy(path: PathLike, map_location: MapLocation = None, verify: bool = True) -> dict:
+    """Read a checkpoint in ferrotrain's earlier format (safetensors with the tree as JSON).
 
     Tensors are memory-mapped without a copy (writable; writes stay private to this process and
     never reach the file). `map_location` works as in `torch.load`: None restores each tensor to
@@ -149,3 +161,78 @@ def load(path: PathLike, map_location: MapLocation = None, verify: bool = True) 
     if tree is None:  # pragma: no cover - the Rust reader already requires it
         raise CorruptCheckpointError(f"corrupt checkpoint '{path}': no {_TREE_KEY} metadata")
     return unflatten(path, tree, cpu, place)
+
+
+def _open(path: str) -> Any:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise CheckpointError(f"cannot open checkpoint '{path}': {e.strerror or e}") from e
+
+
+def load(path: PathLike, map_location: MapLocation = None, verify: bool = True, mmap: bool = False) -> dict:
+    """Read a torch-format checkpoint (written by `save`, the Trainer, or `torch.save` within
+    the restricted subset) without running any pickle: the inverse of `save`.
+
+    The native reader parses `data.pkl`'s opcodes itself and accepts only dicts, OrderedDicts,
+    lists, tuples, str, int, float, bool, None, `torch.Size`, `torch.device`, dtypes, bytes,
+    tensors and Parameters; anything else is a `CorruptCheckpointError` naming the file and
+    what was refused (load such a file with `torch.load(weights_only=False)` if you trust it).
+    With `verify` (the default) every entry's CRC-32 is checked: a damaged byte is an error
+    naming the file and the entry, never a silent load.
+
+    Tensors own their memory (as with `torch.load`), so the file may be rewritten or deleted
+    at once. `mmap=True` maps the storages from the file instead (copy-on-write: writes to
+    the tensors never reach the file). Rewriting the file through ferrotrain (which replaces it
+    by a rename) is safe then, but a program that rewrites that same file in place (for example
+    `torch.save` to the same path) while the tensors are alive crashes this process (SIGBUS).
+
+    `map_location` works as in `torch.load`: None restores each tensor to the device it was
+    saved from, a str / `torch.device` moves every tensor there, a dict maps saved device
+    strings to new ones, a callable `fn(storage, location)` returns a storage (or None).
+    """
+    path = os.fspath(path)
+    with _open(path) as f:
+        fd = f.fileno()
+        tree, storages = _core.torch_open(fd, path)
+        ranges = [(at, nbytes, crc, name) for name, _, nbytes, _, at, crc in storages]
+        if mmap:
+            if verify:
+                _core.torch_verify(fd, path, ranges)
+            cpu = _mapped(f, storages)
+        else:
+            cpu = [torch.empty(nbytes, dtype=torch.uint8) for _, _, nbytes, _, _, _ in storages]
+            _core.torch_read_storages(fd, path, ranges, [(t.data_ptr(), t.numel()) for t in cpu], bool(verify))
+    placed: dict = {}
+
+    def place(index: Any, _saved: Optional[str]) -> torch.Tensor:
+        if type(index) is not int or not 0 <= index < len(cpu):
+            raise ValueError(f"the tree refers to a storage {index!r} that the file does not hold")
+        if index not in placed:
+            name, _, _, location, _, _ = storages[index]
+            try:
+                placed[index] = _map_tensor(cpu[index], location, map_location)
+            except CheckpointError:
+                raise
+            except (RuntimeError, AssertionError, ValueError) as e:
+                raise CheckpointError(
+                    f"checkpoint '{path}': cannot place storage '{name}' (saved on {location}): {e}; "
+                    "pass map_location='cpu' to load it on the CPU"
+                ) from e
+        return placed[index]
+
+    return unflatten(path, tree, {}, place)
+
+
+def _mapped(f: Any, storages: list) -> list:
+    out = []
+    mm = None
+    for _, _, nbytes, _, at, _ in storages:
+        if nbytes == 0:
+            out.append(torch.empty(0, dtype=torch.uint8))
+            continue
+        if mm is None:
+            # ACCESS_COPY: the tensors are writable, and writes never reach the file.
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        out.append(torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=at))
+    return out

@@ -1,12 +1,11 @@
-"""Reading checkpoints written by Lightning (`torch.save` files) and converting them to
-ferrotrain's format. Owns the format detection, the restricted `torch.load` and the translation
-of Lightning's loop progress into ferrotrain's; it does not restore objects (that is
-`ferrotrain.trainer.checkpointing`).
+"""Reading checkpoints of every origin: torch zip archives (ferrotrain's own and Lightning's,
+read by the native reader without unpickling), legacy torch pickle files (`torch.load(weights_only=True)`),
+and ferrotrain's earlier safetensors-based format; and the translation between Lightning's loop
+progress and ferrotrain's. It does not restore objects (that is `ferrotrain.trainer.checkpointing`).
 
-A `torch.save` file is read with `torch.load(weights_only=True)` only: torch's restricted
-unpickler, which builds tensors, containers and primitive values and refuses every other global
-(the refusal is a `CheckpointError` naming the file and the refused type). Nothing from the file
-is ever run. Types a user trusts can be allowed with `torch.serialization.add_safe_globals`.
+Nothing from a file is ever run unless the caller passes `weights_only=False` (Lightning's
+argument of the same name): that is the explicit trust `torch.load(weights_only=False)` needs for
+files holding other objects than the restricted tree.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..errors import CheckpointError
-from ._io import MapLocation, PathLike, load, save
+from ._io import MapLocation, PathLike, load, load_legacy, save
 
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -96,17 +95,96 @@ def from_lightning(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _is_zip(path: PathLike) -> bool:
+    try:
+        with open(os.fspath(path), "rb") as f:
+            return f.read(4) == _ZIP_MAGIC
+    except OSError:
+        return False
+
+
 def load_any(path: PathLike, map_location: MapLocation = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
-    """Load a ferrotrain checkpoint (never pickled), or a Lightning one (restricted `torch.load`
-    unless `weights_only=False`, translated by `from_lightning`)."""
-    if is_torch_file(path):
+    """Load a checkpoint of any origin into ferrotrain's dict (loop progress added by
+    `from_lightning` when only Lightning's is there). Torch zip archives go to the native
+    reader (never unpickled); `weights_only=False` hands them to `torch.load(weights_only=False)`
+    instead, the caller's explicit trust in the file."""
+    if weights_only is False and is_torch_file(path):
         return from_lightning(torch_load(path, map_location, weights_only))
-    return load(path, map_location=map_location)
+    if _is_zip(path):
+        ckpt = load(path, map_location=map_location)
+    elif is_torch_file(path):  # a legacy (pre-zip) torch.save file
+        ckpt = torch_load(path, map_location, weights_only)
+    else:  # ferrotrain's earlier format
+        ckpt = load_legacy(path, map_location=map_location)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds a {type(ckpt).__qualname__}, not a checkpoint dict")
+    return from_lightning(ckpt)
 
 
 def convert(src: PathLike, dst: PathLike) -> Dict[str, Any]:
-    """Convert the Lightning (or ferrotrain) checkpoint `src` into ferrotrain's format at `dst`
-    (atomic, durable). Returns the checkpoint dict that was written."""
+    """Rewrite the checkpoint `src` (any origin `load_any` reads: ferrotrain's earlier format
+    above all) as a torch-format checkpoint at `dst` (atomic, durable). Returns the dict written."""
     ckpt = load_any(src, map_location="cpu")
     save(dst, ckpt)
     return ckpt
+
+
+def _counts(n: int, started: bool = True, processed: bool = True) -> Dict[str, int]:
+    out = {"ready": n, "completed": n}
+    if started:
+        out["started"] = n
+    if processed:
+        out["processed"] = n
+    return out
+
+
+def _progress(total: int, current: int, started: bool = True, processed: bool = True) -> Dict[str, Any]:
+    return {"total": _counts(total, started, processed), "current": _counts(current, started, processed)}
+
+
+def _batches(total: int, current: int, last: bool) -> Dict[str, Any]:
+    return dict(_progress(total, current), is_last_batch=last)
+
+
+def to_lightning_loops(progress: Dict[str, int], manual: bool, last_batch: bool) -> Dict[str, Any]:
+    """Lightning's `checkpoint["loops"]` for ferrotrain's loop progress, so Lightning resumes a
+    fit from a ferrotrain checkpoint at the same epoch, batch and global step (`from_lightning`
+    reads it back). Lightning's global step is its optimizer-step count, kept under the
+    automatic or the manual optimization loop."""
+    epoch = int(progress["epoch"])
+    processed = int(progress["epochs_processed"])
+    in_epoch = int(progress["batches_in_epoch"])
+    total = int(progress["total_batches"])
+    step = int(progress["global_step"])
+    epoch_progress = {
+        "total": {"ready": epoch + 1, "started": epoch + 1, "processed": processed, "completed": processed},
+        "current": {"ready": epoch + 1, "started": epoch + 1, "processed": processed, "completed": processed},
+    }
+    auto = 0 if manual else step
+    fit_loop = {
+        "state_dict": {},
+        "epoch_loop.state_dict": {"_batches_that_stepped": int(progress["batches_that_stepped"])},
+        "epoch_loop.batch_progress": _batches(total, in_epoch, last_batch),
+        "epoch_loop.scheduler_progress": _progress(0, 0, started=False, processed=False),
+        "epoch_loop.automatic_optimization.state_dict": {},
+        "epoch_loop.automatic_optimization.optim_progress": {
+            "optimizer": {
+                "step": _progress(auto, auto, started=False, processed=False),
+                "zero_grad": _progress(auto, auto, processed=False),
+            }
+        },
+        "epoch_loop.manual_optimization.state_dict": {},
+        "epoch_loop.manual_optimization.optim_step_progress": _progress(
+            step - auto, step - auto, started=False, processed=False
+        ),
+        "epoch_loop.val_loop.state_dict": {},
+        "epoch_loop.val_loop.batch_progress": _batches(0, 0, False),
+        "epoch_progress": epoch_progress,
+    }
+    return {
+        "fit_loop": fit_loop,
+        "validate_loop": {"state_dict": {}, "batch_progress": _batches(0, 0, False)},
+        "test_loop": {"state_dict": {}, "batch_progress": _batches(0, 0, False)},
+        "predict_loop": {"state_dict": {}, "batch_progress": _progress(0, 0)},
+        "progress": dict(progress),
+    }

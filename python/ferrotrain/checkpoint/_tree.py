@@ -139,8 +139,23 @@ def _numpy_tensor(a: Any, path: tuple, scalar: bool) -> torch.Tensor:
         raise _fail(path, f"numpy dtype {a.dtype} is not supported ({e})") from None
 
 
-def _bytes_tensor(b: bytes) -> torch.Tensor:
+def _bytes_tensor(b: bytes, path: tuple) -> torch.Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else torch.empty(0, dtype=torch.uint8)
+
+
+# What `torch.load(weights_only=True)` accepts without allowlisting: numpy values and bytes are
+# refused in torch-format checkpoints (before any file is touched), naming the key path.
+def _no_numpy(a: Any, path: tuple, scalar: bool) -> torch.Tensor:
+    what = "numpy scalar" if scalar else "numpy array"
+    raise _fail(
+        path,
+        f"a {what} is not loadable by torch.load(weights_only=True); store it as a tensor "
+        "(torch.from_numpy) or a Python value (.tolist() / .item())",
+    )
+
+
+def _no_bytes(b: bytes, path: tuple) -> torch.Tensor:
+    raise _fail(path, "bytes are not stored in torch-format checkpoints; store a uint8 tensor (torch.frombuffer)")
 
 
 _ENCODING = (
@@ -159,13 +174,18 @@ _ENCODING = (
 )
 
 
-def flatten(checkpoint: Any, metadata: Optional[dict] = None) -> Flattened:
-    """Split `checkpoint` into a JSON tree and its tensors, and place them in a file layout
-    whose header also carries `metadata`; raises `CheckpointError` naming the key path of the
-    first value that cannot be saved."""
+_ENCODING_TORCH = _ENCODING[:8] + (_no_numpy, _no_bytes) + _ENCODING[10:]
+
+
+def flatten(checkpoint: Any, metadata: Optional[dict] = None, format: str = "torch") -> Flattened:
+    """Split `checkpoint` into a JSON tree and its tensors, and place them in a file layout:
+    torch's zip archive (`format="torch"`, the tree as `data.pkl`) or safetensors (the tree
+    and `metadata` in its header). Raises `CheckpointError` naming the key path of the first
+    value that cannot be saved."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__qualname__}")
-    tree, names, tensors, layout, direct = _core.encode_checkpoint(checkpoint, _ENCODING, metadata or {})
+    encoding = _ENCODING_TORCH if format == "torch" else _ENCODING
+    tree, names, tensors, layout, direct = _core.encode_checkpoint(checkpoint, encoding, metadata or {}, format)
     return Flattened(tree, names, tensors, layout, direct)
 
 
@@ -200,6 +220,17 @@ class _Decoder:
             raise ValueError("a dict body must be an object or a list of pairs")
         return out
 
+    def view(self, body: Any) -> torch.Tensor:
+        storage, offset, size, stride, dtype_name, requires_grad = body
+        dtype = NAME_TO_DTYPE.get(dtype_name)
+        if dtype is None:
+            raise ValueError(f"dtype {dtype_name} is not supported by this torch")
+        st = self.place(storage, None)
+        t = torch.empty(0, dtype=dtype, device=st.device).set_(st.untyped_storage(), offset, size, stride)
+        if requires_grad:
+            t.requires_grad_(True)
+        return t
+
     def value(self, x: Any) -> Any:
         t = type(x)
         if x is None or t is bool or t is int or t is float or t is str:
@@ -216,6 +247,8 @@ class _Decoder:
             if "param" in x:
                 return torch.nn.Parameter(tensor, requires_grad=bool(x["param"]))
             return tensor
+        if "view" in x:
+            return self.view(x["view"])
         if "dict" in x:
             return self.mapping(x["dict"], ordered=False)
         if "odict" in x:
@@ -242,6 +275,11 @@ class _Decoder:
             return self.raw(x["np_scalar"]).numpy()[()]
         if "bytes" in x:
             return self.raw(x["bytes"]).numpy().tobytes()
+        if "param" in x:
+            inner, requires_grad = x["param"]
+            return torch.nn.Parameter(self.value(inner), requires_grad=bool(requires_grad))
+        if "bytes_hex" in x:
+            return bytes.fromhex(x["bytes_hex"])
         raise ValueError(f"unknown tag {next(iter(x))!r} in the tree")
 
 

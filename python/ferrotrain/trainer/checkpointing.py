@@ -21,7 +21,9 @@ from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: torch's zip format with Lightning's loop state (1: safetensors-based)
+# The Lightning release whose checkpoint dict this is.
+LIGHTNING_VERSION = "2.6.6"
 # In a sharded checkpoint folder: everything but the weights and optimizer states (rank zero writes it).
 SHARDED_METADATA = "meta.pt"
 
@@ -43,7 +45,9 @@ def rng_states() -> Dict[str, Any]:
     try:
         import numpy as np
 
-        states["numpy"] = np.random.get_state()
+        # As a tensor: numpy arrays are not in what torch.load(weights_only=True) reads.
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
     except ImportError:
         pass
     # (is_initialized first: it is a flag, while is_available may ask the driver)
@@ -65,7 +69,10 @@ def set_rng_states(states: Dict[str, Any]) -> None:
         try:
             import numpy as np
 
-            np.random.set_state(tuple(states["numpy"]))
+            name, keys, *rest = states["numpy"]
+            if isinstance(keys, torch.Tensor):
+                keys = keys.numpy()
+            np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
         except ImportError:
             pass
     if "torch.cuda" in states and torch.cuda.is_available():
@@ -79,11 +86,11 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
     ckpt: Dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "pytorch-lightning_version": "2.5.0",
+        "pytorch-lightning_version": LIGHTNING_VERSION,
         "ferrotrain_version": _version(),
         "ferrotrain_format": FORMAT_VERSION,
         "state_dict": trainer.strategy.model_state_dict(module),
-        "loops": {"progress": dict(schedule.state_dict())},
+        "loops": _loops(trainer, module, dict(schedule.state_dict())),
     }
     if not weights_only:
         callbacks: Dict[str, Any] = {}
@@ -102,13 +109,13 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
         if epoch_rng is not None:
             ckpt["epoch_start_rng_states"] = epoch_rng
     if len(module.hparams):
+        ckpt["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
         ckpt["hyper_parameters"] = dict(module.hparams)
-        ckpt["hparams_name"] = "kwargs"
     dm = trainer.datamodule
     if dm is not None:
         if len(dm.hparams):
+            ckpt["datamodule_hparams_name"] = getattr(dm, "_hparams_name", None) or "kwargs"
             ckpt["datamodule_hyper_parameters"] = dict(dm.hparams)
-            ckpt["datamodule_hparams_name"] = "kwargs"
         state = dm.state_dict()
         if state:
             ckpt[type(dm).__qualname__] = state
@@ -119,6 +126,15 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
     if is_overridden(module, LightningModule, "on_save_checkpoint"):
         module.on_save_checkpoint(ckpt)
     return ckpt
+
+
+def _loops(trainer: Any, module: Any, progress: Dict[str, Any]) -> Dict[str, Any]:
+    from ferrotrain.checkpoint._migrate import to_lightning_loops
+
+    n = getattr(trainer, "num_training_batches", None)
+    last = isinstance(n, int) and n > 0 and int(progress.get("batches_in_epoch", 0)) >= n
+    manual = not getattr(module, "automatic_optimization", True)
+    return to_lightning_loops(progress, manual=manual, last_batch=last)
 
 
 def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
@@ -348,7 +364,11 @@ def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: A
         raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' entry: it is not a model checkpoint")
     hparams = dict(ckpt.get("hyper_parameters") or {})
     params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    name = ckpt.get("hparams_name")
+    if isinstance(name, str) and name != "kwargs" and name in params:
+        # `save_hyperparameters(a_dict)`: the dict was one constructor argument, as Lightning saves it.
+        hparams = {name: hparams}
+    elif not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         hparams = {k: v for k, v in hparams.items() if k in params and k != "self"}
     hparams.update(kwargs)
     try:

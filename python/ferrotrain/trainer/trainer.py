@@ -978,7 +978,10 @@ class Trainer(TrainerViews):
 
         if self.lightning_module is None:
             raise MisconfigurationException("`Trainer.save_checkpoint()` needs a model: call `fit`, `validate`, `test` or `predict` first")
-        checkpointing.save(self, os.fspath(filepath), weights_only, sync=True)
+        # ModelCheckpoint's saves (flagged by it for this one call) go to the background writer;
+        # any other call returns once the file is durable.
+        sync = not self.__dict__.pop("_checkpoint_async", False)
+        checkpointing.save(self, os.fspath(filepath), weights_only, sync=sync)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::sync::Arc;
 
 use super::error::CheckpointError;
-use super::format::Layout;
+use super::layout::FileLayout;
 use super::gate::{piece_offset, Gate, RawBuffer};
 use super::io::write_atomic_with;
 use super::parallel;
@@ -79,10 +79,10 @@ impl AsyncWriter {
     /// Start writing `buffer` (the data region laid out as `layout` says, already filled) to
     /// `path`. A write still in flight is awaited first, and its error returned (the new write
     /// is then not started).
-    pub fn start(
+    pub fn start<L: FileLayout + Send + Sync + 'static>(
         &mut self,
         path: PathBuf,
-        layout: Layout,
+        layout: L,
         buffer: Box<dyn ByteSource>,
     ) -> Result<(), CheckpointError> {
         self.submit(path, layout, buffer, &[])
@@ -93,10 +93,10 @@ impl AsyncWriter {
     /// once every copy is done (the caller may then modify the sources), while the write goes
     /// on. The rest of the buffer must already hold its tensors. A write still in flight is
     /// awaited first (its error is returned and nothing is started).
-    pub fn submit(
+    pub fn submit<L: FileLayout + Send + Sync + 'static>(
         &mut self,
         path: PathBuf,
-        layout: Layout,
+        layout: L,
         buffer: Box<dyn ByteSource>,
         copies: &[(&[u8], u64)],
     ) -> Result<(), CheckpointError> {
@@ -108,10 +108,10 @@ impl AsyncWriter {
     /// replaces them, is durable once it has been awaited here. A file already gone is fine;
     /// another failure to delete one is reported like a write error (by the next `wait`),
     /// after the new checkpoint was written all the same.
-    pub fn submit_removing(
+    pub fn submit_removing<L: FileLayout + Send + Sync + 'static>(
         &mut self,
         path: PathBuf,
-        layout: Layout,
+        layout: L,
         mut buffer: Box<dyn ByteSource>,
         copies: &[(&[u8], u64)],
         remove: Vec<PathBuf>,
@@ -123,7 +123,7 @@ impl AsyncWriter {
                 "snapshot buffer smaller than the checkpoint".into(),
             ));
         }
-        let pieces = parallel::pieces(layout.nbytes());
+        let pieces = parallel::pieces(layout.tensor_nbytes());
         let copy_of = match_copies(&layout, raw, copies)?;
         let gate = Arc::new(Gate::new(pieces.len()));
         let mut to_copy = Vec::new();
@@ -135,7 +135,7 @@ impl AsyncWriter {
         }
         let thread_path = path.clone();
         let thread_gate = Arc::clone(&gate);
-        let offsets = layout.offsets().to_vec();
+        let offsets = layout.buffer_offsets().to_vec();
         let copy_offsets = offsets.clone();
         let handle = std::thread::Builder::new()
             .name("ferrotrain-ckpt".into())
@@ -229,13 +229,13 @@ fn copy(
 
 /// For each tensor of `layout`, the source to copy into it (if any). Every non-empty copy must
 /// cover exactly one tensor, at most once, and not overlap the buffer.
-fn match_copies<'c>(
-    layout: &Layout,
+fn match_copies<'c, L: FileLayout>(
+    layout: &L,
     raw: RawBuffer,
     copies: &[(&'c [u8], u64)],
 ) -> Result<Vec<Option<&'c [u8]>>, CheckpointError> {
-    let offsets = layout.offsets();
-    let lens = layout.nbytes();
+    let offsets = layout.buffer_offsets();
+    let lens = layout.tensor_nbytes();
     let mut out: Vec<Option<&[u8]>> = vec![None; offsets.len()];
     let mut by_offset: Vec<usize> = (0..offsets.len()).collect();
     by_offset.sort_by_key(|&t| offsets[t]);

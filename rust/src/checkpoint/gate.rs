@@ -153,6 +153,20 @@ impl RawBuffer {
         Ok(unsafe { std::slice::from_raw_parts(self.ptr.add(at), len as usize) })
     }
 
+    /// The bytes `at..at + len`, writable.
+    ///
+    /// # Safety
+    /// Nobody else may read or write these bytes while the slice is alive.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn piece_mut<'a>(&self, at: u64, len: u64) -> Result<&'a mut [u8], CheckpointError> {
+        let at = self.check(at, len)?;
+        if len == 0 {
+            return Ok(&mut []);
+        }
+        // SAFETY: in bounds (checked); exclusivity guaranteed by the caller.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len as usize) })
+    }
+
     /// Copy `src` into the bytes at `at`.
     ///
     /// # Safety

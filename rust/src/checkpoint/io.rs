@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{CheckpointError, FormatError};
-use super::format::{self, Layout, ParsedHeader};
+use super::format::{self, ParsedHeader};
+use super::gate::RawBuffer;
+use super::layout::FileLayout;
+use super::torchzip::{self, ReadAt, TorchFile};
 use super::parallel::{self, Piece};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -94,50 +97,52 @@ fn start_writeback(file: &File, at: u64, len: u64) {
     let _ = (file, at, len);
 }
 
-fn write_body<'s, F>(
+fn write_body<'s, L, F>(
     file: &File,
     path: &Path,
-    layout: &Layout,
+    layout: &L,
     piece_bytes: F,
 ) -> Result<(), CheckpointError>
 where
+    L: FileLayout + Sync + ?Sized,
     F: Fn(usize, Piece) -> Result<&'s [u8], CheckpointError> + Sync,
 {
     preallocate(file, layout.file_len(), path)?;
-    let lens = layout.nbytes();
-    let offsets = layout.offsets();
-    let data_start = layout.data_start();
+    let lens = layout.tensor_nbytes();
     let pieces = parallel::pieces(lens);
     let states = parallel::run(pieces.len(), lens.iter().sum(), |i| {
         let p = pieces[i];
         let bytes = piece_bytes(i, p)?;
         let mut h = crc32fast::Hasher::new();
         h.update(bytes);
-        let at = data_start + offsets[p.tensor] + p.start;
+        let at = layout.tensor_at(p.tensor) + p.start;
         file.write_all_at(bytes, at)
             .map_err(|e| CheckpointError::io(path, "cannot write tensor data", e))?;
         start_writeback(file, at, p.len);
         Ok(h)
     })?;
     let crcs = parallel::combine_crcs(lens, &pieces, &states);
-    let header = layout.header_bytes(&crcs)?;
-    file.write_all_at(&header, 0)
-        .map_err(|e| CheckpointError::io(path, "cannot write the header", e))?;
+    // The framing (headers, central directory) goes last: until it is complete the temporary
+    // file is not a readable checkpoint, and it never gets a checkpoint's name before fsync.
+    for (at, bytes) in layout.framing(&crcs)? {
+        file.write_all_at(&bytes, at)
+            .map_err(|e| CheckpointError::io(path, "cannot write the header", e))?;
+    }
     file.sync_all()
         .map_err(|e| CheckpointError::io(path, "cannot flush the checkpoint to disk (fsync)", e))
 }
 
 /// Write a checkpoint atomically and durably: `sources[i]` holds the bytes of `layout.specs()[i]`.
 /// When this returns Ok, the file is on disk under `path` (data and directory entry fsynced).
-pub fn write_atomic(
+pub fn write_atomic<L: FileLayout + Sync + ?Sized>(
     path: &Path,
-    layout: &Layout,
+    layout: &L,
     sources: &[&[u8]],
 ) -> Result<(), CheckpointError> {
-    if sources.len() != layout.specs().len()
+    if sources.len() != layout.tensor_nbytes().len()
         || sources
             .iter()
-            .zip(layout.nbytes())
+            .zip(layout.tensor_nbytes())
             .any(|(s, &n)| s.len() as u64 != n)
     {
         return Err(CheckpointError::Invalid(
@@ -152,14 +157,15 @@ pub fn write_atomic(
     })
 }
 
-/// `write_atomic` with the bytes of each piece (`parallel::pieces(layout.nbytes())`, by index)
+/// `write_atomic` with the bytes of each piece (`parallel::pieces(layout.tensor_nbytes())`, by index)
 /// supplied by `piece_bytes`, called once per piece from the writing threads.
-pub fn write_atomic_with<'s, F>(
+pub fn write_atomic_with<'s, L, F>(
     path: &Path,
-    layout: &Layout,
+    layout: &L,
     piece_bytes: F,
 ) -> Result<(), CheckpointError>
 where
+    L: FileLayout + Sync + ?Sized,
     F: Fn(usize, Piece) -> Result<&'s [u8], CheckpointError> + Sync,
 {
     let (dir, tmp) = temp_path(path)?;
@@ -298,4 +304,118 @@ pub fn open_checkpoint(
         verify_data(data, &header, &crcs).map_err(|e| e.at(path))?;
     }
     Ok(header)
+}
+
+// ------------------------------------------------------------------------- torch checkpoints
+
+struct FileAt<'a>(&'a File, u64);
+
+impl ReadAt for FileAt<'_> {
+    fn len(&self) -> u64 {
+        self.1
+    }
+    fn read_at(&self, at: u64, n: usize) -> Result<Vec<u8>, FormatError> {
+        if at.checked_add(n as u64).is_none_or(|e| e > self.1) {
+            return Err(FormatError::new("a record runs past the end of the file (truncated?)"));
+        }
+        let mut buf = vec![0u8; n];
+        self.0
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| FormatError::new(format!("cannot read: {e}")))?;
+        Ok(buf)
+    }
+}
+
+/// Open a torch checkpoint (zip archive): its central directory, `data.pkl` (CRC-checked and
+/// decoded without running anything) and the location of every storage. Storage bytes are read
+/// (and checked) by `read_storages` or `verify_storages`.
+pub fn open_torch(file: &File, path: &Path) -> Result<TorchFile, CheckpointError> {
+    let len = file
+        .metadata()
+        .map_err(|e| CheckpointError::io(path, "cannot stat", e))?
+        .len();
+    torchzip::open(&FileAt(file, len)).map_err(|e| e.at(path))
+}
+
+fn mismatch(path: &Path, name: &str, want: u32, got: u32) -> CheckpointError {
+    CheckpointError::corrupt(
+        path,
+        format!("checksum mismatch in entry '{name}' (stored {want:08x}, computed {got:08x})"),
+    )
+}
+
+/// Read storages into memory the caller owns: `ranges[i] = (file offset, nbytes, crc, name)`
+/// goes to `dsts[i]`; in parallel pieces, each checksummed as it arrives (when `verify`), so
+/// reading and checking are one pass over the bytes.
+///
+/// # Safety
+/// Each `dsts[i]` must address `ranges[i].1` writable bytes that nothing else touches during
+/// the call.
+pub unsafe fn read_storages(
+    file: &File,
+    path: &Path,
+    ranges: &[(u64, u64, u32, String)],
+    dsts: &[RawBuffer],
+    verify: bool,
+) -> Result<(), CheckpointError> {
+    if ranges.len() != dsts.len() {
+        return Err(CheckpointError::Invalid("one destination per storage expected".into()));
+    }
+    let lens: Vec<u64> = ranges.iter().map(|r| r.1).collect();
+    let pieces = parallel::pieces(&lens);
+    let states = parallel::run(pieces.len(), lens.iter().sum(), |i| {
+        let p = pieces[i];
+        let (at, _, _, _) = &ranges[p.tensor];
+        // SAFETY: the caller guarantees the destination; pieces are disjoint.
+        let dst = unsafe { dsts[p.tensor].piece_mut(p.start, p.len)? };
+        file.read_exact_at(dst, at + p.start).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                CheckpointError::corrupt(path, "the file is shorter than its central directory says (truncated)")
+            } else {
+                CheckpointError::io(path, "cannot read tensor data", e)
+            }
+        })?;
+        let mut h = crc32fast::Hasher::new();
+        if verify {
+            h.update(dst);
+        }
+        Ok(h)
+    })?;
+    if verify {
+        let crcs = parallel::combine_crcs(&lens, &pieces, &states);
+        for (r, got) in ranges.iter().zip(crcs) {
+            if r.2 != got {
+                return Err(mismatch(path, &r.3, r.2, got));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check the CRC-32 of file ranges `(offset, nbytes, crc, name)` over a read-only map (for
+/// storages the caller then maps itself).
+pub fn verify_ranges(
+    file: &File,
+    path: &Path,
+    ranges: &[(u64, u64, u32, String)],
+) -> Result<(), CheckpointError> {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    // SAFETY: read-only and private to this call; lengths are checked against the map below
+    // (a foreign process truncating the file meanwhile is the usual mmap caveat).
+    let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| CheckpointError::io(path, "cannot map", e))?;
+    let slices = ranges
+        .iter()
+        .map(|r| map.get(r.0 as usize..(r.0 + r.1) as usize))
+        .collect::<Option<Vec<&[u8]>>>()
+        .ok_or_else(|| CheckpointError::corrupt(path, "the file changed size while being read"))?;
+    let got = parallel::crcs_of(&slices)?;
+    for (r, g) in ranges.iter().zip(got) {
+        if r.2 != g {
+            return Err(mismatch(path, &r.3, r.2, g));
+        }
+    }
+    Ok(())
 }

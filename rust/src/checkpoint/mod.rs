@@ -16,6 +16,10 @@ pub mod error;
 pub mod format;
 pub mod gate;
 pub mod io;
+pub mod json_tree;
+pub mod layout;
+pub mod pickle;
+pub mod torchzip;
 pub mod parallel;
 pub mod tree;
 
@@ -27,4 +31,6 @@ mod tests;
 pub use async_writer::{AsyncWriter, ByteSource};
 pub use error::{CheckpointError, FormatError};
 pub use format::{Dtype, Entry, Layout, ParsedHeader, TensorSpec};
+pub use layout::{AnyLayout, FileLayout};
+pub use torchzip::TorchLayout;
 pub use io::{check_bytes, open_checkpoint, write_atomic, write_atomic_with};

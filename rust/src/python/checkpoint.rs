@@ -16,8 +16,8 @@ use pyo3::prelude::*;
 
 use super::errors::ferro_err;
 use crate::checkpoint::{
-    gate::RawBuffer, open_checkpoint, parallel, write_atomic, AsyncWriter, ByteSource,
-    CheckpointError, Layout,
+    gate::RawBuffer, io, open_checkpoint, parallel, write_atomic, AnyLayout, AsyncWriter,
+    ByteSource, CheckpointError, FileLayout,
 };
 
 pub(super) fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
@@ -46,11 +46,11 @@ unsafe fn bytes_at<'a>(ptr: usize, len: usize) -> &'a [u8] {
 /// (`checkpoint_tree.rs`), with the tree JSON and extra metadata in its header.
 #[pyclass(name = "CheckpointLayout", module = "ferrotrain._core", frozen)]
 pub struct PyLayout {
-    inner: Layout,
+    inner: AnyLayout,
 }
 
-impl From<Layout> for PyLayout {
-    fn from(inner: Layout) -> Self {
+impl From<AnyLayout> for PyLayout {
+    fn from(inner: AnyLayout) -> Self {
         Self { inner }
     }
 }
@@ -60,7 +60,7 @@ impl PyLayout {
     /// Start of each tensor relative to the data region, in the order the specs were given.
     #[getter]
     fn offsets(&self) -> Vec<u64> {
-        self.inner.offsets().to_vec()
+        self.inner.buffer_offsets().to_vec()
     }
 
     /// Bytes of the data region: the size of a snapshot buffer for this checkpoint.
@@ -140,6 +140,73 @@ fn checkpoint_read(
         })
         .collect();
     Ok((entries, header.metadata))
+}
+
+fn dup_file(py: Python<'_>, fd: i32, path: &std::path::Path) -> PyResult<std::fs::File> {
+    // SAFETY: the caller's file object keeps `fd` open during this call; we only duplicate it.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| to_py(py, CheckpointError::Io { path: path.to_path_buf(), what: "cannot open".into(), source: e }))?;
+    Ok(std::fs::File::from(owned))
+}
+
+/// One storage of a torch checkpoint: record name, dtype, byte count, saved location, file
+/// offset of its bytes, CRC-32.
+type StorageTuple = (String, &'static str, u64, String, u64, u32);
+
+/// Open the torch checkpoint (zip archive) at `fd`: its `data.pkl` is CRC-checked and decoded
+/// without running any pickle (refusing anything outside the restricted subset). Returns the
+/// tree as JSON and the storages it views (their bytes are not read).
+#[pyfunction]
+fn torch_open(py: Python<'_>, fd: i32, path: PathBuf) -> PyResult<(String, Vec<StorageTuple>)> {
+    let file = dup_file(py, fd, &path)?;
+    let opened = py.detach(|| io::open_torch(&file, &path)).map_err(|e| to_py(py, e))?;
+    let storages = opened
+        .storages
+        .into_iter()
+        .map(|s| {
+            (
+                format!("data/{}", s.storage.key),
+                s.storage.dtype.name(),
+                s.storage.nbytes,
+                s.storage.location,
+                s.data_at,
+                s.crc,
+            )
+        })
+        .collect();
+    Ok((opened.tree, storages))
+}
+
+/// Read storages `ranges[i] = (file offset, nbytes, crc, name)` of the file at `fd` into the
+/// memory `dsts[i] = (address, nbytes)` (tensors the caller owns and holds), checking each
+/// CRC-32 on the way when `verify`. The GIL is released.
+#[pyfunction]
+fn torch_read_storages(
+    py: Python<'_>,
+    fd: i32,
+    path: PathBuf,
+    ranges: Vec<(u64, u64, u32, String)>,
+    dsts: Vec<(usize, usize)>,
+    verify: bool,
+) -> PyResult<()> {
+    let file = dup_file(py, fd, &path)?;
+    if ranges.iter().zip(&dsts).any(|(r, d)| r.1 != d.1 as u64 || (d.0 == 0 && d.1 > 0)) {
+        return Err(to_py(py, CheckpointError::Invalid("destination sizes do not match the storages".into())));
+    }
+    // SAFETY: see the module docs: each address is a live, writable tensor of that many bytes
+    // that the caller holds and nothing else touches during the call.
+    let bufs: Vec<RawBuffer> = dsts.iter().map(|&(p, n)| unsafe { RawBuffer::new(p as *mut u8, n) }).collect();
+    // SAFETY: as above.
+    py.detach(|| unsafe { io::read_storages(&file, &path, &ranges, &bufs, verify) })
+        .map_err(|e| to_py(py, e))
+}
+
+/// Check the CRC-32 of `ranges[i] = (file offset, nbytes, crc, name)` of the file at `fd`.
+#[pyfunction]
+fn torch_verify(py: Python<'_>, fd: i32, path: PathBuf, ranges: Vec<(u64, u64, u32, String)>) -> PyResult<()> {
+    let file = dup_file(py, fd, &path)?;
+    py.detach(|| io::verify_ranges(&file, &path, &ranges)).map_err(|e| to_py(py, e))
 }
 
 /// The snapshot buffer, owned by Python and kept alive by `PyAsyncWriter::buffer`.
@@ -258,5 +325,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAsyncWriter>()?;
     m.add_function(wrap_pyfunction!(checkpoint_write, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint_read, m)?)?;
+    m.add_function(wrap_pyfunction!(torch_open, m)?)?;
+    m.add_function(wrap_pyfunction!(torch_read_storages, m)?)?;
+    m.add_function(wrap_pyfunction!(torch_verify, m)?)?;
     Ok(())
 }

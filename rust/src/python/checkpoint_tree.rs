@@ -19,7 +19,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 use super::checkpoint::PyLayout;
 use super::errors::ferro_err;
 use crate::checkpoint::tree::{JsonText, MemoryKey, TensorTable};
-use crate::checkpoint::{Dtype, Layout, TensorSpec};
+use crate::checkpoint::{AnyLayout, Dtype, Layout, TensorSpec, TorchLayout};
 use crate::dlpack;
 
 /// Deeper trees are refused (a Python encoder hit its recursion limit near here too); it also
@@ -44,7 +44,7 @@ struct Types<'py> {
     /// numpy.ndarray and numpy.generic, or None without numpy.
     ndarray: Option<Bound<'py, PyType>>,
     generic: Option<Bound<'py, PyType>>,
-    /// `tensor_info(t, path)`, `numpy_tensor(a, path, scalar)`, `bytes_tensor(b)`,
+    /// `tensor_info(t, path)`, `numpy_tensor(a, path, scalar)`, `bytes_tensor(b, path)`,
     /// `fail(path, what)`, `utf8(s)`.
     tensor_info: Bound<'py, PyAny>,
     numpy_tensor: Bound<'py, PyAny>,
@@ -248,7 +248,7 @@ impl<'py> Walk<'py> {
             return Ok(());
         }
         if obj.is_exact_instance_of::<PyBytes>() {
-            let t = self.types.bytes_tensor.call1((obj,))?;
+            let t = self.types.bytes_tensor.call1((obj, self.path_tuple()?))?;
             return self.tagged_tensor("bytes", &t);
         }
         // numpy arrays, then numpy scalars (np.float64 is also a float: numpy's rule comes first).
@@ -662,12 +662,14 @@ fn file_dtype(t: dlpack::DlDataType) -> Option<Dtype> {
 /// per tensor `(address, nbytes)` when it is a contiguous CPU tensor whose memory can be read
 /// as is, else None (torch copies it).
 #[pyfunction]
+#[pyo3(signature = (checkpoint, encoding, metadata, format = "torch"))]
 #[allow(clippy::type_complexity)]
 fn encode_checkpoint<'py>(
     py: Python<'py>,
     checkpoint: &Bound<'py, PyAny>,
     encoding: &Bound<'py, PyTuple>,
     metadata: std::collections::BTreeMap<String, String>,
+    format: &str,
 ) -> PyResult<(
     String,
     Vec<String>,
@@ -691,8 +693,16 @@ fn encode_checkpoint<'py>(
     };
     walk.value(checkpoint)?;
     let tree = walk.json.into_string();
-    let layout =
-        Layout::new(walk.specs, &tree, metadata).map_err(|e| super::checkpoint::to_py(py, e))?;
+    let layout = match format {
+        "torch" => TorchLayout::new(walk.specs, &tree).map(AnyLayout::Torch),
+        "safetensors" => Layout::new(walk.specs, &tree, metadata).map(AnyLayout::Safetensors),
+        other => {
+            return Err(PyTypeError::new_err(format!(
+                "format must be 'torch' or 'safetensors', got {other:?}"
+            )))
+        }
+    }
+    .map_err(|e| super::checkpoint::to_py(py, e))?;
     Ok((
         tree,
         walk.table.stored,
