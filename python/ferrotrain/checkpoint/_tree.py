@@ -249,6 +249,12 @@ class _Decoder:
             return tensor
         if "view" in x:
             return self.view(x["view"])
+        if "of" in x:  # a tensor or Parameter that may be referenced again
+            obj = self.value(x["of"])
+            self.placed[("id", x["id"])] = obj
+            return obj
+        if "ref" in x:
+            return self.placed[("id", x["ref"])]
         if "dict" in x:
             return self.mapping(x["dict"], ordered=False)
         if "odict" in x:

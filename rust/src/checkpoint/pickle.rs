@@ -450,6 +450,19 @@ impl Writer<'_> {
                 }
                 self.global("torch", name);
             }
+            ("bytes_hex", Node::Str(hex)) => {
+                // As pickle protocol 2 writes bytes: _codecs.encode(latin-1 text, 'latin1').
+                let bytes = (0..hex.len() / 2)
+                    .map(|i| hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                    .collect::<Option<Vec<u8>>>()
+                    .filter(|_| hex.len() % 2 == 0)
+                    .ok_or_else(|| invalid("bad bytes_hex"))?;
+                let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+                self.global("_codecs", "encode");
+                self.string(&text);
+                self.string("latin1");
+                self.out.extend_from_slice(&[TUPLE2, REDUCE]);
+            }
             ("device", Node::Str(d)) => {
                 self.global("torch", "device");
                 self.string(d);
@@ -1264,6 +1277,9 @@ struct Emit<'m> {
     json: JsonText,
     budget: usize,
     open: Vec<usize>,
+    /// Tensors and Parameters already written (heap index -> id): a second reference is written
+    /// as `{"ref": id}`, so one object saved twice loads as one object.
+    ids: std::collections::HashMap<usize, usize>,
 }
 
 impl Emit<'_> {
@@ -1348,6 +1364,25 @@ impl Emit<'_> {
 
     fn obj(&mut self, i: usize) -> Result<(), FormatError> {
         let m = self.m;
+        let shared = matches!(m.heap[i], Obj::Tensor { .. } | Obj::Param(..));
+        if shared {
+            if let Some(id) = self.ids.get(&i) {
+                self.json.raw(&format!("{{\"ref\":{id}}}"));
+                return Ok(());
+            }
+            let id = self.ids.len();
+            self.ids.insert(i, id);
+            self.json.raw(&format!("{{\"id\":{id},\"of\":"));
+        }
+        self.obj_body(i)?;
+        if shared {
+            self.json.raw("}");
+        }
+        Ok(())
+    }
+
+    fn obj_body(&mut self, i: usize) -> Result<(), FormatError> {
+        let m = self.m;
         match &m.heap[i] {
             Obj::List(items) => self.seq(items)?,
             Obj::Tuple(items) => {
@@ -1419,7 +1454,8 @@ impl Emit<'_> {
 /// of `ferrotrain/checkpoint/_tree.py` plus: `{"dict": [[k, v], ...]}` for every dict,
 /// `{"odict": [[k, v], ...], "meta"?: ...}`, `{"view": [storage index, offset, [size],
 /// [stride], dtype, requires_grad]}` for a tensor, `{"param": [view, requires_grad]}`,
-/// `{"bytes_hex": "..."}`, `{"dtype": torch attribute name}`.
+/// `{"bytes_hex": "..."}`, `{"dtype": torch attribute name}`; a tensor or Parameter is wrapped
+/// as `{"id": n, "of": ...}` where it first appears and is `{"ref": n}` where it appears again.
 pub fn decode(data: &[u8]) -> Result<Decoded, FormatError> {
     let mut m = Machine {
         data,
@@ -1441,6 +1477,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, FormatError> {
         json: JsonText::with_capacity(data.len() * 2),
         budget,
         open: Vec::new(),
+        ids: std::collections::HashMap::new(),
     };
     e.value(&root)?;
     let tree = e.json.into_string();

@@ -95,6 +95,8 @@ struct Walk<'py> {
     /// Addresses of the containers on the current path (a container inside itself is a cycle).
     open: Vec<usize>,
     path: Vec<Part<'py>>,
+    /// Bytes are values of the tree in torch's format (tensors in safetensors').
+    torch_format: bool,
 }
 
 /// What `_tree._tensor_info` returns: the tensor to store, its dtype name and shape, the device
@@ -248,6 +250,19 @@ impl<'py> Walk<'py> {
             return Ok(());
         }
         if obj.is_exact_instance_of::<PyBytes>() {
+            if self.torch_format {
+                // In torch's format bytes are a pickled value (`_codecs.encode`), not a tensor.
+                let b = obj.cast::<PyBytes>()?.as_bytes();
+                let mut hex = String::with_capacity(2 * b.len() + 16);
+                hex.push_str("{\"bytes_hex\":\"");
+                for x in b {
+                    hex.push(char::from(b"0123456789abcdef"[usize::from(x >> 4)]));
+                    hex.push(char::from(b"0123456789abcdef"[usize::from(x & 15)]));
+                }
+                hex.push_str("\"}");
+                self.json.raw(&hex);
+                return Ok(());
+            }
             let t = self.types.bytes_tensor.call1((obj, self.path_tuple()?))?;
             return self.tagged_tensor("bytes", &t);
         }
@@ -293,7 +308,7 @@ impl<'py> Walk<'py> {
         let module = ty.module().map(|m| m.to_string()).unwrap_or_default();
         let qualname = ty.qualname().map(|m| m.to_string()).unwrap_or_default();
         Err(self.fail(format!(
-            "values of type {module}.{qualname} cannot be saved (supported: tensors, numpy arrays, \
+            "values of type {module}.{qualname} cannot be saved (supported: tensors, \
              None/bool/int/float/str/bytes, dicts, lists, tuples, torch.dtype/device); nothing is pickled"
         )))
     }
@@ -690,6 +705,7 @@ fn encode_checkpoint<'py>(
         direct: Vec::new(),
         open: Vec::new(),
         path: Vec::new(),
+        torch_format: format == "torch",
     };
     walk.value(checkpoint)?;
     let tree = walk.json.into_string();
