@@ -85,6 +85,36 @@ def test_checkpoint_written_by_lightning_loads_and_resumes(tmp_path) -> None:
 
 
 @pytest.mark.skipif(not HAS_LIGHTNING, reason="lightning is not installed")
+@pytest.mark.parametrize("how", ["save_checkpoint", "ModelCheckpoint"])
+def test_lightning_resumes_a_fit_from_a_ferrotrain_checkpoint(tmp_path, how) -> None:
+    # ferrotrain trains two epochs; the installed Lightning resumes from its file for a third:
+    # the same weights, epoch and step as Lightning's own three-epoch run.
+    weights_3, _ = _lightning_run(tmp_path, 3)
+    torch.manual_seed(0)
+    model = Net(lr=0.05)
+    if how == "ModelCheckpoint":
+        cb = L.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_top_k=-1)
+        trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=2, **dict(QUIET, enable_checkpointing=True),
+                            callbacks=[cb])
+        trainer.fit(model, _loader())
+        path = str(tmp_path / "ck" / "epoch=1-step=8.ckpt")
+    else:
+        trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=2, **QUIET)
+        trainer.fit(model, _loader())
+        path = str(tmp_path / "ferrotrain-2.ckpt")
+        trainer.save_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import lightning
+
+        resumed = _net_class(lightning.LightningModule)(lr=0.05)
+        lt = lightning.Trainer(default_root_dir=str(tmp_path), max_epochs=3, accelerator="cpu", **QUIET)
+        lt.fit(resumed, _loader(), ckpt_path=path)
+    assert (lt.current_epoch, lt.global_step) == (3, 12)
+    torch.testing.assert_close(list(resumed.parameters()), weights_3, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not HAS_LIGHTNING, reason="lightning is not installed")
 def test_convert_command_writes_ferrotrain_format(tmp_path) -> None:
     weights, path = _lightning_run(tmp_path, 1)
     out = str(tmp_path / "converted.ckpt")
@@ -94,9 +124,7 @@ def test_convert_command_writes_ferrotrain_format(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "converted" in proc.stdout
-    from safetensors.torch import load_file
-
-    torch.testing.assert_close(load_file(out)["layer.weight"], weights[0], rtol=0, atol=0)
+    torch.testing.assert_close(torch.load(out)["state_dict"]["layer.weight"], weights[0], rtol=0, atol=0)
     ckpt = L.checkpoint.load(out)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
     assert ckpt["loops"]["progress"]["epochs_processed"] == 1

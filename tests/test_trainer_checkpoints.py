@@ -55,11 +55,12 @@ def test_default_checkpoint_file_is_named_and_readable(tmp_path) -> None:
     trainer.fit(NoisyModel(), train, val)
     folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     assert sorted(os.listdir(folder)) == ["epoch=1-step=20.ckpt"]
-    from safetensors.torch import load_file
-
-    weights = load_file(str(folder / "epoch=1-step=20.ckpt"))
+    # torch's own loader, with its defaults (weights_only=True), reads Lightning's dict.
+    ckpt = torch.load(str(folder / "epoch=1-step=20.ckpt"))
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 20)
+    assert {"state_dict", "loops", "callbacks", "optimizer_states", "lr_schedulers", "pytorch-lightning_version"} <= set(ckpt)
     model = trainer.lightning_module
-    torch.testing.assert_close(weights["net.0.weight"], model.net[0].weight.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(ckpt["state_dict"]["net.0.weight"], model.net[0].weight.detach(), rtol=0, atol=0)
 
 
 def test_top_k_by_monitored_metric_and_save_last(tmp_path) -> None:
