@@ -764,3 +764,47 @@ def test_async_failure_to_delete_a_replaced_file_surfaces_on_wait(tmp_path):
         writer.wait()
     assert load(tmp_path / "new.ckpt") == {"step": 1}  # the new checkpoint was written all the same
     writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# loading, editing and saving in place
+
+
+def _run_edit(path, code):
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from ferrotrain.checkpoint import load, save
+        p = {str(path)!r}
+        """
+    ) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # The default load owns its memory: torch.save may truncate and rewrite the same file.
+        'c = load(p); c["step"] += 1; c["w"] += 1; torch.save(c, p)',
+        # Memory-mapped tensors survive our own writer replacing the file (it renames).
+        'c = load(p, mmap=True); c["step"] += 1; c["w"] += 1; save(p, c); assert float(c["w"][-1]) == 2.0',
+    ],
+    ids=["owned-then-torch.save", "mmap-then-save"],
+)
+def test_load_edit_and_save_in_place_keeps_the_process_and_the_file(tmp_path, code):
+    path = tmp_path / "c.ckpt"
+    save(path, {"step": 1, "w": torch.ones(4 * 1024 * 1024)})
+    out = _run_edit(path, code)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    edited = load(path)
+    assert edited["step"] == 2 and torch.equal(edited["w"], torch.full((4 * 1024 * 1024,), 2.0))
+
+
+def test_mmap_load_then_a_foreign_in_place_rewrite_is_the_documented_hazard(tmp_path):
+    # What `load(mmap=True)` documents (and what every load did before it owned its memory):
+    # a writer that truncates the mapped file in place takes the process down with SIGBUS.
+    path = tmp_path / "c.ckpt"
+    save(path, {"step": 1, "w": torch.ones(4 * 1024 * 1024)})
+    out = _run_edit(path, 'c = load(p, mmap=True); torch.save(c, p)')
+    assert out.returncode == -signal.SIGBUS, (out.returncode, out.stderr[-2000:])
