@@ -1,7 +1,9 @@
-"""Regenerate the seed corpus of the checkpoint reader's fuzz target (rust/fuzz-corpus/checkpoint/).
+"""Regenerate the seed corpus of the torch checkpoint reader's fuzz target (rust/fuzz-corpus/torch/).
 
-Each seed is a small, valid checkpoint written by `ferrotrain.checkpoint.save`; the fuzz target
-(`rust/src/checkpoint/fuzz.rs`, run by `cargo test`) mutates them. Run from the repository root:
+Each seed is a small, valid checkpoint written by `ferrotrain.checkpoint.save`, plus one written
+by `torch.save`; the fuzz target (`rust/src/checkpoint/fuzz_torch.rs`, run by `cargo test`)
+mutates them. (rust/fuzz-corpus/legacy/ holds seeds of the earlier safetensors-based format,
+which the legacy reader still reads; they are kept as committed.) Run from the repository root:
 `PYTHONPATH=python python scripts/make-fuzz-corpus.py`.
 """
 
@@ -12,7 +14,7 @@ import torch
 
 from ferrotrain.checkpoint import save
 
-OUT = os.path.join("rust", "fuzz-corpus", "checkpoint")
+OUT = os.path.join("rust", "fuzz-corpus", "torch")
 
 
 def main() -> None:
@@ -24,7 +26,7 @@ def main() -> None:
     opt.step()
     seeds = {
         "lightning.ckpt": {
-            "epoch": 1, "global_step": 12, "pytorch-lightning_version": "2.5.0",
+            "epoch": 1, "global_step": 12, "pytorch-lightning_version": "2.6.6",
             "state_dict": net.state_dict(), "optimizer_states": [opt.state_dict()],
             "lr_schedulers": [], "loops": {"progress": {"global_step": 12}},
             "callbacks": {"ModelCheckpoint{}": {"best_model_path": "a.ckpt", "best_model_score": None}},
@@ -45,6 +47,11 @@ def main() -> None:
     }
     for name, ckpt in seeds.items():
         save(os.path.join(OUT, name), ckpt)
+    # torch's own writer: its memo references, storage sharing and view offsets.
+    base = torch.arange(12.0)
+    torch.save({"view": base[2:8].view(2, 3), "same": base, "param": torch.nn.Parameter(torch.ones(2)),
+                "od": OrderedDict(a=1), "bytes": b"ab", "big": 2**70},
+               os.path.join(OUT, "torchsave.ckpt"))
 
 
 if __name__ == "__main__":

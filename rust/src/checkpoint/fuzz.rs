@@ -228,7 +228,7 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
 
 // ---------------------------------------------------------------- the target
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/checkpoint");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/legacy");
     let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read the fuzz corpus {}: {e}", dir.display()))
         .filter_map(Result::ok)
@@ -303,4 +303,172 @@ fn fuzz_checkpoint_reader() {
     );
     assert!(cases >= 1_000, "only {cases} cases ran within {TIME_BOUND:?}");
     assert!(rejected > cases / 2, "the mutations are too weak: {rejected} of {cases} rejected");
+}
+
+// ---------------------------------------------------------------- the torch (zip) reader
+// The same loop over torch-format seeds (`fuzz-corpus/torch/`, written by
+// `scripts/make-fuzz-corpus.py`), with zip- and pickle-aware mutations: central-directory fields
+// (sizes, offsets, CRCs, counts) overwritten with hostile numbers, and `data.pkl` opcodes
+// replaced, inserted or cut with its CRC fixed up so the case reaches the pickle machine.
+
+fn torch_corpus() -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/torch");
+    let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read the fuzz corpus {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name, std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        })
+        .collect();
+    seeds.sort();
+    seeds
+}
+
+/// The data.pkl entry: (local header offset, data offset, size, central record offset).
+fn pickle_entry(file: &[u8]) -> Option<(usize, usize, usize, usize)> {
+    let cd = file.windows(4).position(|w| w == b"PK\x01\x02")?;
+    let name_at = file[cd..].windows(8).position(|w| w == b"data.pkl")? + cd;
+    let rec = name_at.checked_sub(46 + "archive/".len())?;
+    let rd32 = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(file.get(at..at + 4)?.try_into().ok()?))
+    };
+    let size = rd32(rec + 24)? as usize;
+    let local = rd32(rec + 42)? as usize;
+    let n = u16::from_le_bytes(file.get(local + 26..local + 28)?.try_into().ok()?) as usize;
+    let e = u16::from_le_bytes(file.get(local + 28..local + 30)?.try_into().ok()?) as usize;
+    Some((local, local + 30 + n + e, size, rec))
+}
+
+/// Rewrite data.pkl's bytes in place (same length) and fix both of its CRC fields.
+fn with_pickle(file: &mut [u8], edit: impl FnOnce(&mut [u8])) {
+    let Some((local, at, size, rec)) = pickle_entry(file) else {
+        return;
+    };
+    let Some(body) = file.get_mut(at..at + size) else {
+        return;
+    };
+    edit(body);
+    let crc = crc32fast::hash(body).to_le_bytes();
+    file[local + 14..local + 18].copy_from_slice(&crc);
+    file[rec + 16..rec + 20].copy_from_slice(&crc);
+}
+
+const OPCODES: &[u8] = b"(.0}])tNJKMGXqrhjaesucRbQ\x80\x85\x86\x87\x88\x89\x8a\x8b\x8c\x8d\x93\x94\x95iocdgpIFLSTUV";
+
+fn mutate_torch(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut file = seed.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let n = file.len();
+        match rng.below(8) {
+            0 if n > 0 => {
+                let i = rng.below(n);
+                file[i] ^= 1 << rng.below(8);
+            }
+            1 => file.truncate(rng.below(n + 1)),
+            2 => {
+                // A central-directory or end-record field: a hostile number.
+                if let Some(cd) = file.windows(4).position(|w| w == b"PK\x01\x02") {
+                    let at = cd + rng.below(n - cd);
+                    let v: u32 = match rng.below(4) {
+                        0 => u32::MAX,
+                        1 => rng.next() as u32,
+                        2 => (rng.next() % (n as u64 * 2 + 1)) as u32,
+                        _ => 0,
+                    };
+                    if let Some(s) = file.get_mut(at..at + 4) {
+                        s.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            3 | 4 => {
+                let op = OPCODES[rng.below(OPCODES.len())];
+                let r = rng.next();
+                with_pickle(&mut file, |b| {
+                    if !b.is_empty() {
+                        let i = (r as usize) % b.len();
+                        b[i] = op;
+                    }
+                });
+            }
+            5 => {
+                let (a, c) = (rng.next() as usize, rng.next() as u8);
+                with_pickle(&mut file, |b| {
+                    if !b.is_empty() {
+                        let i = a % b.len();
+                        b[i] = c;
+                    }
+                });
+            }
+            6 => {
+                // Shift a run of the pickle left by one: a cut opcode stream of the same length.
+                let a = rng.next() as usize;
+                with_pickle(&mut file, |b| {
+                    if b.len() > 2 {
+                        let i = a % (b.len() - 1);
+                        b.copy_within(i + 1.., i);
+                    }
+                });
+            }
+            _ => {
+                let i = rng.below(n + 1);
+                let bytes: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
+                file.splice(i..i, bytes);
+            }
+        }
+    }
+    file
+}
+
+#[test]
+fn torch_corpus_seeds_are_valid_checkpoints() {
+    let seeds = torch_corpus();
+    assert!(seeds.len() >= 5, "the committed corpus has {} seeds", seeds.len());
+    for (name, bytes) in &seeds {
+        if let Err(e) = super::torchzip::check_bytes(bytes) {
+            panic!("seed {name} does not read back: {}", e.0);
+        }
+    }
+}
+
+#[test]
+fn fuzz_torch_checkpoint_reader() {
+    let seeds = torch_corpus();
+    assert!(!seeds.is_empty());
+    let mut rng = Rng(0x5EED_F00D_CAFE_0002);
+    let started = Instant::now();
+    let (mut cases, mut rejected, mut pickle_errors) = (0usize, 0usize, 0usize);
+    while cases < CASES && started.elapsed() < TIME_BOUND {
+        let (name, seed) = &seeds[rng.below(seeds.len())];
+        let file = mutate_torch(seed, &mut rng);
+        let t0 = Instant::now();
+        let (result, largest) = watched(|| super::torchzip::check_bytes(&file));
+        let took = t0.elapsed();
+        // Bounded memory: nothing a field names is reserved before it is checked against the
+        // file's size; the decoded tree is bounded by a multiple of data.pkl's length.
+        assert!(
+            largest <= 160 * file.len() + (4 << 20),
+            "case {cases} (seed {name}): a {} byte file made a {largest} byte allocation",
+            file.len()
+        );
+        assert!(took < Duration::from_secs(2), "case {cases} (seed {name}) took {took:?}");
+        if let Err(e) = result {
+            rejected += 1;
+            if e.0.contains("data.pkl at byte") {
+                pickle_errors += 1;
+            }
+        }
+        cases += 1;
+    }
+    println!(
+        "fuzz_torch_checkpoint_reader: {cases} cases from {} seeds in {:.1?} ({rejected} rejected, \
+         {pickle_errors} of them by the pickle machine)",
+        seeds.len(),
+        started.elapsed()
+    );
+    assert!(cases >= 1_000, "only {cases} cases ran within {TIME_BOUND:?}");
+    assert!(rejected > cases / 2, "the mutations are too weak: {rejected} of {cases} rejected");
+    assert!(pickle_errors > cases / 10, "too few cases reached the pickle machine: {pickle_errors}");
 }

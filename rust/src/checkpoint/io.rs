@@ -311,11 +311,11 @@ pub fn open_checkpoint(
 struct FileAt<'a>(&'a File, u64);
 
 impl ReadAt for FileAt<'_> {
-    fn len(&self) -> u64 {
+    fn file_len(&self) -> u64 {
         self.1
     }
     fn read_at(&self, at: u64, n: usize) -> Result<Vec<u8>, FormatError> {
-        if at.checked_add(n as u64).is_none_or(|e| e > self.1) {
+        if at.checked_add(n as u64).map_or(true, |e| e > self.1) {
             return Err(FormatError::new("a record runs past the end of the file (truncated?)"));
         }
         let mut buf = vec![0u8; n];

@@ -27,6 +27,8 @@ pub mod tree;
 mod fuzz;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod torch_tests;
 
 pub use async_writer::{AsyncWriter, ByteSource};
 pub use error::{CheckpointError, FormatError};

@@ -149,6 +149,8 @@ struct Writer<'a> {
     /// object when loaded, as it was when saved).
     globals: Vec<(String, u32)>,
     tensors: Vec<Option<u32>>,
+    /// Memo slots of Parameters, by tensor (and requires_grad).
+    params: Vec<(usize, bool, u32)>,
     next_memo: u32,
 }
 
@@ -401,11 +403,20 @@ impl Writer<'_> {
                 _ => None,
             };
             if let Some(Node::Bool(rg)) = v.get("param") {
+                let i = self.specs.iter().position(|s| s.name == *name);
+                if let Some(&(_, _, slot)) = self.params.iter().find(|p| Some(p.0) == i && p.1 == *rg) {
+                    self.get(slot);
+                    return Ok(());
+                }
                 self.global("torch._utils", "_rebuild_parameter");
                 self.tensor(name, device)?;
                 self.out.push(if *rg { NEWTRUE } else { NEWFALSE });
                 self.empty_ordered_dict();
                 self.out.extend_from_slice(&[TUPLE3, REDUCE]);
+                let slot = self.put();
+                if let Some(i) = i {
+                    self.params.push((i, *rg, slot));
+                }
             } else {
                 self.tensor(name, device)?;
             }
@@ -486,6 +497,7 @@ pub fn encode(tree: &Node, specs: &[TensorSpec]) -> Result<Encoded, CheckpointEr
         locations: vec![None; specs.len()],
         globals: Vec::new(),
         tensors: vec![None; specs.len()],
+        params: Vec::new(),
         next_memo: 0,
     };
     w.out.extend_from_slice(&[PROTO, 2]);
@@ -1276,6 +1288,8 @@ struct Emit<'m> {
     m: &'m Machine<'m>,
     json: JsonText,
     budget: usize,
+    /// Bound on the JSON's length (memo references can repeat long strings too).
+    max_len: usize,
     open: Vec<usize>,
     /// Tensors and Parameters already written (heap index -> id): a second reference is written
     /// as `{"ref": id}`, so one object saved twice loads as one object.
@@ -1284,7 +1298,7 @@ struct Emit<'m> {
 
 impl Emit<'_> {
     fn value(&mut self, v: &Val) -> Result<(), FormatError> {
-        if self.budget == 0 {
+        if self.budget == 0 || self.json.len() > self.max_len {
             return Err(FormatError::new("data.pkl expands to too many objects (repeated memo references)"));
         }
         self.budget -= 1;
@@ -1474,8 +1488,9 @@ pub fn decode(data: &[u8]) -> Result<Decoded, FormatError> {
     let budget = 16 * data.len() + 100_000;
     let mut e = Emit {
         m: &m,
-        json: JsonText::with_capacity(data.len() * 2),
+        json: JsonText::with_capacity(data.len() * 2 + 64),
         budget,
+        max_len: 64 * data.len() + (1 << 20),
         open: Vec::new(),
         ids: std::collections::HashMap::new(),
     };

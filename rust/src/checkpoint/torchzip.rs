@@ -356,18 +356,18 @@ fn short(what: &str) -> FormatError {
 
 /// Read access to a file's bytes (a slice in tests and the fuzz target, `pread` for files).
 pub trait ReadAt {
-    fn len(&self) -> u64;
+    fn file_len(&self) -> u64;
     fn read_at(&self, at: u64, n: usize) -> Result<Vec<u8>, FormatError>;
 }
 
 impl ReadAt for &[u8] {
-    fn len(&self) -> u64 {
+    fn file_len(&self) -> u64 {
         <[u8]>::len(self) as u64
     }
     fn read_at(&self, at: u64, n: usize) -> Result<Vec<u8>, FormatError> {
         let at = usize::try_from(at).map_err(|_| short("a read"))?;
         self.get(at..at.saturating_add(n))
-            .filter(|s| <[u8]>::len(s) == n)
+            .filter(|s| s.len() == n)
             .map(<[u8]>::to_vec)
             .ok_or_else(|| short("a record"))
     }
@@ -382,7 +382,7 @@ pub fn is_zip(head: &[u8]) -> bool {
 /// is checked and its bytes lie inside the file before the central directory. Compressed or
 /// encrypted entries are refused.
 pub fn read_entries<R: ReadAt>(f: &R) -> Result<Vec<ZipEntry>, FormatError> {
-    let len = f.len();
+    let len = f.file_len();
     if len < 22 {
         return Err(FormatError::new(format!("file of {len} bytes is too short to be a zip archive")));
     }
@@ -405,7 +405,7 @@ pub fn read_entries<R: ReadAt>(f: &R) -> Result<Vec<ZipEntry>, FormatError> {
             return Err(FormatError::new("zip64 end locator missing"));
         }
         let at = rd64(&loc, 8).ok_or_else(|| short("the zip64 locator"))?;
-        if at.checked_add(56).is_none_or(|e| e > loc_at) {
+        if at.checked_add(56).map_or(true, |e| e > loc_at) {
             return Err(FormatError::new("zip64 end record out of range"));
         }
         let rec = f.read_at(at, 56)?;
@@ -417,7 +417,7 @@ pub fn read_entries<R: ReadAt>(f: &R) -> Result<Vec<ZipEntry>, FormatError> {
         cd_at = rd64(&rec, 48).ok_or_else(|| short("the zip64 end record"))?;
         cd_end_limit = at;
     }
-    if cd_at.checked_add(cd_len).is_none_or(|e| e > cd_end_limit) {
+    if cd_at.checked_add(cd_len).map_or(true, |e| e > cd_end_limit) {
         return Err(FormatError::new(format!(
             "central directory [{cd_at}, +{cd_len}) runs past the end of the {len}-byte file"
         )));
@@ -485,7 +485,7 @@ pub fn read_entries<R: ReadAt>(f: &R) -> Result<Vec<ZipEntry>, FormatError> {
         let ln = u64::from(rd16(&local, 26).unwrap_or(0));
         let le = u64::from(rd16(&local, 28).unwrap_or(0));
         let data_at = header_at + 30 + ln + le;
-        if data_at.checked_add(usize_).is_none_or(|end| end > cd_at) {
+        if data_at.checked_add(usize_).map_or(true, |end| end > cd_at) {
             return Err(FormatError::new(format!(
                 "zip entry '{name}' ({usize_} bytes at {data_at}) runs past the data region (truncated file?)"
             )));
@@ -574,3 +574,22 @@ pub fn open<R: ReadAt>(f: &R) -> Result<TorchFile, FormatError> {
     })
 }
 
+
+/// `open`, then check every storage's CRC-32: the whole read of a file held in memory (the pure
+/// path the fuzz target and the tests drive).
+pub fn check_bytes(file: &[u8]) -> Result<TorchFile, FormatError> {
+    let opened = open(&file)?;
+    for s in &opened.storages {
+        let bytes = file
+            .get(s.data_at as usize..(s.data_at + s.storage.nbytes) as usize)
+            .ok_or_else(|| short("a storage"))?;
+        let got = crc32fast::hash(bytes);
+        if got != s.crc {
+            return Err(FormatError::new(format!(
+                "checksum mismatch in entry 'data/{}' (stored {:08x}, computed {got:08x})",
+                s.storage.key, s.crc
+            )));
+        }
+    }
+    Ok(opened)
+}

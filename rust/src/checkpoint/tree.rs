@@ -27,6 +27,15 @@ impl JsonText {
         self.out
     }
 
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
     /// Raw JSON punctuation or an already valid JSON token.
     pub fn raw(&mut self, s: &str) {
         self.out.push_str(s);
