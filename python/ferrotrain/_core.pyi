@@ -143,13 +143,19 @@ class CheckpointLayout:
     def file_len(self) -> int: ...
 
 def encode_checkpoint(
-    checkpoint: dict, encoding: tuple, metadata: dict[str, str]
+    checkpoint: dict, encoding: tuple, metadata: dict[str, str], format: str = "torch"
 ) -> tuple[str, list[str], list[Any], CheckpointLayout, list[Optional[tuple[int, int]]]]:
-    """A checkpoint's JSON tree, stored tensors' names and objects, file layout, and per tensor
-    `(address, nbytes)` when its memory is written as it is (see `checkpoint/_tree.py`)."""
+    """A checkpoint's JSON tree, stored tensors' names and objects, file layout (torch's zip
+    archive, or `format="safetensors"`), and per tensor `(address, nbytes)` when its memory is
+    written as it is (see `checkpoint/_tree.py`)."""
 
 def checkpoint_write(path: str, layout: CheckpointLayout, sources: list[tuple[int, int]]) -> None: ...
 def checkpoint_read(fd: int, path: str, verify: bool) -> tuple[list[tuple[str, str, list[int], int, int]], dict[str, str]]: ...
+def torch_open(fd: int, path: str) -> tuple[str, list[tuple[str, str, int, str, int, int]]]:
+    """A torch checkpoint's tree (JSON) and storages: (record, dtype, nbytes, location, offset, crc)."""
+def torch_read_storages(fd: int, path: str, ranges: list[tuple[int, int, int, str]],
+                        dsts: list[tuple[int, int]], verify: bool) -> None: ...
+def torch_verify(fd: int, path: str, ranges: list[tuple[int, int, int, str]]) -> None: ...
 
 class AsyncWriter:
     def __init__(self) -> None: ...
