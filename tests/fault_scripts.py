@@ -83,6 +83,8 @@ def inspect_and_resume(folder: str) -> dict:
     for p in ckpts:
         ck = load(p)  # verifies every checksum; raises on a damaged file
         assert ck["global_step"] == step_of(p), (p, ck["global_step"])
+        # torch's own reader, with its defaults, takes every surviving file too.
+        assert torch.load(p)["global_step"] == ck["global_step"], p
         steps.append(ck["global_step"])
     report["steps"] = sorted(steps)
     latest = _latest_in(folder)
