@@ -14,8 +14,9 @@ class MisconfigurationException(FerrotrainError, ValueError):
     `except MisconfigurationException` keeps working."""
 
 
-class ConfigTypeError(FerrotrainError, TypeError):
-    """A setting has the wrong type."""
+class ConfigTypeError(MisconfigurationException, TypeError):
+    """A setting has the wrong type. Also a `MisconfigurationException`, the class Lightning
+    raises for most of these."""
 
 
 class NotSupportedYetError(MisconfigurationException, NotImplementedError):
@@ -28,6 +29,15 @@ class LoopStateError(FerrotrainError, RuntimeError):
 
 class CheckpointError(FerrotrainError, RuntimeError):
     """A checkpoint could not be written or read; the message names the file."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The `ckpt_path` given names no file; a `FileNotFoundError`, as Lightning raises."""
+
+
+class NoModelAttachedError(MisconfigurationException, AttributeError):
+    """An action needs the trainer's model and none is attached yet; an `AttributeError`, as
+    Lightning raises."""
 
 
 class CorruptCheckpointError(CheckpointError, ValueError):

@@ -83,7 +83,7 @@ class DeviceStatsMonitor(Callback):
         prefix = f"{type(self).__qualname__}.{key}"
         for lg in trainer.loggers:
             sep = lg.group_separator
-            lg.log_metrics({prefix + sep + k: v for k, v in stats.items()}, step=step)
+            lg.log_metrics(metrics={prefix + sep + k: v for k, v in stats.items()}, step=step)
 
     # Evaluation batches started in the running evaluation (Lightning's `batch_progress.current.ready`).
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:

@@ -74,7 +74,7 @@ class LearningRateMonitor(Callback):
         stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
         if stats:
             for logger in trainer.loggers:
-                logger.log_metrics(stats, step=trainer.global_step)
+                logger.log_metrics(metrics=stats, step=trainer.global_step)
 
     def on_train_epoch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval == "step":
@@ -82,7 +82,7 @@ class LearningRateMonitor(Callback):
         stats = self._extract_stats(trainer, "epoch" if self.logging_interval is None else "any")
         if stats:
             for logger in trainer.loggers:
-                logger.log_metrics(stats, step=trainer.global_step)
+                logger.log_metrics(metrics=stats, step=trainer.global_step)
 
     # -- reading the values --
 

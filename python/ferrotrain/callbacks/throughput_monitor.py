@@ -220,7 +220,7 @@ class ThroughputMonitor(Callback):
             return
         trainer._logged_metrics.update(_as_tensors(metrics))
         for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=step)
+            lg.log_metrics(metrics=metrics, step=step)
             lg.save()
 
     def _eval_batch_end(self, trainer: Any, pl_module: Any, batch: Any, stage: RunningStage) -> None:

@@ -194,7 +194,7 @@ class TensorBoardLogger(VersionedLogger):
             metrics = {"hp_metric": metrics}
 
         if metrics:
-            self.log_metrics(metrics, step)
+            self.log_metrics(metrics=metrics, step=step)
             from torch.utils.tensorboard.summary import hparams
 
             exp, ssi, sei = hparams(flat, metrics)

@@ -19,7 +19,7 @@ import torch
 
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.module import LightningModule
-from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException
+from ferrotrain.errors import CheckpointError, CheckpointNotFoundError, ConfigTypeError, MisconfigurationException
 
 FORMAT_VERSION = 2  # 2: torch's zip format with Lightning's loop state (1: safetensors-based)
 # The Lightning release whose checkpoint dict this is.
@@ -262,7 +262,7 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
             raise CheckpointError(
                 f"{path!r} is a folder: a sharded checkpoint, which only `FSDPStrategy` reads; pass a checkpoint file"
             )
-        raise CheckpointError(f"Checkpoint file not found: {path!r}")
+        raise CheckpointNotFoundError(f"Checkpoint file not found: {path!r}")
     return path
 
 

@@ -15,6 +15,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NotSupportedYetError
+from ferrotrain.trainer.limit_messages import announce_batch_limit
 
 
 class _DefaultInt(int):
@@ -31,6 +32,17 @@ class _DefaultInt(int):
 
 DEFAULT_MAX_EPOCHS = _DefaultInt(1000)
 DEFAULT_MIN_EPOCHS = _DefaultInt(1)
+
+
+class _DefaultFloat(float):
+    """A float that remembers it is a constructor default: `val_check_interval=1.0` left untouched
+    is not announced, an explicit `1.0` is (Lightning's default is `None`)."""
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+DEFAULT_VAL_CHECK_INTERVAL = _DefaultFloat(1.0)
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 STRATEGIES = (
@@ -327,8 +339,21 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     if algo.lower() not in CLIP_ALGORITHMS:
         raise _fail_value("gradient_clip_algorithm", algo, "'norm' or 'value'")
 
-    val_check_interval = _check_val_check_interval(k["val_check_interval"])
-    check_val_every_n_epoch = check_int("check_val_every_n_epoch", k["check_val_every_n_epoch"], 1, allow_none=True)
+    raw_interval = k["val_check_interval"]
+    for limit_name in ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                       "limit_predict_batches", "overfit_batches", "val_check_interval"):
+        if k[limit_name] is not DEFAULT_VAL_CHECK_INTERVAL:
+            announce_batch_limit(limit_name, k[limit_name])
+    # `None` (Lightning's default) is one validation per epoch, as 1.0.
+    val_check_interval = _check_val_check_interval(1.0 if raw_interval is None else raw_interval)
+    raw_every = k["check_val_every_n_epoch"]
+    if raw_every is not None and not _is_int(raw_every):
+        # Lightning's text and class (MisconfigurationException) for a non-int.
+        raise ConfigTypeError(
+            f"`check_val_every_n_epoch` should be an integer. `Trainer(check_val_every_n_epoch=...)` "
+            f"must be an int >= 1 or None, got {raw_every!r} ({_type_name(raw_every)})"
+        )
+    check_val_every_n_epoch = check_int("check_val_every_n_epoch", raw_every, 1, allow_none=True)
     if check_val_every_n_epoch is None and isinstance(val_check_interval, float) and val_check_interval != 1.0:
         raise MisconfigurationException(
             "`Trainer(val_check_interval=...)` must be an int (a number of batches) when "
@@ -363,7 +388,14 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     benchmark = k["benchmark"]
     if benchmark is not None:
         check_bool("benchmark", benchmark)
-    reload_every = check_int("reload_dataloaders_every_n_epochs", k["reload_dataloaders_every_n_epochs"], 0)
+    raw_reload = k["reload_dataloaders_every_n_epochs"]
+    if not _is_int(raw_reload) or raw_reload < 0:
+        # Lightning's text: "`reload_dataloaders_every_n_epochs` should be an int >= 0".
+        cls = ConfigTypeError if not _is_int(raw_reload) else MisconfigurationException
+        raise cls(
+            f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {raw_reload!r} ({_type_name(raw_reload)})."
+        )
+    reload_every = int(raw_reload)
     overfit = check_limit("overfit_batches", k["overfit_batches"])
 
     return TrainerConfig(

@@ -136,7 +136,7 @@ def _log_eval_step(trainer: Any, results: Results, stage: str, dl_idx: int, batc
     trainer._logged_metrics.update({k: torch.tensor(v) for k, v in log.items()})
     step = trainer._eval_step_base.get((stage, dl_idx), 0) + batch_idx
     for lg in trainer.loggers:
-        lg.log_metrics(log, step=step)
+        lg.log_metrics(metrics=log, step=step)
         lg.save()
 
 

@@ -16,7 +16,7 @@ from ferrotrain import _core
 from ferrotrain.callbacks.callback import Callback, is_overridden
 from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
-from ferrotrain.errors import ConfigTypeError, MisconfigurationException, _TunerExitException
+from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NoModelAttachedError, _TunerExitException
 from ferrotrain.trainer import config as cfg
 from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
                                      sequential_for_overfit)
@@ -55,7 +55,7 @@ class Trainer(TrainerViews):
         limit_test_batches: Union[int, float, None] = None,
         limit_predict_batches: Union[int, float, None] = None,
         overfit_batches: Union[int, float] = 0.0,
-        val_check_interval: Union[int, float] = 1.0,
+        val_check_interval: Union[int, float, None] = cfg.DEFAULT_VAL_CHECK_INTERVAL,
         check_val_every_n_epoch: Optional[int] = 1,
         num_sanity_val_steps: int = 2,
         log_every_n_steps: int = 50,
@@ -348,7 +348,7 @@ class Trainer(TrainerViews):
     def _model_for_eval(self, model: Optional[LightningModule], fn: str) -> LightningModule:
         if model is None:
             if self.lightning_module is None:
-                raise MisconfigurationException(
+                raise ConfigTypeError(
                     f"`Trainer.{fn}()` requires a `LightningModule` when it hasn't been passed in a previous run"
                 )
             return self.lightning_module
@@ -909,7 +909,7 @@ class Trainer(TrainerViews):
         metrics = dict(metrics)
         metrics.setdefault("epoch", self.current_epoch)
         for lg in loggers:
-            lg.log_metrics(metrics, step=step)
+            lg.log_metrics(metrics=metrics, step=step)
             lg.save()
 
     def _log_step_metrics(self, results: Results, step: int) -> None:
@@ -977,7 +977,10 @@ class Trainer(TrainerViews):
         from ferrotrain.trainer import checkpointing
 
         if self.lightning_module is None:
-            raise MisconfigurationException("`Trainer.save_checkpoint()` needs a model: call `fit`, `validate`, `test` or `predict` first")
+            raise NoModelAttachedError(
+                "Saving a checkpoint is only possible if a model is attached to the Trainer. `Trainer.save_checkpoint()` "
+                "needs a model: call `fit`, `validate`, `test` or `predict` first"
+            )
         # ModelCheckpoint's saves (flagged by it for this one call) go to the background writer;
         # any other call returns once the file is durable.
         sync = not self.__dict__.pop("_checkpoint_async", False)
