@@ -22,6 +22,7 @@ It owns the text on stdout; what the metrics are is the Trainer's business (`pro
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import sys
@@ -387,12 +388,15 @@ class TQDMProgressBar(ProgressBar):
             raise MisconfigurationException(
                 f"TQDMProgressBar(refresh_rate={refresh_rate!r}): give an int >= 0 (0 turns the bar off)."
             )
-        self._refresh_rate = refresh_rate
+        self._refresh_rate = self._resolve_refresh_rate(refresh_rate)
         self._process_position = process_position
         self._leave = leave
         self._enabled = True
         self._train_bar: Optional[_Bar] = None
         self._eval_bar: Optional[_Bar] = None
+        # The last bar of each kind, kept after its loop ends for Lightning's
+        # `train_progress_bar` / `val_progress_bar` / ... properties (set only when a bar is made).
+        self._shown: Dict[str, _Bar] = {}
         # The gate of each bar, read by the batch-end hooks: `next` is the next batch number
         # (batch_idx + 1) worth looking at (a multiple of refresh_rate); there the clock is read,
         # and the bar is drawn only when `due` (a monotonic time) passed or `force` was reached.
@@ -404,7 +408,55 @@ class TQDMProgressBar(ProgressBar):
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         state["_train_bar"] = state["_eval_bar"] = None
+        state["_shown"] = {}
         return state
+
+    @staticmethod
+    def _resolve_refresh_rate(refresh_rate: int) -> int:
+        # tqdm's own `TQDM_MINITERS` variable raises the refresh rate, as in Lightning.
+        if "TQDM_MINITERS" in os.environ:
+            return max(int(os.environ["TQDM_MINITERS"]), refresh_rate)
+        return refresh_rate
+
+    # -- Lightning's bar references: the last bar of each loop, also after it ended --
+
+    def _shown_bar(self, kind: str) -> _Bar:
+        bar = self._shown.get(kind)
+        if bar is None:
+            raise TypeError(f"The `{type(self).__name__}._{kind}_progress_bar` reference has not been set yet.")
+        return bar
+
+    @property
+    def train_progress_bar(self) -> _Bar:
+        return self._shown_bar("train")
+
+    @train_progress_bar.setter
+    def train_progress_bar(self, bar: _Bar) -> None:
+        self._shown["train"] = bar
+
+    @property
+    def val_progress_bar(self) -> _Bar:
+        return self._shown_bar("val")
+
+    @val_progress_bar.setter
+    def val_progress_bar(self, bar: _Bar) -> None:
+        self._shown["val"] = bar
+
+    @property
+    def test_progress_bar(self) -> _Bar:
+        return self._shown_bar("test")
+
+    @test_progress_bar.setter
+    def test_progress_bar(self, bar: _Bar) -> None:
+        self._shown["test"] = bar
+
+    @property
+    def predict_progress_bar(self) -> _Bar:
+        return self._shown_bar("predict")
+
+    @predict_progress_bar.setter
+    def predict_progress_bar(self, bar: _Bar) -> None:
+        self._shown["predict"] = bar
 
     # -- switches --
 
@@ -453,6 +505,28 @@ class TQDMProgressBar(ProgressBar):
 
     def init_predict_bar(self) -> Optional[_Bar]:
         return self._new_bar(self.predict_description, 0, leave=True)
+
+    # Lightning's names for the constructors; the hooks call these, so overriding either works.
+
+    def init_sanity_tqdm(self) -> Optional[_Bar]:
+        return self._remember("val", self.init_sanity_bar())
+
+    def init_train_tqdm(self) -> Optional[_Bar]:
+        return self._remember("train", self.init_train_bar())
+
+    def init_validation_tqdm(self) -> Optional[_Bar]:
+        return self._remember("val", self.init_validation_bar())
+
+    def init_test_tqdm(self) -> Optional[_Bar]:
+        return self._remember("test", self.init_test_bar())
+
+    def init_predict_tqdm(self) -> Optional[_Bar]:
+        return self._remember("predict", self.init_predict_bar())
+
+    def _remember(self, kind: str, bar: Optional[_Bar]) -> Optional[_Bar]:
+        if bar is not None:
+            self._shown[kind] = bar
+        return bar
 
     # -- the shared slow path --
 
@@ -504,7 +578,7 @@ class TQDMProgressBar(ProgressBar):
     # -- sanity check --
 
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_bar = self.init_sanity_bar()
+        self._eval_bar = self.init_sanity_tqdm()
 
     def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
         if self._eval_bar is not None:
@@ -516,11 +590,12 @@ class TQDMProgressBar(ProgressBar):
     # -- training --
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._train_bar = self.init_train_bar()
+        self._train_bar = self.init_train_tqdm()
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if self._leave and self._train_bar is None:
-            self._train_bar = self.init_train_bar()
+        if self._leave:
+            # One finished bar per epoch (Lightning makes a new one each epoch).
+            self._train_bar = self.init_train_tqdm()
         bar = self._train_bar
         if bar is None:
             self._train_next = _NEVER
@@ -570,7 +645,7 @@ class TQDMProgressBar(ProgressBar):
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
-            self._eval_bar = self.init_validation_bar()
+            self._eval_bar = self.init_validation_tqdm()
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -603,7 +678,7 @@ class TQDMProgressBar(ProgressBar):
     # -- test / predict --
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_bar = self.init_test_bar()
+        self._eval_bar = self.init_test_tqdm()
 
     def on_test_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -622,7 +697,7 @@ class TQDMProgressBar(ProgressBar):
         self._close_eval_bar()
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_bar = self.init_predict_bar()
+        self._eval_bar = self.init_predict_tqdm()
 
     def on_predict_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0

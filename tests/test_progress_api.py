@@ -1,0 +1,81 @@
+"""TQDMProgressBar's Lightning API: the bar references kept after each loop, the `init_*_tqdm`
+constructors subclasses override, and tqdm's `TQDM_MINITERS` variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from torch.utils.data import DataLoader
+
+import ferrotrain as L
+from ferrotrain.callbacks import TQDMProgressBar
+
+from .conftest import BoringModel, make_dataset
+
+
+def _trainer(tmp_path, bar, **kwargs):
+    return L.Trainer(default_root_dir=str(tmp_path), callbacks=[bar], logger=False, enable_checkpointing=False,
+                     enable_model_summary=False, **kwargs)
+
+
+def test_bar_references_survive_their_loops(tmp_path):
+    ds = make_dataset(32)
+    bar = TQDMProgressBar()
+    trainer = _trainer(tmp_path, bar, max_epochs=2, num_sanity_val_steps=2)
+    trainer.fit(BoringModel(), DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=16))
+    assert bar.train_progress_bar.total == 4
+    assert bar.val_progress_bar.total == 2
+    trainer.test(BoringModel(), DataLoader(ds, batch_size=4))
+    assert bar.test_progress_bar.total == 8
+    assert bar.train_progress_bar.total == 4
+
+
+def test_sanity_bar_is_the_val_bar_with_the_sanity_total(tmp_path):
+    seen = {}
+
+    class Recording(TQDMProgressBar):
+        def on_sanity_check_end(self, *args):
+            seen["sanity"] = self.val_progress_bar.total
+            super().on_sanity_check_end(*args)
+
+        def on_validation_epoch_end(self, *args):
+            seen["val"] = self.val_progress_bar.total
+            super().on_validation_epoch_end(*args)
+
+    ds = make_dataset(40)
+    trainer = _trainer(tmp_path, Recording(), max_epochs=1, limit_train_batches=1, num_sanity_val_steps=2,
+                       limit_val_batches=5)
+    trainer.fit(BoringModel(), DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8))
+    assert seen == {"sanity": 2, "val": 5}
+
+
+def test_unset_reference_is_a_type_error():
+    with pytest.raises(TypeError, match="_predict_progress_bar` reference has not been set yet"):
+        TQDMProgressBar().predict_progress_bar
+
+
+@pytest.mark.parametrize("leave, calls", [(True, 4), (False, 1)])
+def test_init_train_tqdm_once_or_once_per_epoch(tmp_path, leave, calls):
+    class Counting(TQDMProgressBar):
+        made = 0
+
+        def init_train_tqdm(self):
+            type(self).made += 1
+            return super().init_train_tqdm()
+
+    ds = make_dataset(16)
+    Counting.made = 0
+    trainer = _trainer(tmp_path, Counting(leave=leave), max_epochs=3, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(BoringModel(), DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8))
+    assert Counting.made == calls
+
+
+@pytest.mark.parametrize("rate, env, expected", [(0, "1", 1), (1, "0", 1), (2, "1", 2), (1, "2", 2)])
+def test_tqdm_miniters_raises_the_refresh_rate(rate, env, expected):
+    code = f"from ferrotrain.callbacks import TQDMProgressBar; print(TQDMProgressBar(refresh_rate={rate}).refresh_rate)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TQDM_MINITERS": env},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
