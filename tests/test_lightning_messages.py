@@ -7,8 +7,10 @@ import pytest
 from torch.utils.data import DataLoader
 
 import ferrotrain as L
+from ferrotrain.callbacks import ModelCheckpoint
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.loggers import Logger
+from ferrotrain.strategies import SingleDeviceStrategy
 
 from .conftest import BoringModel, make_dataset
 
@@ -93,3 +95,45 @@ def test_loggers_get_metrics_and_step_by_keyword(tmp_path):
     trainer.validate(BoringModel(), DataLoader(ds, batch_size=8))
     keys = set().union(*(m.keys() for m, _ in logger.calls))
     assert {"train_loss", "val_loss"} <= keys
+
+
+@pytest.mark.parametrize("fn", ["validate", "test", "predict"])
+def test_best_without_a_best_checkpoint_uses_lightnings_text(tmp_path, fn):
+    ds = make_dataset(16)
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[ModelCheckpoint(save_top_k=0)])
+    trainer.fit(BoringModel(), DataLoader(ds, batch_size=8))
+    with pytest.raises(ValueError, match="is not configured to save the best"):
+        getattr(trainer, fn)(BoringModel(), DataLoader(ds, batch_size=8), ckpt_path="best")
+
+
+def test_best_without_model_checkpoint_names_it(quiet):
+    trainer = L.Trainer(**quiet)
+    with pytest.raises(ValueError, match=r'`.validate\(ckpt_path="best"\)` is set but `ModelCheckpoint` is not configured'):
+        trainer.validate(BoringModel(), DataLoader(make_dataset(8), batch_size=8), ckpt_path="best")
+
+
+def test_freeze_returns_the_module():
+    model = BoringModel()
+    assert model.freeze() is model
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+class _RecordingStrategy(SingleDeviceStrategy):
+    seen: list = []
+
+    def on_exception(self, exc):
+        type(self).seen.append(type(exc).__name__)
+        return super().on_exception(exc)
+
+
+def test_keyboard_interrupt_reaches_the_strategy(quiet):
+    class Interrupting(BoringModel):
+        def training_step(self, batch, batch_idx):
+            raise KeyboardInterrupt
+
+    _RecordingStrategy.seen = []
+    trainer = L.Trainer(**quiet, strategy=_RecordingStrategy("cpu"), max_epochs=1)
+    trainer.fit(Interrupting(), DataLoader(make_dataset(16), batch_size=8))
+    assert trainer.interrupted
+    assert _RecordingStrategy.seen == ["KeyboardInterrupt"]

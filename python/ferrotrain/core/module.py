@@ -360,10 +360,12 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
             return data
         return self._trainer._all_gather(data, group, sync_grads)
 
-    def freeze(self) -> None:
+    def freeze(self) -> "LightningModule":
+        """No gradients and eval mode; returns the module, so `model = Model().freeze()` works (Lightning's)."""
         for p in self.parameters():
             p.requires_grad = False
         self.eval()
+        return self
 
     def unfreeze(self) -> None:
         for p in self.parameters():

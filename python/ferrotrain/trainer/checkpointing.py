@@ -231,14 +231,19 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
         cb = trainer.checkpoint_callback
         if cb is None:
             raise MisconfigurationException(
-                f'`{fn}(ckpt_path="best")` needs a `ModelCheckpoint` callback, but the Trainer has none '
-                "(`enable_checkpointing=False`?); pass a checkpoint path instead"
+                f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured: the Trainer has '
+                "no `ModelCheckpoint` callback (`enable_checkpointing=False`?); pass a checkpoint path instead"
             )
         wait_for_writes(trainer)
         if not cb.best_model_path:
+            if trainer.fast_dev_run:
+                raise MisconfigurationException(
+                    f'You cannot execute `.{fn}(ckpt_path="best")` with `fast_dev_run=True`. Please pass an exact '
+                    f"checkpoint path to `.{fn}(ckpt_path=...)`"
+                )
             raise MisconfigurationException(
-                f'`{fn}(ckpt_path="best")`: the `ModelCheckpoint` has not saved a best model yet; '
-                "pass a checkpoint path instead"
+                f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best model: '
+                "it has not saved a best model yet; pass a checkpoint path instead"
             )
         return cb.best_model_path
     if ckpt_path == "last":

@@ -391,6 +391,8 @@ class Trainer(TrainerViews):
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
             self._interrupt(exc)
+            # Lightning lets the strategy react (a launcher stops its worker processes).
+            self._strategy.on_exception(exc)
             self._teardown()
             return None
         except BaseException as exc:
