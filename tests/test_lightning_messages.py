@@ -137,3 +137,25 @@ def test_keyboard_interrupt_reaches_the_strategy(quiet):
     trainer.fit(Interrupting(), DataLoader(make_dataset(16), batch_size=8))
     assert trainer.interrupted
     assert _RecordingStrategy.seen == ["KeyboardInterrupt"]
+
+
+def test_datamodule_str_lists_each_loader(tmp_path):
+    import os
+
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(3))
+
+    dm = L.LightningDataModule.from_datasets(train_dataset=make_dataset(64), test_dataset=[make_dataset(8), Stream()])
+    assert str(dm) == os.linesep.join([
+        "{Train dataloader: size=64}", "{Validation dataloader: None}",
+        "{Test dataloader: 1. size=8 ; 2. size=NA}", "{Predict dataloader: None}",
+    ])
+
+
+def test_possible_user_warning_is_a_user_warning():
+    from ferrotrain.utilities.warnings import PossibleUserWarning
+
+    assert issubclass(PossibleUserWarning, UserWarning)

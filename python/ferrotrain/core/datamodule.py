@@ -17,6 +17,11 @@ class LightningDataModule(HyperparametersMixin, _DataHooks):
         self.trainer: Any = None
         self.prepare_data_per_node = True
 
+    def __str__(self) -> str:
+        from ferrotrain.core.datamodule_summary import describe_datamodule
+
+        return describe_datamodule(self)
+
     def state_dict(self) -> Dict[str, Any]:
         return {}
 
