@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from typing import Any, List
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from tests.lightning_ref import QUIET, check, dataset, is_lightning, misconfiguration, round_floats, state_of
+from tests.lightning_ref import QUIET, check, libraries, dataset, is_lightning, misconfiguration, round_floats, state_of
 
 
 def _tuner(L: Any) -> Any:
@@ -159,15 +160,23 @@ def test_learning_rate_finder_callback_then_trains(tmp_path):
             len(finder.results["loss"]), round_floats(finder.suggestion(), 8), round_floats(model.lr, 8),
             round_floats([g["lr"] for g in trainer.optimizers[0].param_groups], 8),
             model.epochs, trainer.global_step, os.listdir(tmp_path),
-            round_floats([round(float(v.sum()), 5) for v in model.state_dict().values()]),
-        )
+        ), [round(float(v.sum()), 5) for v in model.state_dict().values()]
 
-    check(scenario, CALLBACK_EXPECTED)
+    check(lambda L: scenario(L)[0], CALLBACK_EXPECTED)
+    # 80 steps at lr=0.1 after a diverging test amplify each CPU's last-digit rounding (a bias
+    # sum moves by 2x between machines, under Lightning too), so the trained weights are
+    # compared with Lightning's run on the same machine, when Lightning is installed.
+    if len(libraries()) > 1:
+        ours = scenario(libraries()[0])[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's own deprecation warnings
+            theirs = scenario(libraries()[1])[1]
+        assert ours == theirs
 
 
 # Measured under Lightning 2.6: the test stopped after 4 steps (diverging), too few points for a
 # suggestion, so the fit trains with the module's own lr from the original weights.
-CALLBACK_EXPECTED = (4, None, 0.1, [0.1], [(0, 0), (0, 0), (1, 40)], 80, [], [-135.77205, 8.79149, 2.49599, -2.18725])
+CALLBACK_EXPECTED = (4, None, 0.1, [0.1], [(0, 0), (0, 0), (1, 40)], 80, [])
 
 
 def test_lr_find_skipped_with_fast_dev_run():
