@@ -1,0 +1,92 @@
+"""Signal handlers installed for the length of a fit, so that a scheduler's stop signal costs at
+most the current step.
+
+The handler only records the signal (a flag the loop reads at step boundaries): no work happens
+inside the handler, so it is safe whatever the interrupted code was doing. The user's own
+handlers are saved on entry and restored on exit, and each is still called after ours records
+the signal, so handlers installed before `fit` keep working.
+
+Signals handled (Lightning 2.6's `_SignalConnector` semantics):
+- SIGTERM: request a stop after the current step.
+- the SLURM requeue signal (SIGUSR1 by default) under SLURM: request a stop; when auto-requeue
+  is on, `requeue_job` asks SLURM to requeue the job after the checkpoint is written.
+SIGINT stays Python's KeyboardInterrupt, handled by the Trainer's graceful-shutdown path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from types import FrameType
+from typing import Any, Callable, Optional
+
+
+class SIGTERMException(SystemExit):
+    """Raised after a SIGTERM-requested stop, as Lightning raises it (exits the process)."""
+
+
+class SignalFlags:
+    """Which stop signals arrived since `install`. Read by the loop between steps."""
+
+    def __init__(self, requeue_signal: Optional[int] = None) -> None:
+        self.received: Optional[int] = None  # the first stop signal seen
+        self.requeue_signal = requeue_signal
+        self._saved: dict[int, Any] = {}
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.received is not None
+
+    @property
+    def requeue_requested(self) -> bool:
+        return self.requeue_signal is not None and self.received == self.requeue_signal
+
+    def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.received is None:
+            self.received = signum
+        previous = self._saved.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def install(self) -> "SignalFlags":
+        # signal.signal only works in the main thread; elsewhere (a fit in a worker thread) the
+        # process keeps its own handlers and no stop is requested by signals.
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        wanted = [signal.SIGTERM]
+        if self.requeue_signal is not None and self.requeue_signal != signal.SIGTERM:
+            wanted.append(self.requeue_signal)
+        for signum in wanted:
+            self._saved[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._saved.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._saved.clear()
+
+    def __enter__(self) -> "SignalFlags":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+
+def slurm_requeue_signal(requeue_signal: Optional[int] = None) -> Optional[int]:
+    """The requeue signal when running under SLURM (SLURM_JOB_ID set), else None."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    return int(requeue_signal) if requeue_signal is not None else int(signal.SIGUSR1)
+
+
+def requeue_job(run: Callable[..., Any] = subprocess.run) -> int:
+    """Ask SLURM to requeue this job (`scontrol requeue $SLURM_JOB_ID`); returns its exit code.
+    Array jobs are requeued by their array id, as Lightning does."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        raise RuntimeError("requeue_job: SLURM_JOB_ID is not set; requeue needs a SLURM job")
+    return run(["scontrol", "requeue", job_id]).returncode
