@@ -48,7 +48,7 @@ MORE_BAD_ARGS = [
     (dict(num_nodes="2"), ConfigTypeError, ["num_nodes", "'2'"]),
     (dict(profiler=5), ConfigTypeError, ["profiler", "5"]),
     (dict(strategy=5), ConfigTypeError, ["strategy", "5", "'auto'"]),
-    (dict(barebones=True), MisconfigurationException, ["barebones", "enable_checkpointing=False"]),
+    (dict(barebones=True, enable_checkpointing=True), MisconfigurationException, ["barebones", "enable_checkpointing=True"]),
 ]
 
 

@@ -18,6 +18,7 @@ from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NoModelAttachedError, _TunerExitException
 from ferrotrain.trainer import config as cfg
+from ferrotrain.trainer.barebones import resolve_opt_outs
 from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
                                      sequential_for_overfit)
 from ferrotrain.trainer.hooks import HookTable
@@ -57,11 +58,11 @@ class Trainer(TrainerViews):
         overfit_batches: Union[int, float] = 0.0,
         val_check_interval: Union[int, float, None] = cfg.DEFAULT_VAL_CHECK_INTERVAL,
         check_val_every_n_epoch: Optional[int] = 1,
-        num_sanity_val_steps: int = 2,
-        log_every_n_steps: int = 50,
-        enable_checkpointing: bool = True,
-        enable_progress_bar: bool = True,
-        enable_model_summary: bool = True,
+        num_sanity_val_steps: Optional[int] = None,
+        log_every_n_steps: Optional[int] = None,
+        enable_checkpointing: Optional[bool] = None,
+        enable_progress_bar: Optional[bool] = None,
+        enable_model_summary: Optional[bool] = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: str = "norm",
@@ -79,7 +80,10 @@ class Trainer(TrainerViews):
         enable_autolog_hparams: bool = True,
         model_registry: Optional[str] = None,
     ) -> None:
-        self._config = cfg.resolve(dict(locals()))
+        args = dict(locals())
+        resolve_opt_outs(args)  # None until resolved, so `barebones=True` alone works
+        logger = args["logger"]
+        self._config = cfg.resolve(args)
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
 
         self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
@@ -93,8 +97,6 @@ class Trainer(TrainerViews):
         c = self._config
         user_callbacks = cfg.check_callbacks(callbacks)
         logger_setting = cfg.check_logger(logger)
-        if c.barebones:
-            self._check_barebones(user_callbacks, logger_setting)
         from ferrotrain.strategies.connector import resolve as resolve_strategy
 
         # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
@@ -193,17 +195,6 @@ class Trainer(TrainerViews):
 
         if isinstance(self._strategy, ParallelStrategy):
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-    def _check_barebones(self, callbacks: List[Callback], logger_setting: Any) -> None:
-        c = self._config
-        for name, value in (("enable_checkpointing", c.enable_checkpointing), ("enable_progress_bar", c.enable_progress_bar),
-                            ("enable_model_summary", c.enable_model_summary)):
-            if value:
-                raise MisconfigurationException(
-                    f"`Trainer(barebones=True)` turns off extra features; pass `{name}=False` as well (got True)"
-                )
-        if logger_setting:
-            raise MisconfigurationException("`Trainer(barebones=True)` runs without a logger; pass `logger=False`")
 
     def _build_callbacks(self, user: List[Callback]) -> List[Callback]:
         from ferrotrain.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
