@@ -65,3 +65,68 @@ def test_opt_outs_default_on_without_barebones(tmp_path):
     assert trainer.checkpoint_callback is not None
     assert trainer.progress_bar_callback is not None
     assert len(trainer.loggers) == 1
+
+
+class _NoBatchIdx(BoringModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = []
+
+    def training_step(self, batch):
+        self.seen.append("train")
+        return super().training_step(batch, 0)
+
+    def validation_step(self, batch):
+        self.seen.append("val")
+
+    def test_step(self, batch):
+        self.seen.append("test")
+
+
+def test_steps_without_batch_idx_are_called_with_the_batch_only(quiet):
+    model = _NoBatchIdx()
+    ds = make_dataset(16)
+    trainer = L.Trainer(max_epochs=1, num_sanity_val_steps=0, **quiet)
+    trainer.fit(model, DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8))
+    trainer.test(model, DataLoader(ds, batch_size=8))
+    assert model.seen == ["train", "train", "val", "val", "test", "test"]
+
+
+def test_required_dataloader_idx_with_one_dataloader_is_a_runtime_error(quiet):
+    class Extra(BoringModel):
+        def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx): ...
+
+    trainer = L.Trainer(**quiet)
+    with pytest.raises(RuntimeError, match=r"single `val_dataloader`, but have included `dataloader_idx` in "
+                                           r"`Extra.on_validation_batch_end\(\)`"):
+        trainer.validate(Extra(), DataLoader(make_dataset(16), batch_size=8))
+
+
+def test_dataloader_idx_with_a_default_is_optional_and_passed_with_several_loaders(quiet):
+    class Default(BoringModel):
+        seen: list = []
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.seen.append(dataloader_idx)
+
+    ds = make_dataset(16)
+    trainer = L.Trainer(**quiet)
+    trainer.validate(Default(), DataLoader(ds, batch_size=8))
+    trainer.validate(Default(), [DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=16)])
+    assert Default.seen == [0, 0, 0, 0, 1]
+
+
+def test_several_dataloaders_need_dataloader_idx_and_kwargs_do_not_count(quiet):
+    class KwargsOnly(BoringModel):
+        def validation_step(self, batch, batch_idx, **kwargs): ...
+
+    class VarArgs(BoringModel):
+        def validation_step(self, batch, batch_idx, *args): ...
+
+    ds = make_dataset(16)
+    two = [DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8)]
+    trainer = L.Trainer(**quiet)
+    with pytest.raises(RuntimeError, match=r"multiple `val_dataloader`, but no `dataloader_idx` argument in "
+                                           r"`KwargsOnly.validation_step\(\)`"):
+        trainer.validate(KwargsOnly(), two)
+    trainer.validate(VarArgs(), two)  # *args takes the index
