@@ -130,3 +130,31 @@ def test_several_dataloaders_need_dataloader_idx_and_kwargs_do_not_count(quiet):
                                            r"`KwargsOnly.validation_step\(\)`"):
         trainer.validate(KwargsOnly(), two)
     trainer.validate(VarArgs(), two)  # *args takes the index
+
+
+@pytest.mark.parametrize("sanity, check_every, reload_every, train_epochs, val_epochs", [
+    (0, 3, 4, [0, 4, 8], [2, 8]),  # first requested at the first validation epoch
+    (1, 3, 4, [0, 4, 8], [2, 8]),  # a sanity check on a non-validating epoch does not count
+    (1, 1, 1, list(range(10)), list(range(1, 10))),  # the sanity check's request serves epoch 0
+    (0, 2, 2, [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]),
+    (1, 1, 2, [0, 2, 4, 6, 8], [2, 4, 6, 8]),
+])
+def test_reload_dataloaders_every_n_epochs_requests_at_lightnings_epochs(
+        quiet, sanity, check_every, reload_every, train_epochs, val_epochs):
+    asked = {"train": [], "val": [], "sanity": []}
+
+    class Reloading(BoringModel):
+        def train_dataloader(self):
+            asked["train"].append(self.current_epoch)
+            return DataLoader(make_dataset(16), batch_size=8)
+
+        def val_dataloader(self):
+            asked["sanity" if self.trainer.sanity_checking else "val"].append(self.current_epoch)
+            return DataLoader(make_dataset(16), batch_size=8)
+
+    trainer = L.Trainer(max_epochs=10, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=sanity,
+                        check_val_every_n_epoch=check_every, reload_dataloaders_every_n_epochs=reload_every, **quiet)
+    trainer.fit(Reloading())
+    assert asked["train"] == train_epochs
+    assert asked["val"] == val_epochs
+    assert asked["sanity"] == ([0] if sanity else [])

@@ -18,6 +18,7 @@ from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NoModelAttachedError, _TunerExitException
 from ferrotrain.trainer import config as cfg
+from ferrotrain.trainer import val_reload
 from ferrotrain.trainer.barebones import resolve_opt_outs
 from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
                                      sequential_for_overfit)
@@ -524,7 +525,10 @@ class Trainer(TrainerViews):
         self._strategy.setup_optimizers(self, model)
         # Validation loaders first, as Lightning asks for them (for the sanity check) before the
         # training loader.
-        self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
+        if self._config.reload_dataloaders_every_n_epochs:
+            val_reload.defer(self, model, val_dataloaders)  # requested when validation first runs
+        else:
+            self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
         _require_train_source(model, datamodule, train_dataloaders)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
@@ -697,14 +701,16 @@ class Trainer(TrainerViews):
         if self._config.fast_dev_run or steps == 0 or not self._has_validation:
             self.num_sanity_val_batches = []
             return
-        limit = INF if steps == -1 else steps
-        self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
         from ferrotrain.trainer.evaluation_loop import run_evaluation
 
         # Lightning runs the sanity check inside `isolate_rng`: each evaluation loader's iterator
         # draws a seed from torch's global generator, which would shift training's shuffle.
         with isolate_rng():
             self.state.stage = RunningStage.SANITY_CHECKING
+            if val_reload.due(self):
+                val_reload.request(self, sanity=True)
+            limit = INF if steps == -1 else steps
+            self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
             self._call_hooks("on_sanity_check_start")
             results = Results(training=False)
             run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
@@ -725,6 +731,8 @@ class Trainer(TrainerViews):
                 module.zero_grad(set_to_none=True)
         self._eval_log_step = log_step
         self.state.stage = RunningStage.VALIDATING
+        if val_reload.due(self):
+            val_reload.request(self, sanity=False)
         run_evaluation(self, "validation", self._val_loaders, self.num_val_batches, self._val_results)
         self.state.stage = RunningStage.TRAINING
         self._active_results = self._train_results
