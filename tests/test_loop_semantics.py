@@ -158,3 +158,15 @@ def test_reload_dataloaders_every_n_epochs_requests_at_lightnings_epochs(
     assert asked["train"] == train_epochs
     assert asked["val"] == val_epochs
     assert asked["sanity"] == ([0] if sanity else [])
+
+
+def test_explicit_deterministic_false_switches_torch_determinism_off():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        L.Trainer(logger=False)  # the default leaves torch's flag as it is
+        assert torch.are_deterministic_algorithms_enabled()
+        L.Trainer(logger=False, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)

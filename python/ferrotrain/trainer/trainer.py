@@ -67,7 +67,7 @@ class Trainer(TrainerViews):
         accumulate_grad_batches: int = 1,
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: str = "norm",
-        deterministic: Union[bool, str, None] = False,
+        deterministic: Union[bool, str, None] = None,
         benchmark: Optional[bool] = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
@@ -113,6 +113,8 @@ class Trainer(TrainerViews):
         self._loggers: Optional[List[Any]] = None if logger_setting is True else list(logger_setting)
         if c.fast_dev_run:
             self._loggers = []  # a debugging run leaves no logs (Lightning swaps in a DummyLogger)
+        # None leaves torch's flags alone; an explicit False switches deterministic mode off.
+        self._deterministic_arg = deterministic
         self._apply_determinism()
 
         self.lightning_module: Optional[LightningModule] = None
@@ -230,7 +232,7 @@ class Trainer(TrainerViews):
     def _apply_determinism(self) -> None:
         from ferrotrain.trainer.reproducibility import set_torch_flags
 
-        set_torch_flags(self._config.deterministic, self._config.benchmark)
+        set_torch_flags(self.__dict__.get("_deterministic_arg", self._config.deterministic), self._config.benchmark)
 
     def _new_schedule(self, has_validation: bool, automatic: bool) -> None:
         c = self._config
