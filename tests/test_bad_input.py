@@ -19,7 +19,7 @@ from tests.test_trainer_args import BAD as BAD_ARGS
 
 # Constructor arguments test_trainer_args.py leaves out: (kwargs, exception, words in the message).
 MORE_BAD_ARGS = [
-    (dict(fast_dev_run=-1), MisconfigurationException, ["fast_dev_run", "-1", "int >= 0"]),
+    (dict(fast_dev_run=-1), MisconfigurationException, ["fast_dev_run=-1", "should be >= 0"]),
     (dict(fast_dev_run="yes"), ConfigTypeError, ["fast_dev_run", "'yes'"]),
     (dict(min_steps=-2), MisconfigurationException, ["min_steps", "-2"]),
     (dict(min_steps="1"), ConfigTypeError, ["min_steps", "'1'"]),

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import ferrotrain as L
+from ferrotrain.errors import MisconfigurationException
 from tests.conftest import BoringModel, make_dataset
 
 
@@ -170,3 +171,27 @@ def test_explicit_deterministic_false_switches_torch_determinism_off():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("n, reported", [(True, True), (1, True), (3, 3)])
+def test_fast_dev_run_reports_lightnings_attributes(tmp_path, n, reported):
+    from ferrotrain.loggers.logger import DummyLogger
+
+    trainer = L.Trainer(default_root_dir=str(tmp_path), fast_dev_run=n, enable_progress_bar=False)
+    assert trainer.fast_dev_run is reported or trainer.fast_dev_run == reported
+    batches = 1 if n is True else n
+    assert (trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches) == (batches,) * 3
+    assert isinstance(trainer.logger, DummyLogger)
+    trainer.fit(BoringModel(), DataLoader(make_dataset(), batch_size=4), DataLoader(make_dataset(), batch_size=4))
+    assert trainer.num_training_batches == batches
+    assert not list(tmp_path.iterdir())  # the dummy logger writes nothing
+
+
+def test_fast_dev_run_without_loggers_keeps_none():
+    assert L.Trainer(fast_dev_run=True, logger=False).loggers == []
+
+
+def test_negative_fast_dev_run_is_refused_with_lightnings_words():
+    with pytest.raises(MisconfigurationException,
+                       match="fast_dev_run=-1 is not a valid configuration. It should be >= 0"):
+        L.Trainer(fast_dev_run=-1)

@@ -111,8 +111,10 @@ class Trainer(TrainerViews):
         self.state = TrainerState()
         self.callbacks: List[Callback] = self._build_callbacks(user_callbacks)
         self._loggers: Optional[List[Any]] = None if logger_setting is True else list(logger_setting)
-        if c.fast_dev_run:
-            self._loggers = []  # a debugging run leaves no logs (Lightning swaps in a DummyLogger)
+        if c.fast_dev_run and self._loggers != []:
+            from ferrotrain.loggers.logger import DummyLogger
+
+            self._loggers = [DummyLogger()]  # a debugging run leaves no logs, as in Lightning
         # None leaves torch's flags alone; an explicit False switches deterministic mode off.
         self._deterministic_arg = deterministic
         self._apply_determinism()
