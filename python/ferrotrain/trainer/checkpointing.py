@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import os
 import random
+import re
 import warnings
 from typing import Any, Dict, Optional
 
@@ -250,7 +251,7 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
         cb = trainer.checkpoint_callback
         if cb is not None:
             wait_for_writes(trainer)
-        path = (cb.last_model_path or _latest_in(cb.dirpath)) if cb is not None else ""
+        path = (cb.last_model_path or _latest_in(cb.dirpath, cb.CHECKPOINT_NAME_LAST)) if cb is not None else ""
         if not path:
             # As in Lightning: not an error, so "last" can be set before the first run.
             warnings.warn(
@@ -271,15 +272,23 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
     return path
 
 
-def _latest_in(folder: Optional[str]) -> str:
+def _latest_in(folder: Optional[str], last_name: str = "last") -> str:
+    """The newest `last*.ckpt` in `folder` (Lightning looks only at files named like the last
+    checkpoint: `last.ckpt`, `last-v1.ckpt`, ...). Files written within one mtime tick are
+    ordered by their version suffix, so the pick does not depend on the clock's resolution."""
     if not folder or not os.path.isdir(folder):
         return ""
+    pattern = re.compile(rf"^{re.escape(last_name)}(?:-v(\d+))?\.ckpt$")
     # Only complete checkpoints: a crashed write leaves a hidden `.<name>.<pid>.<n>.tmp` file, and a
     # `last.ckpt` link whose target was removed is skipped rather than failing the lookup.
-    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith(".")]
-    # A folder is a sharded checkpoint when its metadata file is there (complete).
-    files = [f for f in files if os.path.isfile(f) or os.path.isfile(os.path.join(f, SHARDED_METADATA))]
-    return max(files, key=os.path.getmtime) if files else ""
+    found = []
+    for name in os.listdir(folder):
+        m = pattern.match(name)
+        path = os.path.join(folder, name)
+        # A folder is a sharded checkpoint when its metadata file is there (complete).
+        if m and (os.path.isfile(path) or os.path.isfile(os.path.join(path, SHARDED_METADATA))):
+            found.append((os.stat(path).st_mtime_ns, int(m.group(1) or 0), path))
+    return max(found)[2] if found else ""
 
 
 def load(path: str, map_location: Any = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:
