@@ -301,3 +301,19 @@ def test_ckpt_path_last_picks_the_last_checkpoint_not_the_newest_file(tmp_path):
     t = trainer(callbacks=[L.callbacks.ModelCheckpoint()], max_steps=1)
     t.fit(BoringModel(), loader, ckpt_path="last")
     assert t.ckpt_path == str(versioned)
+
+
+def test_newest_checkpoint_fallback_orders_same_tick_files_by_step(tmp_path):
+    """Without a `last` file, the newest complete checkpoint is the fallback; files that share
+    an mtime are ordered by the numbers in their names (step=10 after step=9)."""
+    import os
+
+    from ferrotrain.trainer.checkpointing import _latest_in
+
+    for name in ("step=9.ckpt", "step=10.ckpt", ".step=11.ckpt.123.0.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, ns=(10**18, 10**18))
+    assert os.path.basename(_latest_in(str(tmp_path), "last")) == "step=10.ckpt"
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    os.utime(tmp_path / "last.ckpt", ns=(10**9, 10**9))  # older, but a `last` file wins
+    assert os.path.basename(_latest_in(str(tmp_path), "last")) == "last.ckpt"
