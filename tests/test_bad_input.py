@@ -19,7 +19,7 @@ from tests.test_trainer_args import BAD as BAD_ARGS
 
 # Constructor arguments test_trainer_args.py leaves out: (kwargs, exception, words in the message).
 MORE_BAD_ARGS = [
-    (dict(fast_dev_run=-1), MisconfigurationException, ["fast_dev_run", "-1", "int >= 0"]),
+    (dict(fast_dev_run=-1), MisconfigurationException, ["fast_dev_run=-1", "should be >= 0"]),
     (dict(fast_dev_run="yes"), ConfigTypeError, ["fast_dev_run", "'yes'"]),
     (dict(min_steps=-2), MisconfigurationException, ["min_steps", "-2"]),
     (dict(min_steps="1"), ConfigTypeError, ["min_steps", "'1'"]),
@@ -48,7 +48,7 @@ MORE_BAD_ARGS = [
     (dict(num_nodes="2"), ConfigTypeError, ["num_nodes", "'2'"]),
     (dict(profiler=5), ConfigTypeError, ["profiler", "5"]),
     (dict(strategy=5), ConfigTypeError, ["strategy", "5", "'auto'"]),
-    (dict(barebones=True), MisconfigurationException, ["barebones", "enable_checkpointing=False"]),
+    (dict(barebones=True, enable_checkpointing=True), MisconfigurationException, ["barebones", "enable_checkpointing=True"]),
 ]
 
 

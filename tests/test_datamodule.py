@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import ferrotrain as L
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.utilities import CombinedLoader
+from tests.conftest import make_dataset
 
 DS = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
 
@@ -173,3 +174,39 @@ def test_combined_loader_modes() -> None:
     assert len(CombinedLoader([a, b])) == 3
     with pytest.raises(MisconfigurationException, match="mode"):
         CombinedLoader([a], "zip")
+
+
+def test_datamodule_str_lists_each_loaders_dataset_size():
+    import os
+
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from range(3)
+
+    class DM(L.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(16), batch_size=4)
+
+        def val_dataloader(self):
+            return [DataLoader(make_dataset(8)), DataLoader(Stream())]
+
+        def test_dataloader(self):
+            raise RuntimeError("not set up")
+
+    assert str(DM()).split(os.linesep) == [
+        "{Train dataloader: size=16}", "{Validation dataloader: 1. size=8 ; 2. size=NA}",
+        "{Test dataloader: None}", "{Predict dataloader: None}"]
+
+
+def test_from_datasets_passes_batch_size_and_extra_kwargs_to_init():
+    class Takes(L.LightningDataModule):
+        def __init__(self, other, batch_size=1):
+            super().__init__()
+            self.other, self.batch_size = other, batch_size
+
+    dm = Takes.from_datasets(make_dataset(8), batch_size=4, num_workers=0, other=5)
+    assert (dm.batch_size, dm.other) == (4, 5)
+    with pytest.raises(TypeError, match="other"):
+        Takes.from_datasets(make_dataset(8), batch_size=4)

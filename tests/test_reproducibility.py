@@ -62,10 +62,13 @@ def test_deterministic_sets_torch_flags_as_lightning(torch_flags, value, warn_on
     assert torch.backends.cudnn.deterministic
 
 
-def test_deterministic_false_leaves_torch_flags_alone(torch_flags):
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    trainer(ferrotrain, deterministic=False)
-    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+def test_deterministic_default_leaves_torch_flags_alone_and_false_turns_them_off(torch_flags):
+    for L in libraries():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        trainer(L)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        trainer(L, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_deterministic_with_benchmark_warns(torch_flags):

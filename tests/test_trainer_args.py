@@ -12,10 +12,10 @@ from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NotSup
 
 REFERENCE_DEFAULTS = {
     "max_epochs": 1000, "max_steps": -1, "min_epochs": 1, "accelerator": "auto", "devices": "auto",
-    "strategy": "auto", "precision": 32, "callbacks": None, "logger": None, "log_every_n_steps": 50,
-    "enable_progress_bar": True, "accumulate_grad_batches": 1, "gradient_clip_val": None,
+    "strategy": "auto", "precision": 32, "callbacks": None, "logger": None, "log_every_n_steps": None,
+    "enable_progress_bar": None, "accumulate_grad_batches": 1, "gradient_clip_val": None,
     "gradient_clip_algorithm": "norm", "val_check_interval": 1.0, "check_val_every_n_epoch": 1,
-    "num_sanity_val_steps": 2, "enable_checkpointing": True, "default_root_dir": None, "deterministic": False,
+    "num_sanity_val_steps": None, "enable_checkpointing": None, "default_root_dir": None, "deterministic": None,
 }
 
 

@@ -269,3 +269,51 @@ def test_save_on_exception_and_save_last_at_train_end(tmp_path) -> None:
     from ferrotrain.checkpoint import load
 
     assert load(str(tmp_path / "ferrotrain-fails" / "ck" / "epoch=0-step=2.ckpt"))["global_step"] == 2
+
+
+def test_ckpt_path_last_picks_the_last_checkpoint_not_the_newest_file(tmp_path):
+    """A fresh ModelCheckpoint finds `last.ckpt` in its folder even when a top-k file there is
+    newer (or written in the same mtime tick); among `last` versions the higher one wins a tie."""
+    import os
+
+    import ferrotrain as L
+    from tests.conftest import BoringModel, make_dataset
+    from torch.utils.data import DataLoader
+
+    def trainer(**kw):
+        return L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, enable_model_summary=False,
+                         enable_progress_bar=False, logger=False, default_root_dir=str(tmp_path), **kw)
+
+    loader = DataLoader(make_dataset(16), batch_size=8)
+    trainer(callbacks=[L.callbacks.ModelCheckpoint(save_last=True)]).fit(BoringModel(), loader)
+    folder = tmp_path / "checkpoints"
+    (top_k,) = [p for p in folder.iterdir() if not p.name.startswith("last")]
+    last = folder / "last.ckpt"
+    os.utime(top_k, ns=(last.stat().st_mtime_ns + 10**9,) * 2)
+    t = trainer(callbacks=[L.callbacks.ModelCheckpoint()], max_steps=1)
+    t.fit(BoringModel(), loader, ckpt_path="last")
+    assert t.ckpt_path == str(last)
+
+    versioned = folder / "last-v1.ckpt"
+    versioned.write_bytes(last.read_bytes())
+    same = last.stat().st_mtime_ns
+    os.utime(versioned, ns=(same, same))
+    t = trainer(callbacks=[L.callbacks.ModelCheckpoint()], max_steps=1)
+    t.fit(BoringModel(), loader, ckpt_path="last")
+    assert t.ckpt_path == str(versioned)
+
+
+def test_newest_checkpoint_fallback_orders_same_tick_files_by_step(tmp_path):
+    """Without a `last` file, the newest complete checkpoint is the fallback; files that share
+    an mtime are ordered by the numbers in their names (step=10 after step=9)."""
+    import os
+
+    from ferrotrain.trainer.checkpointing import _latest_in
+
+    for name in ("step=9.ckpt", "step=10.ckpt", ".step=11.ckpt.123.0.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, ns=(10**18, 10**18))
+    assert os.path.basename(_latest_in(str(tmp_path), "last")) == "step=10.ckpt"
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    os.utime(tmp_path / "last.ckpt", ns=(10**9, 10**9))  # older, but a `last` file wins
+    assert os.path.basename(_latest_in(str(tmp_path), "last")) == "last.ckpt"

@@ -63,8 +63,10 @@ class Callback:
 
 def is_overridden(obj: Any, base: type, name: str) -> bool:
     """True when `obj`'s class (or the instance itself) replaces `base.name`."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
+    inst = getattr(obj, "__dict__", {})
+    if name in inst:
+        # `model.validation_step = None` switches the hook off, as in Lightning.
+        return inst[name] is not None
     impl = getattr(type(obj), name, None)
     default = getattr(base, name, None)
     if impl is None:

@@ -3,6 +3,7 @@ hooks), as in Lightning 2.x. The Trainer calls its hooks; it runs nothing itself
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, Optional
 
 from ferrotrain.core.hparams import HyperparametersMixin
@@ -49,7 +50,12 @@ class LightningDataModule(HyperparametersMixin, _DataHooks):
                 return [DataLoader(v, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers) for v in ds]
             return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
 
-        dm = cls(**datamodule_kwargs)
+        # `batch_size`/`num_workers` also go to `__init__` when it takes them (by name or **kwargs).
+        params = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        special = {"batch_size": batch_size, "num_workers": num_workers}
+        init_kwargs = {k: v for k, v in special.items() if takes_any or k in params}
+        dm = cls(**init_kwargs, **datamodule_kwargs)
         if train_dataset is not None:
             dm.train_dataloader = lambda: loaders(train_dataset, True)  # type: ignore[method-assign]
         if val_dataset is not None:

@@ -84,6 +84,45 @@ class _DummyExperiment:
         return self
 
 
+class DummyLogger(Logger):
+    """The logger `fast_dev_run` puts in place of the configured ones: every call does nothing,
+    so a debugging run leaves no logs while code that expects `trainer.logger` still runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._experiment = _DummyExperiment()
+
+    @property
+    def experiment(self) -> _DummyExperiment:
+        return self._experiment
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def __getitem__(self, idx: int) -> "DummyLogger":
+        return self  # `trainer.logger[0]` keeps working, as with Lightning's
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return method
+
+
 class VersionedLogger(Logger):
     """A logger that writes under `save_dir/name/version_N` (or a string version), the layout
     Lightning's file loggers share; the next free `version_N` is chosen on first use."""

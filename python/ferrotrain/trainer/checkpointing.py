@@ -12,8 +12,9 @@ from __future__ import annotations
 import array
 import os
 import random
+import re
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -250,7 +251,7 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
         cb = trainer.checkpoint_callback
         if cb is not None:
             wait_for_writes(trainer)
-        path = (cb.last_model_path or _latest_in(cb.dirpath)) if cb is not None else ""
+        path = (cb.last_model_path or _latest_in(cb.dirpath, cb.CHECKPOINT_NAME_LAST)) if cb is not None else ""
         if not path:
             # As in Lightning: not an error, so "last" can be set before the first run.
             warnings.warn(
@@ -271,15 +272,35 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
     return path
 
 
-def _latest_in(folder: Optional[str]) -> str:
+def _latest_in(folder: Optional[str], last_name: Optional[str] = None) -> str:
+    """The newest complete checkpoint in `folder`. Given `last_name`, files named like the last
+    checkpoint (`last.ckpt`, `last-v1.ckpt`, ...) come first, as Lightning looks only at those;
+    the newest other file is the fallback (a run killed before it wrote a `last` resumes from its
+    newest top-k file). Files written within one mtime tick are ordered by their version suffix,
+    so the pick does not depend on the clock's resolution."""
     if not folder or not os.path.isdir(folder):
         return ""
+    pattern = re.compile(rf"^{re.escape(last_name)}(?:-v(\d+))?\.ckpt$") if last_name else None
+    last, other = [], []
     # Only complete checkpoints: a crashed write leaves a hidden `.<name>.<pid>.<n>.tmp` file, and a
     # `last.ckpt` link whose target was removed is skipped rather than failing the lookup.
-    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith(".")]
-    # A folder is a sharded checkpoint when its metadata file is there (complete).
-    files = [f for f in files if os.path.isfile(f) or os.path.isfile(os.path.join(f, SHARDED_METADATA))]
-    return max(files, key=os.path.getmtime) if files else ""
+    for name in os.listdir(folder):
+        if not name.endswith(".ckpt") or name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        # A folder is a sharded checkpoint when its metadata file is there (complete).
+        if not (os.path.isfile(path) or os.path.isfile(os.path.join(path, SHARDED_METADATA))):
+            continue
+        m = pattern.match(name) if pattern else None
+        order = int(m.group(1) or 0) if m else 0
+        (last if m else other).append((os.stat(path).st_mtime_ns, order, _natural(name), path))
+    found = last or other
+    return max(found)[3] if found else ""
+
+
+def _natural(name: str) -> Tuple[Any, ...]:
+    """`step=10` after `step=9`: numbers in a file name compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
 
 
 def load(path: str, map_location: Any = None, weights_only: Optional[bool] = None) -> Dict[str, Any]:

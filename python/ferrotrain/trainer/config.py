@@ -376,6 +376,10 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     fast_dev_run = k["fast_dev_run"]
     if isinstance(fast_dev_run, bool):
         fast_dev_run = int(fast_dev_run)
+    elif _is_int(fast_dev_run) and fast_dev_run < 0:
+        raise MisconfigurationException(
+            f"fast_dev_run={fast_dev_run!r} is not a valid configuration. It should be >= 0 (an int, or True/False)."
+        )
     else:
         fast_dev_run = check_int("fast_dev_run", fast_dev_run, 0)
 

@@ -12,14 +12,14 @@ the stage's hooks in Lightning's order, and leaves the epoch-level metrics in th
 from __future__ import annotations
 
 import contextlib
-import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.data import INF, Fetcher
 from ferrotrain.trainer.results import Results
+from ferrotrain.trainer.step_signature import check_dataloader_idx, takes_batch_idx, without_batch_idx
 from ferrotrain.utilities.apply_func import move_data_to_device
 
 _CPU = torch.device("cpu")
@@ -42,10 +42,12 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     multi = len(loaders) > 1
     results.num_dataloaders = len(loaders)
     results.reset()
-    if multi:
-        _check_takes_dataloader_idx(getattr(module, f"{stage}_step"), stage)
+    check_dataloader_idx(module, (f"{stage}_step", f"on_{stage}_batch_start", f"on_{stage}_batch_end"), multi,
+                         "val" if stage == "validation" else stage)
     # The module's method, or routed through the strategy's wrapper (FSDP gathers parameters there).
     step_fn = trainer.strategy.step_fn(module, f"{stage}_step")
+    if not takes_batch_idx(getattr(module, f"{stage}_step")):
+        step_fn = without_batch_idx(step_fn)
     cb_batch_start = hooks.cb[f"on_{stage}_batch_start"]
     cb_batch_end = hooks.cb[f"on_{stage}_batch_end"]
     m_batch_start = mod[f"on_{stage}_batch_start"]
@@ -66,7 +68,6 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
             if n == 0:
                 continue
             extra = (dl_idx,) if multi else ()
-            step_kwargs = {"dataloader_idx": dl_idx} if multi else {}
             fetcher = Fetcher(loader, n)
             trainer._eval_fetchers.append(fetcher)
             batch_idx = 0
@@ -87,7 +88,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
                             m_batch_start(batch, batch_idx, *extra)
                     set_fx("_current_fx_name", f"{stage}_step")
                     with precision.step_context():
-                        out = step_fn(batch, batch_idx, **step_kwargs)
+                        out = step_fn(batch, batch_idx, *extra)
                     if cb_batch_end or m_batch_end is not None:
                         set_fx("_current_fx_name", f"on_{stage}_batch_end")
                         for f in cb_batch_end:
@@ -113,17 +114,6 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     module._results = prev_results
     trainer._active_results = prev_results
     return metrics
-
-
-def _check_takes_dataloader_idx(step_fn: Callable[..., Any], stage: str) -> None:
-    params = inspect.signature(step_fn).parameters
-    if "dataloader_idx" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    prefix = "val" if stage == "validation" else stage
-    raise MisconfigurationException(
-        f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx` argument in "
-        f"`{step_fn.__qualname__}()`. Try adding `dataloader_idx=0` to its signature."
-    )
 
 
 def _log_eval_step(trainer: Any, results: Results, stage: str, dl_idx: int, batch_idx: int) -> None:

@@ -19,9 +19,8 @@ def set_torch_flags(deterministic: Union[bool, str, None], benchmark: Optional[b
     """Lightning's `_set_torch_flags`. `deterministic=True` turns on torch's deterministic
     algorithms (an error for an op that has none), "warn" the same with warnings instead;
     both make cuDNN deterministic, turn its benchmark off unless `benchmark` is given, and set
-    the cuBLAS workspace variable CUDA needs for deterministic matrix products. False leaves
-    torch's global flags as they are (the Trainer's default; Lightning's default None does the
-    same)."""
+    the cuBLAS workspace variable CUDA needs for deterministic matrix products. False switches
+    torch's deterministic algorithms off; None (the default) leaves torch's flags as they are."""
     if deterministic:
         if benchmark is None:
             benchmark = False
@@ -33,6 +32,8 @@ def set_torch_flags(deterministic: Union[bool, str, None], benchmark: Optional[b
             )
     if benchmark is not None:
         torch.backends.cudnn.benchmark = benchmark
+    if deterministic is False:
+        torch.use_deterministic_algorithms(False)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=(deterministic == "warn"))
         torch.backends.cudnn.deterministic = True

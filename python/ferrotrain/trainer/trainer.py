@@ -18,6 +18,8 @@ from ferrotrain.core.datamodule import LightningDataModule
 from ferrotrain.core.module import LightningModule
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NoModelAttachedError, _TunerExitException
 from ferrotrain.trainer import config as cfg
+from ferrotrain.trainer import val_reload
+from ferrotrain.trainer.barebones import resolve_opt_outs
 from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
                                      sequential_for_overfit)
 from ferrotrain.trainer.hooks import HookTable
@@ -57,15 +59,15 @@ class Trainer(TrainerViews):
         overfit_batches: Union[int, float] = 0.0,
         val_check_interval: Union[int, float, None] = cfg.DEFAULT_VAL_CHECK_INTERVAL,
         check_val_every_n_epoch: Optional[int] = 1,
-        num_sanity_val_steps: int = 2,
-        log_every_n_steps: int = 50,
-        enable_checkpointing: bool = True,
-        enable_progress_bar: bool = True,
-        enable_model_summary: bool = True,
+        num_sanity_val_steps: Optional[int] = None,
+        log_every_n_steps: Optional[int] = None,
+        enable_checkpointing: Optional[bool] = None,
+        enable_progress_bar: Optional[bool] = None,
+        enable_model_summary: Optional[bool] = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: str = "norm",
-        deterministic: Union[bool, str, None] = False,
+        deterministic: Union[bool, str, None] = None,
         benchmark: Optional[bool] = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
@@ -79,7 +81,10 @@ class Trainer(TrainerViews):
         enable_autolog_hparams: bool = True,
         model_registry: Optional[str] = None,
     ) -> None:
-        self._config = cfg.resolve(dict(locals()))
+        args = dict(locals())
+        resolve_opt_outs(args)  # None until resolved, so `barebones=True` alone works
+        logger = args["logger"]
+        self._config = cfg.resolve(args)
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
 
         self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
@@ -93,8 +98,6 @@ class Trainer(TrainerViews):
         c = self._config
         user_callbacks = cfg.check_callbacks(callbacks)
         logger_setting = cfg.check_logger(logger)
-        if c.barebones:
-            self._check_barebones(user_callbacks, logger_setting)
         from ferrotrain.strategies.connector import resolve as resolve_strategy
 
         # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
@@ -108,8 +111,12 @@ class Trainer(TrainerViews):
         self.state = TrainerState()
         self.callbacks: List[Callback] = self._build_callbacks(user_callbacks)
         self._loggers: Optional[List[Any]] = None if logger_setting is True else list(logger_setting)
-        if c.fast_dev_run:
-            self._loggers = []  # a debugging run leaves no logs (Lightning swaps in a DummyLogger)
+        if c.fast_dev_run and self._loggers != []:
+            from ferrotrain.loggers.logger import DummyLogger
+
+            self._loggers = [DummyLogger()]  # a debugging run leaves no logs, as in Lightning
+        # None leaves torch's flags alone; an explicit False switches deterministic mode off.
+        self._deterministic_arg = deterministic
         self._apply_determinism()
 
         self.lightning_module: Optional[LightningModule] = None
@@ -194,17 +201,6 @@ class Trainer(TrainerViews):
         if isinstance(self._strategy, ParallelStrategy):
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    def _check_barebones(self, callbacks: List[Callback], logger_setting: Any) -> None:
-        c = self._config
-        for name, value in (("enable_checkpointing", c.enable_checkpointing), ("enable_progress_bar", c.enable_progress_bar),
-                            ("enable_model_summary", c.enable_model_summary)):
-            if value:
-                raise MisconfigurationException(
-                    f"`Trainer(barebones=True)` turns off extra features; pass `{name}=False` as well (got True)"
-                )
-        if logger_setting:
-            raise MisconfigurationException("`Trainer(barebones=True)` runs without a logger; pass `logger=False`")
-
     def _build_callbacks(self, user: List[Callback]) -> List[Callback]:
         from ferrotrain.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
 
@@ -238,7 +234,7 @@ class Trainer(TrainerViews):
     def _apply_determinism(self) -> None:
         from ferrotrain.trainer.reproducibility import set_torch_flags
 
-        set_torch_flags(self._config.deterministic, self._config.benchmark)
+        set_torch_flags(self.__dict__.get("_deterministic_arg", self._config.deterministic), self._config.benchmark)
 
     def _new_schedule(self, has_validation: bool, automatic: bool) -> None:
         c = self._config
@@ -533,7 +529,10 @@ class Trainer(TrainerViews):
         self._strategy.setup_optimizers(self, model)
         # Validation loaders first, as Lightning asks for them (for the sanity check) before the
         # training loader.
-        self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
+        if self._config.reload_dataloaders_every_n_epochs:
+            val_reload.defer(self, model, val_dataloaders)  # requested when validation first runs
+        else:
+            self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
         _require_train_source(model, datamodule, train_dataloaders)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
@@ -706,14 +705,16 @@ class Trainer(TrainerViews):
         if self._config.fast_dev_run or steps == 0 or not self._has_validation:
             self.num_sanity_val_batches = []
             return
-        limit = INF if steps == -1 else steps
-        self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
         from ferrotrain.trainer.evaluation_loop import run_evaluation
 
         # Lightning runs the sanity check inside `isolate_rng`: each evaluation loader's iterator
         # draws a seed from torch's global generator, which would shift training's shuffle.
         with isolate_rng():
             self.state.stage = RunningStage.SANITY_CHECKING
+            if val_reload.due(self):
+                val_reload.request(self, sanity=True)
+            limit = INF if steps == -1 else steps
+            self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
             self._call_hooks("on_sanity_check_start")
             results = Results(training=False)
             run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
@@ -734,6 +735,8 @@ class Trainer(TrainerViews):
                 module.zero_grad(set_to_none=True)
         self._eval_log_step = log_step
         self.state.stage = RunningStage.VALIDATING
+        if val_reload.due(self):
+            val_reload.request(self, sanity=False)
         run_evaluation(self, "validation", self._val_loaders, self.num_val_batches, self._val_results)
         self.state.stage = RunningStage.TRAINING
         self._active_results = self._train_results

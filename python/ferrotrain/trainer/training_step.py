@@ -21,6 +21,7 @@ import torch.optim.optimizer as _torch_optimizer
 from ferrotrain import _core
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.optimization import LightningOptimizer, clip_gradients
+from ferrotrain.trainer.step_signature import takes_batch_idx, without_batch_idx
 
 STEP = _core.FLAG_STEP
 ZERO_GRAD = _core.FLAG_ZERO_GRAD
@@ -94,6 +95,8 @@ def _training_step_of(module: Any, trainer: Any) -> Any:
     """The strategy's `training_step` callable (the module's method, or routed through the DDP
     wrapper), checked for a finite loss only with `detect_anomaly=True`."""
     step = trainer.strategy.step_fn(module, "training_step")
+    if not takes_batch_idx(module.training_step):
+        step = without_batch_idx(step)
     if trainer._config.detect_anomaly:
         from ferrotrain.trainer.anomaly import checked_training_step
 

@@ -111,24 +111,29 @@ class TrainerViews:
         return self._config.default_root_dir
 
     @property
-    def fast_dev_run(self) -> int:
-        return self._config.fast_dev_run
+    def fast_dev_run(self) -> Union[int, bool]:
+        n = self._config.fast_dev_run
+        return True if n == 1 else (False if n == 0 else n)  # Lightning reports 1 as True
 
     @property
     def limit_train_batches(self) -> Union[int, float]:
-        return self._config.limit_train_batches
+        c = self._config
+        return c.fast_dev_run if c.fast_dev_run else c.limit_train_batches
 
     @property
     def limit_val_batches(self) -> Union[int, float]:
-        return self._config.limit_val_batches
+        c = self._config
+        return c.fast_dev_run if c.fast_dev_run else c.limit_val_batches
 
     @property
     def limit_test_batches(self) -> Union[int, float]:
-        return self._config.limit_test_batches
+        c = self._config
+        return c.fast_dev_run if c.fast_dev_run else c.limit_test_batches
 
     @property
     def limit_predict_batches(self) -> Union[int, float]:
-        return self._config.limit_predict_batches
+        c = self._config
+        return c.fast_dev_run if c.fast_dev_run else c.limit_predict_batches
 
     @property
     def device_ids(self) -> List[int]:
