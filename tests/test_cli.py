@@ -89,3 +89,21 @@ def test_missing_jsonargparse_names_the_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERR" in out.stdout and "jsonargparse" in out.stdout, out.stderr
+
+
+def test_subclass_mode_takes_class_path(tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import cli_example
+    finally:
+        sys.path.pop(0)
+    import ferrotrain as L
+    from ferrotrain.cli import LightningCLI
+
+    cli = LightningCLI(L.LightningModule, cli_example.RegressionData, run=False,
+                       subclass_mode_model=True,
+                       args=["--model.class_path=cli_example.RegressionModel",
+                             "--model.init_args.hidden=3",
+                             f"--trainer.default_root_dir={tmp_path}"])
+    assert type(cli.model).__name__ == "RegressionModel"
+    assert cli.model.hparams.hidden == 3
