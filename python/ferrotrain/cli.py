@@ -32,10 +32,16 @@ def _register_yaml_sentinels() -> None:
     # config must write them as plain ints.
     import yaml
 
-    from ferrotrain.trainer.config import _DefaultInt
+    from ferrotrain.trainer import config as trainer_config
 
-    for dumper in (yaml.SafeDumper, yaml.Dumper):
-        dumper.add_representer(_DefaultInt, lambda d, v: d.represent_int(int(v)))
+    for name, cls in vars(trainer_config).items():
+        if not (isinstance(cls, type) and name.startswith("_Default")):
+            continue
+        for base, represent in ((int, "represent_int"), (float, "represent_float")):
+            if issubclass(cls, base):
+                for dumper in (yaml.SafeDumper, yaml.Dumper):
+                    dumper.add_representer(
+                        cls, lambda d, v, b=base, r=represent: getattr(d, r)(b(v)))
 
 
 def LightningArgumentParser(*args: Any, **kwargs: Any):
