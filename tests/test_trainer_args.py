@@ -158,3 +158,18 @@ def test_max_epochs_default_follows_max_steps(tmp_path) -> None:
     assert L.Trainer().max_epochs == 1000
     assert L.Trainer(max_steps=10).max_epochs == -1
     assert L.Trainer(max_epochs=3, max_steps=10).max_epochs == 3
+
+
+def test_home_is_expanded_in_root_dir_and_checkpoint_dirpath(tmp_path, monkeypatch) -> None:
+    """`~` means the user's home in default_root_dir and ModelCheckpoint(dirpath), as in
+    Lightning; a folder literally named `~` further down stays one."""
+    import os
+    from pathlib import Path
+
+    from ferrotrain.callbacks import ModelCheckpoint
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert L.Trainer(default_root_dir="~/runs").default_root_dir == str(tmp_path / "runs")
+    assert ModelCheckpoint(dirpath=Path("~/ckpts")).dirpath == str(tmp_path / "ckpts")
+    monkeypatch.chdir(tmp_path)
+    assert ModelCheckpoint(dirpath="./~/ckpts").dirpath == os.path.realpath(tmp_path / "~" / "ckpts")

@@ -83,7 +83,7 @@ class ModelCheckpoint(Checkpoint):
         self._every_n_epochs = every_n_epochs if every_n_epochs is not None else 0
         self._train_time_interval = train_time_interval
         self._last_time_check: Optional[float] = None
-        self.dirpath: Optional[str] = os.path.realpath(os.fspath(dirpath)) if dirpath is not None else None
+        self.dirpath: Optional[str] = os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath is not None else None
         self.filename = filename
         self.best_k_models: Dict[str, torch.Tensor] = {}
         self.kth_best_model_path = ""

@@ -365,7 +365,7 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     if root is None:
         root = os.getcwd()
     elif isinstance(root, (str, os.PathLike)):
-        root = os.fspath(root)
+        root = os.path.expanduser(os.fspath(root))  # Lightning expands a leading `~`
     else:
         raise _fail_type("default_root_dir", root, "None, a str or an os.PathLike path")
 
