@@ -533,3 +533,15 @@ def test_overfit_batches_trains_on_the_same_first_batches() -> None:
     assert got["train"] == first * 3 and got["val"] == first_val * 3
     assert got["limits"] == (2, [2]) and got["overfit"] == 2
     check(_overfit_scenario, got)
+
+
+def scen_interval_beyond_epoch_without_validation(L):
+    m = model_class(L)()
+    t = trainer(L, max_epochs=1, val_check_interval=10, limit_val_batches=0)
+    t.fit(m, loader(8), loader(8))
+    return dict(train=len(_train(m.seen)), step=t.global_step)
+
+
+def test_val_check_interval_beyond_the_epoch_is_fine_when_validation_is_off():
+    """An int interval longer than the epoch is an error only when validation would run."""
+    check(scen_interval_beyond_epoch_without_validation, {"train": 4, "step": 4})

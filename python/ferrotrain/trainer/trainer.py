@@ -681,7 +681,8 @@ class Trainer(TrainerViews):
         interval = self._config.val_check_interval
         n = self.num_training_batches
         if isinstance(interval, int):
-            if n != INF and interval > n and self._config.check_val_every_n_epoch is not None:
+            validation_off = self._config.limit_val_batches == 0  # nothing to check: no error (Lightning)
+            if n != INF and interval > n and self._config.check_val_every_n_epoch is not None and not validation_off:
                 raise MisconfigurationException(
                     f"`val_check_interval` ({interval}) must be less than or equal to the number of the training "
                     f"batches ({n}). If you want to disable validation set `limit_val_batches` to 0.0 instead. If you "
