@@ -545,3 +545,41 @@ def scen_interval_beyond_epoch_without_validation(L):
 def test_val_check_interval_beyond_the_epoch_is_fine_when_validation_is_off():
     """An int interval longer than the epoch is an error only when validation would run."""
     check(scen_interval_beyond_epoch_without_validation, {"train": 4, "step": 4})
+
+
+def scen_sampler_epochs(L):
+    import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+    class EpochSampler(RandomSampler):
+        def __init__(self, data):
+            super().__init__(data)
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
+
+    def make(batched):
+        s = EpochSampler(data)
+        return (DataLoader(data, batch_sampler=BatchSampler(s, 2, True)) if batched else
+                DataLoader(data, sampler=s, batch_size=2)), s
+
+    out = {}
+    for batched in (False, True):
+        (tl, ts), (vl, vs) = make(batched), make(batched)
+        t = trainer(L, max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=1)
+        m = model_class(L)()
+        t.fit(m, tl, vl)
+        pl, ps = make(batched)
+        t.validate(m, pl)
+        out[batched] = (ts.epochs, vs.epochs, ps.epochs)
+    return out
+
+
+def test_samplers_learn_the_epoch_in_training_and_evaluation():
+    """set_epoch reaches the sampler (or the batch sampler's sampler) of training and
+    validation loaders each pass: sanity check and epoch 0, then epoch 1; a later validate
+    gets the epoch the fit ended at."""
+    check(scen_sampler_epochs, {False: ([0, 1], [0, 0, 1], [2]), True: ([0, 1], [0, 0, 1], [2])})

@@ -108,6 +108,23 @@ def _seed_workers(loaders: Any) -> Any:
     return loaders
 
 
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Tell the loader's sampler, and its batch sampler's sampler, which epoch this is, as
+    Lightning does before every training, evaluation and prediction pass: samplers that
+    shuffle per epoch (DistributedSampler, user samplers) draw from it."""
+    samplers = []
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None:
+        samplers.append(sampler)
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    if inner is not None and all(inner is not s for s in samplers):
+        samplers.append(inner)
+    for s in samplers:
+        set_epoch = getattr(s, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
 def sized_len(loader: Any) -> Union[int, float]:
     """`len(loader)`, or inf when the loader has no length."""
     try:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from ferrotrain.errors import MisconfigurationException
-from ferrotrain.trainer.data import INF, Fetcher
+from ferrotrain.trainer.data import INF, Fetcher, set_sampler_epoch
 from ferrotrain.trainer.results import Results
 from ferrotrain.trainer.step_signature import check_dataloader_idx, takes_batch_idx, without_batch_idx
 from ferrotrain.utilities.apply_func import move_data_to_device
@@ -68,6 +68,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
             if n == 0:
                 continue
             extra = (dl_idx,) if multi else ()
+            set_sampler_epoch(loader, trainer.current_epoch)
             fetcher = Fetcher(loader, n)
             trainer._eval_fetchers.append(fetcher)
             batch_idx = 0
@@ -186,6 +187,7 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                 continue
             extra = (dl_idx,) if multi else ()
             kwargs = {"dataloader_idx": dl_idx} if multi else {}
+            set_sampler_epoch(loader, trainer.current_epoch)
             fetcher = Fetcher(loader, n)
             batch_idx = 0
             while True:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from ferrotrain import _core
 from ferrotrain.trainer.checkpointing import rng_states, set_rng_states
-from ferrotrain.trainer.data import INF
+from ferrotrain.trainer.data import INF, set_sampler_epoch
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
 from ferrotrain.trainer.training_step import AutomaticStep, ManualStep, SkipBackwardStep
@@ -123,9 +123,7 @@ class FitLoop:
         skip = schedule.batches_in_epoch  # batches of this epoch already trained on
         loader = trainer._train_dataloader_for_epoch()
         n = trainer.num_training_batches
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(trainer.current_epoch)
+        set_sampler_epoch(loader, trainer.current_epoch)
         schedule.begin_epoch(None if n == INF else int(n))
         results.reset()
         trainer._active_results = results
