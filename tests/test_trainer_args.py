@@ -154,10 +154,22 @@ def test_default_callbacks_and_logger(tmp_path) -> None:
 
 
 def test_max_epochs_default_follows_max_steps(tmp_path) -> None:
-    # As in Lightning: the 1000-epoch default applies only when no step limit is set.
-    assert L.Trainer().max_epochs == 1000
-    assert L.Trainer(max_steps=10).max_epochs == -1
-    assert L.Trainer(max_epochs=3, max_steps=10).max_epochs == 3
+    # As in Lightning: the 1000-epoch default applies only when no step limit is set; the fit
+    # resolves it (reported None before).
+    from tests.lightning_ref import loader, model_class
+
+    seen = []
+
+    class Peek(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            seen.append(trainer.max_epochs)
+            trainer.should_stop = True
+
+    for kwargs in ({}, {"max_steps": 10}, {"max_epochs": 3, "max_steps": 10}):
+        t = L.Trainer(callbacks=[Peek()], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, **kwargs)
+        t.fit(model_class(L)(), loader(8))
+    assert seen == [1000, -1, 3]
 
 
 def test_home_is_expanded_in_root_dir_and_checkpoint_dirpath(tmp_path, monkeypatch) -> None:
@@ -173,3 +185,22 @@ def test_home_is_expanded_in_root_dir_and_checkpoint_dirpath(tmp_path, monkeypat
     assert ModelCheckpoint(dirpath=Path("~/ckpts")).dirpath == str(tmp_path / "ckpts")
     monkeypatch.chdir(tmp_path)
     assert ModelCheckpoint(dirpath="./~/ckpts").dirpath == os.path.realpath(tmp_path / "~" / "ckpts")
+
+
+def scen_epoch_limits_before_and_after_fit(Lib):
+    from tests.lightning_ref import loader, model_class, trainer
+
+    before = [(t.max_epochs, t.min_epochs) for t in (trainer(Lib), trainer(Lib, max_epochs=3, min_epochs=2))]
+    stepped = trainer(Lib, max_steps=2)
+    stepped.fit(model_class(Lib)(), loader(8))
+    bounded = trainer(Lib, max_steps=2, min_steps=1)
+    bounded.fit(model_class(Lib)(), loader(8))
+    return before, (stepped.max_epochs, stepped.min_epochs), (bounded.max_epochs, bounded.min_epochs)
+
+
+def test_epoch_limits_are_none_until_a_fit_resolves_them() -> None:
+    """Left to their defaults, max_epochs and min_epochs read None before fit; the fit resolves
+    max_epochs to -1 when max_steps bounds it, and min_epochs to 0, or 1 when min_steps is set."""
+    from tests.lightning_ref import check
+
+    check(scen_epoch_limits_before_and_after_fit, ([(None, None), (3, 2)], (-1, 0), (-1, 1)))

@@ -517,6 +517,7 @@ class Trainer(TrainerViews):
         from ferrotrain.trainer import checkpointing
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
+        self._epoch_limits_resolved = True  # `max_epochs`/`min_epochs` now report the fit's values
         self._train_loader = None
         self.__dict__.pop("_first_epoch_iterator", None)
         # Known before the `setup` hooks, as in Lightning, whose data is attached before them.

@@ -29,12 +29,21 @@ class TrainerViews:
 
     # ------------------------------------------------------------------ simple attributes
     @property
-    def max_epochs(self) -> int:
-        return self._config.max_epochs
+    def max_epochs(self) -> Optional[int]:
+        """None while left to its default and no fit has resolved it (1000, or -1 when
+        `max_steps`/`max_time` bound the fit), as Lightning reports it."""
+        c = self._config
+        if c.max_epochs_unset and not self.__dict__.get("_epoch_limits_resolved", False):
+            return None
+        return c.max_epochs
 
     @property
-    def min_epochs(self) -> int:
-        return self._config.min_epochs
+    def min_epochs(self) -> Optional[int]:
+        """None while left to its default and no fit has resolved it (0, or 1 with `min_steps`)."""
+        c = self._config
+        if c.min_epochs_unset and not self.__dict__.get("_epoch_limits_resolved", False):
+            return None
+        return c.min_epochs
 
     @property
     def max_steps(self) -> int:
