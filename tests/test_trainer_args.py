@@ -204,3 +204,19 @@ def test_epoch_limits_are_none_until_a_fit_resolves_them() -> None:
     from tests.lightning_ref import check
 
     check(scen_epoch_limits_before_and_after_fit, ([(None, None), (3, 2)], (-1, 0), (-1, 1)))
+
+
+def test_pl_trainer_environment_variables_are_defaults(monkeypatch) -> None:
+    """PL_TRAINER_<ARG> supplies an argument the caller left out, parsed as a literal; an
+    argument passed explicitly wins; the signature is unchanged."""
+    monkeypatch.setenv("PL_TRAINER_LOGGER", "False")
+    monkeypatch.setenv("PL_TRAINER_MAX_STEPS", "7")
+    monkeypatch.setenv("PL_TRAINER_ACCELERATOR", "cpu")
+    t = L.Trainer()
+    assert t.logger is None and t.max_steps == 7 and t.accelerator_name == "cpu"
+    t = L.Trainer(max_steps=42, logger=True)
+    assert t.max_steps == 42 and t.logger is not None
+    assert "max_steps" in inspect.signature(L.Trainer).parameters
+    monkeypatch.setenv("PL_TRAINER_MAX_STEPS", "seven")
+    with pytest.raises(ConfigTypeError, match="max_steps"):
+        L.Trainer()

@@ -22,6 +22,7 @@ from ferrotrain.trainer import val_reload
 from ferrotrain.trainer.barebones import resolve_opt_outs
 from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
                                      sequential_for_overfit)
+from ferrotrain.trainer.env_defaults import defaults_from_env
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
 from ferrotrain.trainer.precision import Precision
@@ -36,6 +37,7 @@ DEFAULT_PREFETCH_BATCHES = 2
 
 
 class Trainer(TrainerViews):
+    @defaults_from_env
     def __init__(
         self,
         *,
