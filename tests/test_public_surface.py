@@ -1,0 +1,49 @@
+"""Lightning's public names at Lightning's paths: each name we export resolves to the real object,
+and (when Lightning is installed) every name Lightning exports from the modules we cover exists here."""
+
+import importlib
+
+import pytest
+
+import ferrotrain
+
+# module path under ferrotrain -> names it must export (Lightning 2.6's names in those modules)
+EXPECTED = {
+    "ferrotrain.core": ["LightningModule", "LightningDataModule"],
+    "ferrotrain.trainer": ["Trainer", "seed_everything"],
+    "ferrotrain.utilities": ["AttributeDict", "CombinedLoader", "grad_norm", "move_data_to_device",
+                             "rank_zero_info", "rank_zero_only", "rank_zero_warn"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_names_resolve(module):
+    mod = importlib.import_module(module)
+    for name in EXPECTED[module]:
+        assert name in mod.__all__, name
+        assert getattr(mod, name) is not None
+
+
+def test_same_objects_as_top_level():
+    from ferrotrain.core import LightningDataModule, LightningModule
+    from ferrotrain.trainer import Trainer, seed_everything
+    assert LightningModule is ferrotrain.LightningModule
+    assert LightningDataModule is ferrotrain.LightningDataModule
+    assert Trainer is ferrotrain.Trainer
+    assert seed_everything is ferrotrain.seed_everything
+
+
+def test_unknown_name_is_attribute_error():
+    import ferrotrain.core
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ferrotrain.core.no_such_name
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_matches_lightning(module):
+    lp = pytest.importorskip("lightning.pytorch")
+    theirs = importlib.import_module(module.replace("ferrotrain", lp.__name__, 1))
+    ours = importlib.import_module(module)
+    wanted = [n for n in EXPECTED[module] if n in getattr(theirs, "__all__", [])]
+    assert wanted, "Lightning no longer exports these names here"
+    assert [n for n in wanted if not hasattr(ours, n)] == []
