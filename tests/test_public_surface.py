@@ -9,6 +9,8 @@ import ferrotrain
 
 # module path under ferrotrain -> names it must export (Lightning 2.6's names in those modules)
 EXPECTED = {
+    "ferrotrain.accelerators": ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator",
+                                "XLAAccelerator", "find_usable_cuda_devices"],
     "ferrotrain.core": ["LightningModule", "LightningDataModule"],
     "ferrotrain.trainer": ["Trainer", "seed_everything"],
     "ferrotrain.utilities": ["AttributeDict", "CombinedLoader", "grad_norm", "move_data_to_device",
@@ -47,3 +49,33 @@ def test_matches_lightning(module):
     wanted = [n for n in EXPECTED[module] if n in getattr(theirs, "__all__", [])]
     assert wanted, "Lightning no longer exports these names here"
     assert [n for n in wanted if not hasattr(ours, n)] == []
+
+
+def test_accelerator_instance_selects_device(tmp_path):
+    import torch
+    from ferrotrain.accelerators import CPUAccelerator
+    from ferrotrain.trainer.config import _check_accelerator
+    assert _check_accelerator(CPUAccelerator()) == "cpu"
+    with pytest.raises((TypeError, ValueError), match="accelerator"):
+        _check_accelerator(object())
+    assert CPUAccelerator.is_available() and CPUAccelerator.auto_device_count() == 1
+    from ferrotrain.accelerators import CUDAAccelerator
+    assert CUDAAccelerator.auto_device_count() == torch.cuda.device_count()
+
+
+def test_find_usable_cuda_devices_rejects_bad_count():
+    from ferrotrain.accelerators import find_usable_cuda_devices
+    with pytest.raises(ValueError, match="num_devices"):
+        find_usable_cuda_devices(-2)
+
+
+def test_trainer_accepts_accelerator_instance(quiet, loaders):
+    from tests.conftest import BoringModel
+    from ferrotrain.accelerators import CPUAccelerator
+    model = BoringModel()
+    before = model.layer.weight.detach().clone()
+    trainer = ferrotrain.Trainer(accelerator=CPUAccelerator(), max_steps=3, **quiet)
+    trainer.fit(model, loaders[0])
+    assert trainer.global_step == 3
+    assert model.layer.weight.device.type == "cpu"
+    assert not model.layer.weight.detach().equal(before)
