@@ -79,3 +79,30 @@ def test_trainer_accepts_accelerator_instance(quiet, loaders):
     assert trainer.global_step == 3
     assert model.layer.weight.device.type == "cpu"
     assert not model.layer.weight.detach().equal(before)
+
+
+def test_advanced_profiler_reports_each_action(tmp_path):
+    from ferrotrain.profilers import AdvancedProfiler
+
+    def busy():
+        return sum(i * i for i in range(20000))
+
+    profiler = AdvancedProfiler(dirpath=tmp_path, filename="perf")
+    with profiler.profile("my_action"):
+        busy()
+    text = profiler.summary()
+    assert "Profile stats for: my_action" in text and "busy" in text
+    profiler.describe()
+    assert "busy" in (tmp_path / "fit-perf.txt").read_text()
+    with pytest.raises(ValueError, match="never started"):
+        profiler.stop("other")
+    with pytest.raises(ValueError, match="line_count_restriction"):
+        AdvancedProfiler(line_count_restriction=0)
+
+
+def test_trainer_runs_with_advanced_profiler(quiet, loaders):
+    from tests.conftest import BoringModel
+    from ferrotrain.profilers import AdvancedProfiler
+    trainer = ferrotrain.Trainer(profiler=AdvancedProfiler(), max_steps=2, **quiet)
+    trainer.fit(BoringModel(), loaders[0])
+    assert trainer.global_step == 2
