@@ -14,7 +14,8 @@ EXPECTED = {
     "ferrotrain.core": ["LightningModule", "LightningDataModule"],
     "ferrotrain.trainer": ["Trainer", "seed_everything"],
     "ferrotrain.utilities": ["AttributeDict", "CombinedLoader", "grad_norm", "move_data_to_device",
-                             "rank_zero_info", "rank_zero_only", "rank_zero_warn"],
+                             "rank_zero_info", "rank_zero_only", "rank_zero_warn", "GradClipAlgorithmType",
+                             "LightningEnum"],
 }
 
 
@@ -106,3 +107,11 @@ def test_trainer_runs_with_advanced_profiler(quiet, loaders):
     trainer = ferrotrain.Trainer(profiler=AdvancedProfiler(), max_steps=2, **quiet)
     trainer.fit(BoringModel(), loaders[0])
     assert trainer.global_step == 2
+
+
+def test_lightning_enum_compares_as_string():
+    from ferrotrain.utilities import GradClipAlgorithmType
+    assert GradClipAlgorithmType("norm") == "NORM"
+    assert GradClipAlgorithmType.from_str("Value") is GradClipAlgorithmType.VALUE
+    with pytest.raises(ValueError, match="'value', 'norm'"):
+        GradClipAlgorithmType.from_str("median")

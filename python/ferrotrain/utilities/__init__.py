@@ -15,6 +15,8 @@ _LAZY = {
     "rank_zero_info": "rank_zero",
     "rank_zero_only": "rank_zero",
     "rank_zero_warn": "rank_zero",
+    "GradClipAlgorithmType": "enums",
+    "LightningEnum": "enums",
 }
 
 __all__ = sorted(_LAZY)
