@@ -6,8 +6,9 @@ prints where the time goes, the loop's own overhead included; `PyTorchProfiler` 
 profiling is off.
 """
 
+from ferrotrain.profilers.advanced import AdvancedProfiler
 from ferrotrain.profilers.profiler import PassThroughProfiler, Profiler
 from ferrotrain.profilers.pytorch import PyTorchProfiler
 from ferrotrain.profilers.simple import SimpleProfiler
 
-__all__ = ["PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]
+__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]

@@ -171,7 +171,10 @@ def check_limit(name: str, value: Any) -> Union[int, float]:
 
 
 def _check_accelerator(value: Any) -> str:
-    allowed = "one of " + ", ".join(repr(a) for a in ACCELERATORS)
+    from ferrotrain.accelerators import accelerator_name
+
+    value = accelerator_name(value)
+    allowed = "one of " + ", ".join(repr(a) for a in ACCELERATORS) + " or an Accelerator instance"
     if not isinstance(value, str):
         raise _fail_type("accelerator", value, allowed)
     if value.lower() not in ACCELERATORS:

@@ -7,7 +7,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"grad_norm": "clip", "CombinedLoader": "combined_loader"}
+_LAZY = {
+    "grad_norm": "clip",
+    "CombinedLoader": "combined_loader",
+    "AttributeDict": "parsing",
+    "move_data_to_device": "apply_func",
+    "rank_zero_info": "rank_zero",
+    "rank_zero_only": "rank_zero",
+    "rank_zero_warn": "rank_zero",
+    "GradClipAlgorithmType": "enums",
+    "LightningEnum": "enums",
+}
 
 __all__ = sorted(_LAZY)
 

@@ -1,0 +1,117 @@
+"""Lightning's public names at Lightning's paths: each name we export resolves to the real object,
+and (when Lightning is installed) every name Lightning exports from the modules we cover exists here."""
+
+import importlib
+
+import pytest
+
+import ferrotrain
+
+# module path under ferrotrain -> names it must export (Lightning 2.6's names in those modules)
+EXPECTED = {
+    "ferrotrain.accelerators": ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator",
+                                "XLAAccelerator", "find_usable_cuda_devices"],
+    "ferrotrain.core": ["LightningModule", "LightningDataModule"],
+    "ferrotrain.trainer": ["Trainer", "seed_everything"],
+    "ferrotrain.utilities": ["AttributeDict", "CombinedLoader", "grad_norm", "move_data_to_device",
+                             "rank_zero_info", "rank_zero_only", "rank_zero_warn", "GradClipAlgorithmType",
+                             "LightningEnum"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_names_resolve(module):
+    mod = importlib.import_module(module)
+    for name in EXPECTED[module]:
+        assert name in mod.__all__, name
+        assert getattr(mod, name) is not None
+
+
+def test_same_objects_as_top_level():
+    from ferrotrain.core import LightningDataModule, LightningModule
+    from ferrotrain.trainer import Trainer, seed_everything
+    assert LightningModule is ferrotrain.LightningModule
+    assert LightningDataModule is ferrotrain.LightningDataModule
+    assert Trainer is ferrotrain.Trainer
+    assert seed_everything is ferrotrain.seed_everything
+
+
+def test_unknown_name_is_attribute_error():
+    import ferrotrain.core
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ferrotrain.core.no_such_name
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_matches_lightning(module):
+    lp = pytest.importorskip("lightning.pytorch")
+    theirs = importlib.import_module(module.replace("ferrotrain", lp.__name__, 1))
+    ours = importlib.import_module(module)
+    wanted = [n for n in EXPECTED[module] if n in getattr(theirs, "__all__", [])]
+    assert wanted, "Lightning no longer exports these names here"
+    assert [n for n in wanted if not hasattr(ours, n)] == []
+
+
+def test_accelerator_instance_selects_device(tmp_path):
+    import torch
+    from ferrotrain.accelerators import CPUAccelerator
+    from ferrotrain.trainer.config import _check_accelerator
+    assert _check_accelerator(CPUAccelerator()) == "cpu"
+    with pytest.raises((TypeError, ValueError), match="accelerator"):
+        _check_accelerator(object())
+    assert CPUAccelerator.is_available() and CPUAccelerator.auto_device_count() == 1
+    from ferrotrain.accelerators import CUDAAccelerator
+    assert CUDAAccelerator.auto_device_count() == torch.cuda.device_count()
+
+
+def test_find_usable_cuda_devices_rejects_bad_count():
+    from ferrotrain.accelerators import find_usable_cuda_devices
+    with pytest.raises(ValueError, match="num_devices"):
+        find_usable_cuda_devices(-2)
+
+
+def test_trainer_accepts_accelerator_instance(quiet, loaders):
+    from tests.conftest import BoringModel
+    from ferrotrain.accelerators import CPUAccelerator
+    model = BoringModel()
+    before = model.layer.weight.detach().clone()
+    trainer = ferrotrain.Trainer(accelerator=CPUAccelerator(), max_steps=3, **quiet)
+    trainer.fit(model, loaders[0])
+    assert trainer.global_step == 3
+    assert model.layer.weight.device.type == "cpu"
+    assert not model.layer.weight.detach().equal(before)
+
+
+def test_advanced_profiler_reports_each_action(tmp_path):
+    from ferrotrain.profilers import AdvancedProfiler
+
+    def busy():
+        return sum(i * i for i in range(20000))
+
+    profiler = AdvancedProfiler(dirpath=tmp_path, filename="perf")
+    with profiler.profile("my_action"):
+        busy()
+    text = profiler.summary()
+    assert "Profile stats for: my_action" in text and "busy" in text
+    profiler.describe()
+    assert "busy" in (tmp_path / "fit-perf.txt").read_text()
+    with pytest.raises(ValueError, match="never started"):
+        profiler.stop("other")
+    with pytest.raises(ValueError, match="line_count_restriction"):
+        AdvancedProfiler(line_count_restriction=0)
+
+
+def test_trainer_runs_with_advanced_profiler(quiet, loaders):
+    from tests.conftest import BoringModel
+    from ferrotrain.profilers import AdvancedProfiler
+    trainer = ferrotrain.Trainer(profiler=AdvancedProfiler(), max_steps=2, **quiet)
+    trainer.fit(BoringModel(), loaders[0])
+    assert trainer.global_step == 2
+
+
+def test_lightning_enum_compares_as_string():
+    from ferrotrain.utilities import GradClipAlgorithmType
+    assert GradClipAlgorithmType("norm") == "NORM"
+    assert GradClipAlgorithmType.from_str("Value") is GradClipAlgorithmType.VALUE
+    with pytest.raises(ValueError, match="'value', 'norm'"):
+        GradClipAlgorithmType.from_str("median")
