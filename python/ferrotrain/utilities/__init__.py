@@ -17,6 +17,14 @@ _LAZY = {
     "rank_zero_warn": "rank_zero",
     "GradClipAlgorithmType": "enums",
     "LightningEnum": "enums",
+    "disable_possible_user_warnings": "warnings",
+    "find_shared_parameters": "parameter_sharing",
+    "set_shared_parameters": "parameter_sharing",
+    "is_picklable": "parsing",
+    "is_shared_filesystem": "system",
+    "suggested_max_num_workers": "system",
+    "measure_flops": "flops",
+    "rank_zero_deprecation": "rank_zero",
 }
 
 __all__ = sorted(_LAZY)

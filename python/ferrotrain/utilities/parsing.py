@@ -127,3 +127,14 @@ def lightning_setattr(model: Any, attribute: str, value: Any) -> None:
             holder[attribute] = value
         else:
             setattr(holder, attribute, value)
+
+
+def is_picklable(obj: object) -> bool:
+    """Whether `pickle` can serialize `obj` (hyperparameters that cannot are left out of checkpoints)."""
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True

@@ -46,3 +46,11 @@ def rank_zero_info(msg: str) -> None:
 @rank_zero_only
 def rank_zero_warn(msg: str, category: type = UserWarning, stacklevel: int = 3) -> None:
     warnings.warn(msg, category, stacklevel=stacklevel)
+
+
+@rank_zero_only
+def rank_zero_deprecation(msg: str, stacklevel: int = 4) -> None:
+    """A deprecation warning (`LightningDeprecationWarning`), from rank zero only."""
+    from ferrotrain.utilities.warnings import LightningDeprecationWarning
+
+    warnings.warn(msg, LightningDeprecationWarning, stacklevel=stacklevel)
