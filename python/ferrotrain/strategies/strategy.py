@@ -187,6 +187,9 @@ class Strategy:
         `weights_only=False` lets a trusted torch-pickled file unpickle anything."""
         from ferrotrain.trainer import checkpointing
 
+        plugin = getattr(self, "checkpoint_io", None)
+        if plugin is not None:  # a CheckpointIO passed in `Trainer(plugins=...)` reads it
+            return plugin.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         return checkpointing.load(path, map_location=map_location, weights_only=weights_only)
 
     def load_model_state_dict(self, module: torch.nn.Module, ckpt: dict, path: str, strict: bool) -> None:

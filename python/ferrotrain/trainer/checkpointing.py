@@ -154,6 +154,13 @@ def write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     writer = getattr(trainer, "_checkpoint_writer", None)
+    plugin = getattr(trainer.strategy, "checkpoint_io", None)
+    if plugin is not None:
+        # A CheckpointIO from `Trainer(plugins=...)` writes it (and runs its own threads, if any).
+        wait_for_writes(trainer)
+        plugin.save_checkpoint(ckpt, path)
+        _flush_removals(trainer)
+        return
     if sync:
         wait_for_writes(trainer)
         io.save(path, ckpt)
@@ -195,6 +202,9 @@ def close_writer(trainer: Any) -> None:
     if writer is not None:
         trainer._checkpoint_writer = None
         writer.close()
+    plugin = getattr(trainer.strategy, "checkpoint_io", None)
+    if plugin is not None:
+        plugin.teardown()
     _flush_removals(trainer)
 
 

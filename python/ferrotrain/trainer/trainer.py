@@ -25,6 +25,7 @@ from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_li
 from ferrotrain.trainer.env_defaults import defaults_from_env
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
+from ferrotrain.trainer.plugin_args import apply_plugins
 from ferrotrain.trainer.precision import Precision
 from ferrotrain.trainer.results import Results
 from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
@@ -85,12 +86,12 @@ class Trainer(TrainerViews):
     ) -> None:
         args = dict(locals())
         resolve_opt_outs(args)  # None until resolved, so `barebones=True` alone works
+        checkpoint_io = apply_plugins(args)
         logger = args["logger"]
         self._config = cfg.resolve(args)
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
 
         self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
-        cfg.reject_unsupported("plugins", plugins, None)
         self._sync_batchnorm = cfg.check_bool("sync_batchnorm", sync_batchnorm)
         self.enable_autolog_hparams = cfg.check_bool("enable_autolog_hparams", enable_autolog_hparams)
         # Lightning uploads checkpoints to its model hub (the `litmodels` package); not here.
@@ -105,6 +106,7 @@ class Trainer(TrainerViews):
         # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
         self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
         self._strategy._attach(self)
+        self._strategy.checkpoint_io = checkpoint_io
         self._strategy.check_precision(c.precision)
         self._device = self._strategy.root_device
         self._check_sync_batchnorm()

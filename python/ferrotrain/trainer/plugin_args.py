@@ -1,0 +1,38 @@
+"""`Trainer(plugins=...)`: what each plugin sets before the run is resolved."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ferrotrain.errors import MisconfigurationException
+
+ALLOWED = "a precision plugin (ferrotrain.plugins.precision) or a CheckpointIO (ferrotrain.plugins.io), or a list of them"
+
+
+def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
+    """Set `args["precision"]` from a precision plugin; return the CheckpointIO given, if any.
+    One plugin of each kind at most, and a precision plugin with a different explicit
+    `precision=` is refused (Lightning's rule)."""
+    from ferrotrain.plugins.io import CheckpointIO
+    from ferrotrain.plugins.precision import Precision
+
+    given = args.get("plugins")
+    if given is None:
+        return None
+    plugins: List[Any] = list(given) if isinstance(given, (list, tuple)) else [given]
+    precision = [p for p in plugins if isinstance(p, Precision)]
+    io = [p for p in plugins if isinstance(p, CheckpointIO)]
+    others = [p for p in plugins if not isinstance(p, (Precision, CheckpointIO))]
+    if others:
+        raise MisconfigurationException(f"`Trainer(plugins=...)` got {others[0]!r}: expected {ALLOWED}")
+    for kind, found in (("precision plugin", precision), ("CheckpointIO", io)):
+        if len(found) > 1:
+            raise MisconfigurationException(
+                f"`Trainer(plugins=...)` got {len(found)} of kind {kind}: {found}. Expected one value for each kind")
+    if precision:
+        flag = args.get("precision")
+        if flag not in (32, "32", "32-true") and str(flag) != precision[0].precision:
+            raise MisconfigurationException(
+                f"Received both `precision={flag!r}` and `plugins={precision[0]!r}`. Choose one.")
+        args["precision"] = precision[0].precision
+    return io[0] if io else None
