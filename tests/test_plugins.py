@@ -92,3 +92,16 @@ def test_bad_plugins_are_clear_errors():
         MixedPrecision("32-true", "cpu")
     with pytest.raises(NotSupportedYetError, match="torch_xla"):
         XLAPrecision()
+
+
+def test_torch_sync_batchnorm_converts_and_reverts_with_the_state():
+    from ferrotrain.plugins import TorchSyncBatchNorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    model[1].running_mean.fill_(3.0)
+    synced = TorchSyncBatchNorm().apply(model)
+    assert isinstance(synced[1], torch.nn.SyncBatchNorm)
+    back = TorchSyncBatchNorm().revert(synced)
+    assert not isinstance(back[1], torch.nn.SyncBatchNorm) and back[1].running_mean.tolist() == [3.0, 3.0]
+    assert back(torch.randn(2, 1, 3, 3)).shape == (2, 2, 3, 3)
+    assert back[1].weight is synced[1].weight

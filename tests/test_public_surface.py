@@ -115,3 +115,55 @@ def test_lightning_enum_compares_as_string():
     assert GradClipAlgorithmType.from_str("Value") is GradClipAlgorithmType.VALUE
     with pytest.raises(ValueError, match="'value', 'norm'"):
         GradClipAlgorithmType.from_str("median")
+
+
+def test_unsupported_kinds_say_so_when_built():
+    """Names Lightning code imports but this build cannot run: importable, and clear when built."""
+    from ferrotrain.errors import NotSupportedYetError
+    from ferrotrain.profilers import XLAProfiler
+    from ferrotrain.strategies import ModelParallelStrategy
+
+    with pytest.raises(NotSupportedYetError, match="ddp"):
+        ModelParallelStrategy()
+    with pytest.raises(NotSupportedYetError, match="torch_xla"):
+        XLAProfiler()
+
+
+def _servable(answer):
+    import torch
+
+    from ferrotrain.serve import ServableModule
+    from tests.lightning_ref import model_class
+
+    class Servable(model_class(ferrotrain), ServableModule):
+        def configure_payload(self):
+            return {"body": {"x": [[1.0, 2.0, 3.0, 4.0]]}}
+
+        def configure_serialization(self):
+            return {"x": lambda v: torch.tensor(v)}, {"output": lambda t: list(t.shape)}  # one answer of one value
+
+        def serve_step(self, x):
+            assert not self.training and not torch.is_grad_enabled()
+            return {"output": self(x)}
+
+        def configure_response(self):
+            return {"output": answer}
+
+    return Servable()
+
+
+def test_servable_module_validator_checks_the_contract_when_the_fit_starts(tmp_path):
+    from ferrotrain.serve import ServableModuleValidator
+    from tests.lightning_ref import loader
+
+    ok = ServableModuleValidator()
+    t = ferrotrain.Trainer(callbacks=[ok], max_steps=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    t.fit(_servable([1, 1]), loader(4))
+    assert ok.successful is True and t.global_step == 1
+    bad = ServableModuleValidator()
+    t = ferrotrain.Trainer(callbacks=[bad], max_steps=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="isn't servable"):
+        t.fit(_servable([1, 2]), loader(4))
+    assert bad.successful is False and t.global_step == 0

@@ -8,6 +8,7 @@ run (XLA, bitsandbytes, Transformer Engine) exist so Lightning code imports, and
 from __future__ import annotations
 
 from ferrotrain.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO, XLACheckpointIO
+from ferrotrain.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from ferrotrain.plugins.precision import (BitsandbytesPrecision, DeepSpeedPrecision, DoublePrecision,
                                           FSDPPrecision, HalfPrecision, MixedPrecision, Precision,
                                           TransformerEnginePrecision, XLAPrecision)
@@ -15,5 +16,5 @@ from ferrotrain.plugins.precision import (BitsandbytesPrecision, DeepSpeedPrecis
 __all__ = [
     "AsyncCheckpointIO", "CheckpointIO", "TorchCheckpointIO", "XLACheckpointIO", "BitsandbytesPrecision",
     "DeepSpeedPrecision", "DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision",
-    "TransformerEnginePrecision", "XLAPrecision", "FSDPPrecision",
+    "TransformerEnginePrecision", "XLAPrecision", "FSDPPrecision", "LayerSync", "TorchSyncBatchNorm",
 ]

@@ -10,5 +10,6 @@ from ferrotrain.profilers.advanced import AdvancedProfiler
 from ferrotrain.profilers.profiler import PassThroughProfiler, Profiler
 from ferrotrain.profilers.pytorch import PyTorchProfiler
 from ferrotrain.profilers.simple import SimpleProfiler
+from ferrotrain.profilers.xla import XLAProfiler
 
-__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler"]
+__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler", "XLAProfiler"]

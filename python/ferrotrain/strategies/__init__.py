@@ -18,7 +18,7 @@ from typing import Any
 
 from ferrotrain.strategies.strategy import Strategy
 
-__all__ = ["DDPStrategy", "DeepSpeedStrategy", "FSDPStrategy", "ParallelStrategy", "SingleDeviceStrategy", "Strategy"]
+__all__ = ["DDPStrategy", "DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy", "ParallelStrategy", "SingleDeviceStrategy", "Strategy"]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +31,8 @@ def __getattr__(name: str) -> Any:
         from ferrotrain.strategies.parallel import ParallelStrategy as cls
     elif name == "DeepSpeedStrategy":
         from ferrotrain.strategies.deepspeed import DeepSpeedStrategy as cls
+    elif name == "ModelParallelStrategy":
+        from ferrotrain.strategies.model_parallel import ModelParallelStrategy as cls
     elif name == "SingleDeviceStrategy":
         from ferrotrain.strategies.single_device import SingleDeviceStrategy as cls
     else:
