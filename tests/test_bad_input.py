@@ -36,7 +36,7 @@ MORE_BAD_ARGS = [
     (dict(use_distributed_sampler=None), ConfigTypeError, ["use_distributed_sampler", "None", "True or False"]),
     (dict(detect_anomaly="on"), ConfigTypeError, ["detect_anomaly", "'on'", "True or False"]),
     (dict(barebones=1), ConfigTypeError, ["barebones", "1", "True or False"]),
-    (dict(plugins=["x"]), NotSupportedYetError, ["plugins", "not supported yet"]),
+    (dict(plugins=["x"]), MisconfigurationException, ["plugins", "'x'", "precision plugin"]),
     (dict(sync_batchnorm=True, strategy="ddp", accelerator="cpu", devices=2), MisconfigurationException,
      ["sync_batchnorm=True", "CPU"]),
     (dict(sync_batchnorm="yes"), ConfigTypeError, ["sync_batchnorm", "'yes'", "True or False"]),

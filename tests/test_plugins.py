@@ -105,3 +105,10 @@ def test_torch_sync_batchnorm_converts_and_reverts_with_the_state():
     assert not isinstance(back[1], torch.nn.SyncBatchNorm) and back[1].running_mean.tolist() == [3.0, 3.0]
     assert back(torch.randn(2, 1, 3, 3)).shape == (2, 2, 3, 3)
     assert back[1].weight is synced[1].weight
+
+
+def test_torch_sync_batchnorm_plugin_is_sync_batchnorm():
+    from ferrotrain.plugins import TorchSyncBatchNorm
+
+    assert L.Trainer(plugins=[TorchSyncBatchNorm()], **QUIET)._sync_batchnorm is True
+    assert L.Trainer(**QUIET)._sync_batchnorm is False

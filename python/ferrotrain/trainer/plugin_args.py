@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Optional
 
 from ferrotrain.errors import MisconfigurationException
 
-ALLOWED = "a precision plugin (ferrotrain.plugins.precision) or a CheckpointIO (ferrotrain.plugins.io), or a list of them"
+ALLOWED = ("a precision plugin (ferrotrain.plugins.precision), a CheckpointIO (ferrotrain.plugins.io), "
+           "TorchSyncBatchNorm, or a list of them")
 
 
 def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
@@ -14,6 +15,7 @@ def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
     One plugin of each kind at most, and a precision plugin with a different explicit
     `precision=` is refused (Lightning's rule)."""
     from ferrotrain.plugins.io import CheckpointIO
+    from ferrotrain.plugins.layer_sync import TorchSyncBatchNorm
     from ferrotrain.plugins.precision import Precision
 
     given = args.get("plugins")
@@ -22,13 +24,16 @@ def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
     plugins: List[Any] = list(given) if isinstance(given, (list, tuple)) else [given]
     precision = [p for p in plugins if isinstance(p, Precision)]
     io = [p for p in plugins if isinstance(p, CheckpointIO)]
-    others = [p for p in plugins if not isinstance(p, (Precision, CheckpointIO))]
+    sync = [p for p in plugins if isinstance(p, TorchSyncBatchNorm)]
+    others = [p for p in plugins if not isinstance(p, (Precision, CheckpointIO, TorchSyncBatchNorm))]
     if others:
         raise MisconfigurationException(f"`Trainer(plugins=...)` got {others[0]!r}: expected {ALLOWED}")
     for kind, found in (("precision plugin", precision), ("CheckpointIO", io)):
         if len(found) > 1:
             raise MisconfigurationException(
                 f"`Trainer(plugins=...)` got {len(found)} of kind {kind}: {found}. Expected one value for each kind")
+    if sync:
+        args["sync_batchnorm"] = True  # the Trainer converts BatchNorm layers with torch's SyncBatchNorm
     if precision:
         flag = args.get("precision")
         if flag not in (32, "32", "32-true") and str(flag) != precision[0].precision:

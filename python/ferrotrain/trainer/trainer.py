@@ -92,7 +92,7 @@ class Trainer(TrainerViews):
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
 
         self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
-        self._sync_batchnorm = cfg.check_bool("sync_batchnorm", sync_batchnorm)
+        self._sync_batchnorm = cfg.check_bool("sync_batchnorm", args["sync_batchnorm"])
         self.enable_autolog_hparams = cfg.check_bool("enable_autolog_hparams", enable_autolog_hparams)
         # Lightning uploads checkpoints to its model hub (the `litmodels` package); not here.
         cfg.reject_unsupported("model_registry", model_registry, None)
