@@ -39,3 +39,15 @@ def url_to_fs(path: Union[str, "os.PathLike[str]"], **kwargs: Any) -> Tuple[Any,
             f"path {os.fspath(path)!r}: no fsspec backend is installed for the protocol "
             f"{_protocol(path)!r} ({err})"
         ) from err
+
+
+def resolve_dir(path: Union[str, "os.PathLike[str]"]) -> str:
+    """A folder as Lightning keeps it: local paths expanded (`~`) and made real (absolute, links
+    resolved); a remote URL unchanged, since `realpath` would turn `memory://x` into `./memory:/x`."""
+    text = os.fspath(path)
+    return text if is_remote(text) else os.path.realpath(os.path.expanduser(text))
+
+
+def path_exists(path: str) -> bool:
+    """`os.path.exists` for local paths, the fsspec filesystem's `exists` for remote ones."""
+    return get_filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
