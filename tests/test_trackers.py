@@ -3,6 +3,7 @@ local `file:` tracking store and `MlflowClient`. Each test skips when its client
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 import ferrotrain as L
 from ferrotrain.callbacks import ModelCheckpoint
-from ferrotrain.loggers import MLFlowLogger
+from ferrotrain.loggers import MLFlowLogger, WandbLogger
 from tests.conftest import BoringModel
 
 
@@ -88,3 +89,91 @@ def test_missing_client_names_package_and_extra(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
     assert "`mlflow`" in out.stdout and "ferrotrain[mlflow]" in out.stdout, out.stdout + out.stderr
+
+
+# --- WandbLogger ----------------------------------------------------------------------------------
+
+
+def _wandb_records(path):
+    """The protobuf records of an offline `.wandb` run file: a 7-byte file header, then W&B's
+    LevelDB-style log of 32 KiB blocks, each chunk with a 7-byte header (crc, length, type)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    with open(path, "rb") as fp:
+        data = fp.read()
+    assert data[:4] == b":W&B"
+    block, offset, pending, records = 32768, 7, b"", []
+    while offset + 7 <= len(data):
+        left = block - offset % block
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            offset += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+        offset += 7
+        if kind == 0 and length == 0:
+            break
+        pending += data[offset:offset + length]
+        offset += length
+        if kind in (1, 4):  # FULL or LAST chunk: a record is complete
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_offline_run_files_hold_config_and_metrics(tmp_path):
+    # in a subprocess: wandb's service process and its global run stay out of the test process
+    pytest.importorskip("wandb")
+    script = r'''
+import json, os, sys, glob
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import ferrotrain as L
+from ferrotrain.loggers import WandbLogger
+import wandb
+
+class Model(L.LightningModule):
+    def __init__(self, lr=0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(4, 1)
+    def training_step(self, batch, batch_idx):
+        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+g = torch.Generator().manual_seed(0)
+data = DataLoader(TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)), batch_size=8)
+logger = WandbLogger(project="proj", save_dir=sys.argv[1], offline=True, name="first")
+trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=sys.argv[1])
+trainer.fit(Model(), data)
+run_id = logger.version
+wandb.finish()
+run_dir, = glob.glob(os.path.join(sys.argv[1], "wandb", f"offline-run-*-{run_id}"))
+print(json.dumps({"name": logger.name, "run_dir": run_dir, "id": run_id}))
+'''
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         cwd=str(tmp_path), env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["name"] == "proj"
+    records = _wandb_records(os.path.join(info["run_dir"], f"run-{info['id']}.wandb"))
+    config = {u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update}
+    assert config["lr"] == 0.1
+    history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item} for r in records if r.HasField("history")]
+    assert [h["trainer/global_step"] for h in history] == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert all(isinstance(h["train_loss"], float) for h in history)
+
+
+def test_wandb_rejects_offline_checkpoint_upload():
+    pytest.importorskip("wandb")
+    with pytest.raises(ValueError, match="log_model"):
+        WandbLogger(offline=True, log_model=True)

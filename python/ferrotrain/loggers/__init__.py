@@ -6,5 +6,6 @@ from ferrotrain.loggers.csv_logs import CSVLogger
 from ferrotrain.loggers.logger import Logger, rank_zero_experiment
 from ferrotrain.loggers.mlflow import MLFlowLogger
 from ferrotrain.loggers.tensorboard import TensorBoardLogger
+from ferrotrain.loggers.wandb import WandbLogger
 
-__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "rank_zero_experiment"]
+__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger", "rank_zero_experiment"]
