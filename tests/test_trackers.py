@@ -1,5 +1,6 @@
 """The experiment trackers against what their own client libraries read back: MLflow through a
-local `file:` tracking store and `MlflowClient`. Each test skips when its client is absent."""
+local `file:` tracking store and `MlflowClient`, W&B's offline run file, Comet's offline archive.
+Each test skips when its client is absent."""
 
 from __future__ import annotations
 
@@ -79,16 +80,18 @@ def test_mlflow_rejects_bad_log_model():
         MLFlowLogger(log_model="sometimes")
 
 
-def test_missing_client_names_package_and_extra(tmp_path):
-    # a real interpreter in which the client cannot be imported
+@pytest.mark.parametrize("cls, module, extra", [("MLFlowLogger", "mlflow", "mlflow"), ("WandbLogger", "wandb", "wandb"),
+                                               ("CometLogger", "comet_ml", "comet")])
+def test_missing_client_names_package_and_extra(tmp_path, cls, module, extra):
+    # a real interpreter in which the client cannot be imported; importing ferrotrain still works
     script = (
-        "import sys; sys.modules['mlflow'] = None\n"
-        "from ferrotrain.loggers import MLFlowLogger\n"
-        "try:\n    MLFlowLogger()\nexcept ImportError as e:\n    print(e)\n"
+        f"import sys; sys.modules[{module!r}] = None\n"
+        f"from ferrotrain.loggers import {cls}\n"
+        f"try:\n    {cls}()\nexcept ImportError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
-    assert "`mlflow`" in out.stdout and "ferrotrain[mlflow]" in out.stdout, out.stdout + out.stderr
+    assert f"`{module}`" in out.stdout and f"ferrotrain[{extra}]" in out.stdout, out.stdout + out.stderr
 
 
 # --- WandbLogger ----------------------------------------------------------------------------------
@@ -177,3 +180,54 @@ def test_wandb_rejects_offline_checkpoint_upload():
     pytest.importorskip("wandb")
     with pytest.raises(ValueError, match="log_model"):
         WandbLogger(offline=True, log_model=True)
+
+
+# --- CometLogger ----------------------------------------------------------------------------------
+
+
+def test_comet_offline_archive_holds_params_and_metrics(tmp_path, loaders):
+    pytest.importorskip("comet_ml")
+    import zipfile
+
+    script = r'''
+import sys
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import ferrotrain as L
+from ferrotrain.loggers import CometLogger
+
+class Model(L.LightningModule):
+    def __init__(self, lr=0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(4, 1)
+    def training_step(self, batch, batch_idx):
+        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+g = torch.Generator().manual_seed(0)
+data = DataLoader(TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)), batch_size=8)
+logger = CometLogger(project="proj", online=False)
+trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=sys.argv[1])
+trainer.fit(Model(), data)
+print(logger.version)
+'''
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COMET_OFFLINE_DIRECTORY": str(tmp_path / "offline")}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         cwd=str(tmp_path), env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    archive, = (tmp_path / "offline").glob("*.zip")
+    with zipfile.ZipFile(archive) as zf:
+        experiment = json.loads(zf.read("experiment.json"))
+        messages = [json.loads(line) for line in zf.read("messages.json").decode().splitlines() if line.strip()]
+    assert experiment["project_name"] == "proj"
+    params = {m["payload"]["param"]["paramName"]: m["payload"]["param"]["paramValue"]
+              for m in messages if m["type"] == "parameter_msg"}
+    assert params["lr"] == 0.1
+    losses = [m["payload"]["metric"] for m in messages
+              if m["type"] == "metric_msg" and m["payload"]["metric"]["metricName"] == "train_loss"]
+    assert [(m["step"], m["epoch"]) for m in losses] == [(1, 0), (3, 0), (5, 0), (7, 0), (9, 1), (11, 1), (13, 1), (15, 1)]
