@@ -45,7 +45,8 @@ def test_mlflow_params_metrics_and_checkpoints_read_back(tmp_path, loaders):
     mlflow = pytest.importorskip("mlflow")
     uri = f"file:{tmp_path / 'mlruns'}"
     logger = MLFlowLogger(experiment_name="exp", run_name="first", tracking_uri=uri, log_model=True)
-    _fit(tmp_path, loaders, logger, callbacks=[ModelCheckpoint(monitor="val_loss", save_top_k=1)])
+    checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=1)
+    _fit(tmp_path, loaders, logger, callbacks=[checkpoint])
 
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(logger.run_id)
@@ -55,10 +56,11 @@ def test_mlflow_params_metrics_and_checkpoints_read_back(tmp_path, loaders):
     history = client.get_metric_history(logger.run_id, "train_loss")
     assert [m.step for m in history] == [1, 3, 5, 7, 9, 11, 13, 15]
     assert len(client.get_metric_history(logger.run_id, "val_loss")) == 2
+    best = os.path.basename(checkpoint.best_model_path)[: -len(".ckpt")]
     artifacts = [a.path for a in client.list_artifacts(logger.run_id)]
-    assert artifacts == ["epoch=1-step=16"]
-    files = [a.path for a in client.list_artifacts(logger.run_id, "epoch=1-step=16")]
-    assert files == ["epoch=1-step=16/epoch=1-step=16.ckpt"]
+    assert artifacts == [best]  # log_model=True: only the kept checkpoint, uploaded at the end
+    files = [a.path for a in client.list_artifacts(logger.run_id, best)]
+    assert files == [f"{best}/{best}.ckpt"]
     assert logger.name == client.get_experiment_by_name("exp").experiment_id
     assert logger.version == logger.run_id
 
