@@ -152,22 +152,24 @@ def write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
     from ferrotrain import checkpoint as io
     from ferrotrain.utilities.cloud_io import is_remote
 
-    if is_remote(path):
+    remote = is_remote(path)
+    if not remote:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    writer = getattr(trainer, "_checkpoint_writer", None)
+    plugin = getattr(trainer.strategy, "checkpoint_io", None)
+    if plugin is not None:
+        # A CheckpointIO from `Trainer(plugins=...)` writes it (and runs its own threads, if any),
+        # remote paths included.
+        wait_for_writes(trainer)
+        plugin.save_checkpoint(ckpt, path)
+        _flush_removals(trainer)
+        return
+    if remote:
         # staged locally and copied up; synchronous, since the upload is the slow part anyway
         from ferrotrain.checkpoint._remote import write_via_local
 
         wait_for_writes(trainer)
         write_via_local(path, lambda local: io.save(local, ckpt))
-        _flush_removals(trainer)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    writer = getattr(trainer, "_checkpoint_writer", None)
-    plugin = getattr(trainer.strategy, "checkpoint_io", None)
-    if plugin is not None:
-        # A CheckpointIO from `Trainer(plugins=...)` writes it (and runs its own threads, if any).
-        wait_for_writes(trainer)
-        plugin.save_checkpoint(ckpt, path)
         _flush_removals(trainer)
         return
     if sync:
