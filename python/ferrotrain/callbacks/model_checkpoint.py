@@ -20,6 +20,7 @@ import torch
 
 from ferrotrain.callbacks.checkpoint import Checkpoint
 from ferrotrain.errors import MisconfigurationException
+from ferrotrain.utilities.cloud_io import path_exists, resolve_dir
 from ferrotrain.utilities.rank_zero import rank_zero_info
 
 
@@ -83,7 +84,7 @@ class ModelCheckpoint(Checkpoint):
         self._every_n_epochs = every_n_epochs if every_n_epochs is not None else 0
         self._train_time_interval = train_time_interval
         self._last_time_check: Optional[float] = None
-        self.dirpath: Optional[str] = os.path.realpath(os.path.expanduser(os.fspath(dirpath))) if dirpath is not None else None
+        self.dirpath: Optional[str] = resolve_dir(dirpath) if dirpath is not None else None
         self.filename = filename
         self.best_k_models: Dict[str, torch.Tensor] = {}
         self.kth_best_model_path = ""
@@ -223,8 +224,8 @@ class ModelCheckpoint(Checkpoint):
             save_dir = lg.save_dir or trainer.default_root_dir
             name, version = lg.name, lg.version
             version = version if isinstance(version, str) else f"version_{version}"
-            return os.path.realpath(os.path.join(save_dir, str(name), version, "checkpoints"))
-        return os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+            return resolve_dir(os.path.join(save_dir, str(name), version, "checkpoints"))
+        return resolve_dir(os.path.join(trainer.default_root_dir, "checkpoints"))
 
     # ------------------------------------------------------------------ saving
     def _monitor_candidates(self, trainer: Any) -> Dict[str, torch.Tensor]:
@@ -344,7 +345,7 @@ class ModelCheckpoint(Checkpoint):
             return path
         stem = path[: -len(self.FILE_EXTENSION)]
         version = self.STARTING_VERSION
-        while os.path.exists(path) and path not in self.best_k_models and path != self.best_model_path:
+        while path_exists(path) and path not in self.best_k_models and path != self.best_model_path:
             path = f"{stem}{self.CHECKPOINT_JOIN_CHAR}v{version}{self.FILE_EXTENSION}"
             version += 1
         return path

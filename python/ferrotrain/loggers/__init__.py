@@ -1,8 +1,12 @@
 """Loggers with Lightning 2.x's API: the `Logger` base class, `CSVLogger` (no extra dependency)
-and `TensorBoardLogger` (needs the `tensorboard` package, imported only when used)."""
+`TensorBoardLogger` (needs the `tensorboard` package, imported only when used), and the trackers
+`MLFlowLogger`, `WandbLogger`, `CometLogger`, each importing its client only when constructed."""
 
+from ferrotrain.loggers.comet import CometLogger
 from ferrotrain.loggers.csv_logs import CSVLogger
 from ferrotrain.loggers.logger import Logger, rank_zero_experiment
+from ferrotrain.loggers.mlflow import MLFlowLogger
 from ferrotrain.loggers.tensorboard import TensorBoardLogger
+from ferrotrain.loggers.wandb import WandbLogger
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "rank_zero_experiment"]
+__all__ = ["CometLogger", "CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger", "rank_zero_experiment"]

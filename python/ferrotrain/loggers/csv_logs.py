@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
 from ferrotrain.loggers.logger import VersionedLogger, rank_zero_experiment
 from ferrotrain.loggers.utilities import _add_prefix, _convert_params, save_hparams_to_yaml
+from ferrotrain.utilities.cloud_io import get_filesystem
 from ferrotrain.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 
@@ -30,8 +31,10 @@ class ExperimentWriter:
         self.metrics_keys: List[str] = []
         self.hparams: Dict[str, Any] = {}
         self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        # every file goes through fsspec so that `memory://`/`s3://` save dirs work as locally
+        self._fs = get_filesystem(log_dir)
         self._check_log_dir_exists()
-        os.makedirs(log_dir, exist_ok=True)
+        self._fs.makedirs(log_dir, exist_ok=True)
 
     def log_hparams(self, params: Dict[str, Any]) -> None:
         """Merge `params` into the recorded hyperparameters and rewrite `hparams.yaml`."""
@@ -51,10 +54,10 @@ class ExperimentWriter:
         if not self.metrics:
             return
         new_keys = self._record_new_keys()
-        file_exists = os.path.isfile(self.metrics_file_path)
+        file_exists = self._fs.isfile(self.metrics_file_path)
         if new_keys and file_exists:
             self._rewrite_with_new_header(self.metrics_keys)
-        with open(self.metrics_file_path, "a" if file_exists else "w", newline="") as fp:
+        with self._fs.open(self.metrics_file_path, "a" if file_exists else "w", newline="") as fp:
             writer = csv.DictWriter(fp, fieldnames=self.metrics_keys)
             if not file_exists:
                 writer.writeheader()
@@ -69,21 +72,21 @@ class ExperimentWriter:
         return new_keys
 
     def _rewrite_with_new_header(self, fieldnames: List[str]) -> None:
-        with open(self.metrics_file_path, newline="") as fp:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as fp:
             rows = list(csv.DictReader(fp))
-        with open(self.metrics_file_path, "w", newline="") as fp:
+        with self._fs.open(self.metrics_file_path, "w", newline="") as fp:
             writer = csv.DictWriter(fp, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
 
     def _check_log_dir_exists(self) -> None:
-        if os.path.isdir(self.log_dir) and os.listdir(self.log_dir):
+        if self._fs.isdir(self.log_dir) and self._fs.ls(self.log_dir):
             rank_zero_warn(
                 f"Experiment logs directory {self.log_dir} exists and is not empty."
                 " Previous log files in this directory will be deleted when the new ones are saved!"
             )
-            if os.path.isfile(self.metrics_file_path):
-                os.remove(self.metrics_file_path)
+            if self._fs.isfile(self.metrics_file_path):
+                self._fs.rm(self.metrics_file_path)
 
 
 class CSVLogger(VersionedLogger):
@@ -124,7 +127,7 @@ class CSVLogger(VersionedLogger):
     def experiment(self) -> ExperimentWriter:
         """The writer (created, with its folder, on first use)."""
         if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
+            get_filesystem(self.root_dir).makedirs(self.root_dir, exist_ok=True)
             self._experiment = ExperimentWriter(self.log_dir)
         return self._experiment
 

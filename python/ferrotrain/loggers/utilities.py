@@ -80,13 +80,17 @@ def _version(loggers: List[Any], separator: str = "_") -> Union[int, str]:
 
 def _next_version(versions_root: str) -> int:
     """One more than the largest `version_N` folder in `versions_root`, or 0."""
+    from ferrotrain.utilities.cloud_io import get_filesystem
+
+    fs = get_filesystem(versions_root)
     try:
-        entries = os.listdir(versions_root)
+        listing = fs.ls(versions_root, detail=True)
     except OSError:
         return 0
     found = []
-    for entry in entries:
-        if entry.startswith("version_") and os.path.isdir(os.path.join(versions_root, entry)):
+    for info in listing:
+        entry = os.path.basename(str(info["name"]).rstrip("/"))
+        if entry.startswith("version_") and info.get("type") == "directory":
             number = entry.split("_", 1)[1]
             if number.isdigit():
                 found.append(int(number))
@@ -121,8 +125,11 @@ def _yaml_ready(value: Any) -> Any:
 
 def save_hparams_to_yaml(path: str, hparams: Union[Mapping[str, Any], Namespace]) -> None:
     """Write `hparams` to `path` as YAML (sorted keys, block style, as Lightning writes it)."""
+    from ferrotrain.utilities.cloud_io import get_filesystem
+
+    fs = get_filesystem(path)
     folder = os.path.dirname(path)
-    if folder and not os.path.isdir(folder):
+    if folder and not fs.isdir(folder):
         raise RuntimeError(f"Missing folder: {folder}.")
     data = _yaml_ready(_convert_params(hparams))
     try:
@@ -131,7 +138,7 @@ def save_hparams_to_yaml(path: str, hparams: Union[Mapping[str, Any], Namespace]
         text = dump_yaml(data)
     else:
         text = yaml.safe_dump(data, default_flow_style=False)
-    with open(path, "w", encoding="utf-8", newline="") as fp:
+    with fs.open(path, "w", encoding="utf-8", newline="") as fp:
         fp.write(text)
 
 

@@ -180,6 +180,10 @@ class Strategy:
 
     def checkpoint_exists(self, path: str) -> bool:
         """Whether `path` names a checkpoint this strategy can read (a file here)."""
+        from ferrotrain.utilities.cloud_io import get_filesystem, is_remote
+
+        if is_remote(path):
+            return get_filesystem(path).isfile(path)
         return os.path.isfile(path)
 
     def load_checkpoint(self, path: str, map_location: Any, weights_only: Optional[bool] = None) -> dict:

@@ -150,15 +150,26 @@ def save(trainer: Any, path: str, weights_only: bool, sync: bool) -> None:
 def write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
     """Write `ckpt` as one file at `path` (this process)."""
     from ferrotrain import checkpoint as io
+    from ferrotrain.utilities.cloud_io import is_remote
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    remote = is_remote(path)
+    if not remote:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer = getattr(trainer, "_checkpoint_writer", None)
     plugin = getattr(trainer.strategy, "checkpoint_io", None)
     if plugin is not None:
-        # A CheckpointIO from `Trainer(plugins=...)` writes it (and runs its own threads, if any).
+        # A CheckpointIO from `Trainer(plugins=...)` writes it (and runs its own threads, if any),
+        # remote paths included.
         wait_for_writes(trainer)
         plugin.save_checkpoint(ckpt, path)
+        _flush_removals(trainer)
+        return
+    if remote:
+        # staged locally and copied up; synchronous, since the upload is the slow part anyway
+        from ferrotrain.checkpoint._remote import write_via_local
+
+        wait_for_writes(trainer)
+        write_via_local(path, lambda local: io.save(local, ckpt))
         _flush_removals(trainer)
         return
     if sync:
@@ -221,7 +232,14 @@ def _flush_removals(trainer: Any) -> None:
     if not pending:
         return
     trainer._checkpoint_removals = []
+    from ferrotrain.utilities.cloud_io import get_filesystem, is_remote
+
     for owner, path in pending:
+        if is_remote(path):
+            fs = get_filesystem(path)
+            if owner._may_remove(path) and fs.exists(path):
+                fs.rm(path, recursive=True)
+            continue
         if owner._may_remove(path) and os.path.lexists(path):
             if os.path.isdir(path) and not os.path.islink(path):  # a sharded checkpoint
                 import shutil
@@ -288,9 +306,13 @@ def _latest_in(folder: Optional[str], last_name: Optional[str] = None) -> str:
     the newest other file is the fallback (a run killed before it wrote a `last` resumes from its
     newest top-k file). Files written within one mtime tick are ordered by their version suffix,
     so the pick does not depend on the clock's resolution."""
+    from ferrotrain.utilities.cloud_io import is_remote
+
+    pattern = re.compile(rf"^{re.escape(last_name)}(?:-v(\d+))?\.ckpt$") if last_name else None
+    if folder and is_remote(folder):
+        return _latest_in_remote(folder, pattern)
     if not folder or not os.path.isdir(folder):
         return ""
-    pattern = re.compile(rf"^{re.escape(last_name)}(?:-v(\d+))?\.ckpt$") if last_name else None
     last, other = [], []
     # Only complete checkpoints: a crashed write leaves a hidden `.<name>.<pid>.<n>.tmp` file, and a
     # `last.ckpt` link whose target was removed is skipped rather than failing the lookup.
@@ -308,6 +330,26 @@ def _latest_in(folder: Optional[str], last_name: Optional[str] = None) -> str:
     return max(found)[3] if found else ""
 
 
+def _latest_in_remote(folder: str, pattern: Optional["re.Pattern[str]"]) -> str:
+    """`_latest_in` for an fsspec folder: modification times vary by backend (or are absent),
+    so files are ordered by their version suffix and name."""
+    from ferrotrain.utilities.cloud_io import get_filesystem
+
+    fs = get_filesystem(folder)
+    if not fs.isdir(folder):
+        return ""
+    last, other = [], []
+    for info in fs.ls(folder, detail=True):
+        name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if info.get("type") != "file" or not name.endswith(".ckpt") or name.startswith("."):
+            continue
+        m = pattern.match(name) if pattern else None
+        order = int(m.group(1) or 0) if m else 0
+        (last if m else other).append((order, _natural(name), f"{folder.rstrip('/')}/{name}"))
+    found = last or other
+    return max(found)[2] if found else ""
+
+
 def _natural(name: str) -> Tuple[Any, ...]:
     """`step=10` after `step=9`: numbers in a file name compare as numbers."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
@@ -317,7 +359,13 @@ def load(path: str, map_location: Any = None, weights_only: Optional[bool] = Non
     """A ferrotrain checkpoint, or a Lightning one (read with `torch.load(weights_only=True)`
     unless the caller passed `weights_only=False`)."""
     from ferrotrain.checkpoint._migrate import load_any
+    from ferrotrain.utilities.cloud_io import is_remote
 
+    if is_remote(path):
+        from ferrotrain.checkpoint._remote import local_copy
+
+        with local_copy(path) as local:
+            return load_any(local, map_location=map_location, weights_only=weights_only)
     return load_any(path, map_location=map_location, weights_only=weights_only)
 
 

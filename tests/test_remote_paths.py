@@ -1,0 +1,120 @@
+"""Paths through fsspec: `memory://` (fsspec's in-process filesystem) as a CSVLogger save dir,
+as `default_root_dir`, a ModelCheckpoint dirpath and `trainer.save_checkpoint` target, and a
+resume with `ckpt_path` from it. Each test uses its own memory:// folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import fsspec
+import pytest
+
+import ferrotrain as L
+from ferrotrain.loggers import CSVLogger
+from ferrotrain.utilities.cloud_io import get_filesystem, is_remote
+from tests.conftest import BoringModel
+
+
+@pytest.fixture
+def mem_root():
+    root = f"memory://ft-{uuid.uuid4().hex}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _read_csv(fs, path):
+    with fs.open(path, "r") as fp:
+        return list(csv.DictReader(io.StringIO(fp.read())))
+
+
+def test_csv_logger_writes_into_memory_fs(mem_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a literal local "memory:" folder would land here
+    logger = CSVLogger(save_dir=mem_root)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 0.5}, step=0)
+    logger.log_metrics({"loss": 0.25, "acc": 1.0}, step=1)  # a new column: the file is rewritten
+    logger.finalize("success")
+    fs = get_filesystem(mem_root)
+    assert logger.log_dir == f"{mem_root}/lightning_logs/version_0"
+    rows = _read_csv(fs, f"{logger.log_dir}/metrics.csv")
+    assert [(r["step"], r["loss"], r["acc"]) for r in rows] == [("0", "0.5", ""), ("1", "0.25", "1.0")]
+    assert fs.cat(f"{logger.log_dir}/hparams.yaml").decode().strip() == "lr: 0.1"
+    assert CSVLogger(save_dir=mem_root).version == 1
+    assert not (tmp_path / "memory:").exists()
+
+
+def test_is_remote_tells_protocols_apart(tmp_path):
+    assert is_remote("memory://x") and is_remote("s3://bucket/x")
+    assert not is_remote(str(tmp_path)) and not is_remote("file:///tmp") and not is_remote("relative/dir")
+
+
+def test_unknown_protocol_is_a_clear_error():
+    with pytest.raises(ImportError, match="'nosuchproto'"):
+        get_filesystem("nosuchproto://bucket/x")
+
+
+def _trainer(root, **kwargs):
+    return L.Trainer(default_root_dir=root, enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+def test_default_root_dir_in_memory_fs_holds_logs_and_checkpoints(mem_root, loaders, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, val = loaders
+    trainer = _trainer(mem_root, max_epochs=2, logger=CSVLogger(mem_root))
+    trainer.fit(BoringModel(), train, val)
+    fs = get_filesystem(mem_root)
+    ckpt_dir = f"{mem_root}/lightning_logs/version_0/checkpoints"
+    assert trainer.checkpoint_callback.dirpath == ckpt_dir
+    # the default ModelCheckpoint keeps only the latest file: the epoch-0 one was removed remotely
+    assert [p.rsplit("/", 1)[1] for p in fs.ls(ckpt_dir, detail=False)] == ["epoch=1-step=16.ckpt"]
+    assert fs.isfile(f"{mem_root}/lightning_logs/version_0/metrics.csv")
+    assert not (tmp_path / "memory:").exists()
+
+
+def test_save_checkpoint_and_resume_from_memory_fs(mem_root, loaders, quiet):
+    train, val = loaders
+    first = L.Trainer(**quiet, max_epochs=1)
+    model = BoringModel()
+    first.fit(model, train, val)
+    path = f"{mem_root}/manual/one.ckpt"
+    first.save_checkpoint(path)
+    assert get_filesystem(path).isfile(path)
+
+    resumed = BoringModel()
+    second = L.Trainer(**quiet, max_epochs=2)
+    second.fit(resumed, train, val, ckpt_path=path)
+    assert second.current_epoch == 2 and second.global_step == 16
+
+    loaded = BoringModel.load_from_checkpoint(path)
+    for a, b in zip(loaded.parameters(), model.parameters()):
+        assert a.detach().equal(b.detach())
+
+
+def test_model_checkpoint_dirpath_in_memory_fs_keeps_top_k(mem_root, loaders, quiet):
+    from ferrotrain.callbacks import ModelCheckpoint
+
+    train, val = loaders
+    cb = ModelCheckpoint(dirpath=f"{mem_root}/ckpts", save_top_k=2, monitor="val_loss", save_last=True)
+    assert cb.dirpath == f"{mem_root}/ckpts"  # not made into a local real path
+    quiet = {**quiet, "enable_checkpointing": True}
+    trainer = L.Trainer(**quiet, max_epochs=3, callbacks=[cb])
+    trainer.fit(BoringModel(), train, val)
+    fs = get_filesystem(mem_root)
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{mem_root}/ckpts", detail=False))
+    assert len(names) == 3 and "last.ckpt" in names
+    assert set(cb.best_k_models) | {cb.last_model_path} == {f"{mem_root}/ckpts/{n}" for n in names}
+    resumed = L.Trainer(**quiet, max_epochs=4, callbacks=[ModelCheckpoint(dirpath=f"{mem_root}/ckpts")])
+    resumed.fit(BoringModel(), train, val, ckpt_path="last")
+    assert resumed.global_step == 32
+
+
+def test_missing_remote_checkpoint_is_not_found(mem_root, loaders, quiet):
+    from ferrotrain.errors import CheckpointNotFoundError
+
+    train, _ = loaders
+    with pytest.raises(CheckpointNotFoundError, match="memory://"):
+        L.Trainer(**quiet, max_epochs=1).fit(BoringModel(), train, ckpt_path=f"{mem_root}/absent.ckpt")
