@@ -127,6 +127,10 @@ def test_unsupported_kinds_say_so_when_built():
         ModelParallelStrategy()
     with pytest.raises(NotSupportedYetError, match="torch_xla"):
         XLAProfiler()
+    from ferrotrain.loggers import LitLogger
+
+    with pytest.raises(NotSupportedYetError, match="litlogger"):
+        LitLogger()
 
 
 def _servable(answer):

@@ -4,9 +4,10 @@
 
 from ferrotrain.loggers.comet import CometLogger
 from ferrotrain.loggers.csv_logs import CSVLogger
+from ferrotrain.loggers.litlogger import LitLogger
 from ferrotrain.loggers.logger import Logger, rank_zero_experiment
 from ferrotrain.loggers.mlflow import MLFlowLogger
 from ferrotrain.loggers.tensorboard import TensorBoardLogger
 from ferrotrain.loggers.wandb import WandbLogger
 
-__all__ = ["CometLogger", "CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger", "rank_zero_experiment"]
+__all__ = ["CometLogger", "CSVLogger", "LitLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger", "rank_zero_experiment"]
