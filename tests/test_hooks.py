@@ -28,7 +28,15 @@ MODULE_HOOKS = [
     "on_before_zero_grad", "optimizer_zero_grad", "optimizer_step", "configure_gradient_clipping",
     "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
     "on_save_checkpoint", "on_load_checkpoint", "training_step", "validation_step", "test_step", "predict_step",
+    "zero_grad", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader",
 ]
+
+
+def named(name: str, kwargs: dict) -> str:
+    """A call as recorded: keyword arguments are part of the contract (`setup(stage=...)`)."""
+    if not kwargs:
+        return name
+    return name + "(" + ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in sorted(kwargs.items())) + ")"
 
 
 def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
@@ -42,7 +50,7 @@ def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
 
         def make(name: str, base: Any) -> Any:
             def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
-                calls.append(f"Callback.{name}")
+                calls.append(named(f"Callback.{name}", kwargs))
                 return base(self, *args, **kwargs)
 
             return hook
@@ -85,7 +93,7 @@ def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
 
         def make(name: str, target: Any) -> Any:
             def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
-                calls.append(name)
+                calls.append(named(name, kwargs if name in ("setup", "teardown") else {}))
                 return target(self, *args, **kwargs)
 
             return hook
@@ -139,21 +147,35 @@ def eval_loop(stage: str, batches: int, model_train: bool = True) -> List[str]:
 
 
 def setup(stage: str) -> List[str]:
-    return ["configure_callbacks", "prepare_data", *both("setup"), "configure_model"]
+    # Gradients are cleared (`zero_grad`) once the stage starts, before any loader is requested.
+    return ["configure_callbacks", "prepare_data", f"Callback.setup(stage={stage})", f"setup(stage={stage})",
+            "configure_model"]
+
+
+def teardown(stage: str) -> List[str]:
+    return [f"Callback.teardown(stage={stage})", f"teardown(stage={stage})"]
 
 
 EXPECTED_FIT = [
-    *setup("fit"), "configure_optimizers", *both("on_fit_start"),
-    "Callback.on_sanity_check_start", *eval_loop("validation", 1), "Callback.on_sanity_check_end",
+    *setup("fit"), "configure_optimizers", *both("on_fit_start"), "zero_grad",
+    # The sanity check asks for the validation loader; the training loader comes after it.
+    "Callback.on_sanity_check_start", "val_dataloader", *eval_loop("validation", 1), "Callback.on_sanity_check_end",
+    "train_dataloader",
     *both("on_train_start"), *both("on_train_epoch_start"), *train_batch(), *train_batch(),
-    "on_validation_model_zero_grad", *eval_loop("validation", 2),
-    *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end"), *both("teardown"),
+    "on_validation_model_zero_grad", "zero_grad", *eval_loop("validation", 2),
+    *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end"), *teardown("fit"),
 ]
+
+
+def evaluate(verb: str, stage: str, loader: str, model_train: bool = True) -> List[str]:
+    return [*setup(verb), "zero_grad", f"{loader}_dataloader", *eval_loop(stage, 2, model_train), *teardown(verb)]
+
+
 EXPECTED = {
     "fit": EXPECTED_FIT,
-    "validate": [*setup("validate"), *eval_loop("validation", 2), *both("teardown")],
-    "test": [*setup("test"), *eval_loop("test", 2), *both("teardown")],
-    "predict": [*setup("predict"), *eval_loop("predict", 2, model_train=False), *both("teardown")],
+    "validate": evaluate("validate", "validation", "val"),
+    "test": evaluate("test", "test", "test"),
+    "predict": evaluate("predict", "predict", "predict", model_train=False),
 }
 
 

@@ -476,10 +476,10 @@ class Trainer(TrainerViews):
             datamodule.setup(stage=fn)
         for cb in self.callbacks:
             if is_overridden(cb, Callback, "setup"):
-                cb.setup(self, model, fn)
+                cb.setup(self, model, stage=fn)
         if is_overridden(model, LightningModule, "setup"):
             model.__dict__["_current_fx_name"] = "setup"
-            model.setup(fn)
+            model.setup(stage=fn)
         if is_overridden(model, LightningModule, "configure_model"):
             model.configure_model()
         model.to(self._device)
@@ -504,9 +504,14 @@ class Trainer(TrainerViews):
             self.datamodule.teardown(stage=fn)
         for cb in self.callbacks:
             if is_overridden(cb, Callback, "teardown"):
-                cb.teardown(self, model, fn)
+                cb.teardown(self, model, stage=fn)
         if model is not None and is_overridden(model, LightningModule, "teardown"):
-            model.teardown(fn)
+            model.teardown(stage=fn)
+
+    @staticmethod
+    def _zero_grad_at_stage_start(model: LightningModule) -> None:
+        # Lightning clears gradients left from earlier work before every stage runs.
+        model.zero_grad()
 
     def _call_hooks(self, name: str, *args: Any) -> None:
         hooks = self._hooks
@@ -529,6 +534,10 @@ class Trainer(TrainerViews):
         self._setup_run(model, datamodule, "fit")
         if self._sync_batchnorm:
             self._convert_sync_batchnorm(model)
+        self.__dict__.pop("_resume_ckpt", None)
+        if ckpt_path is not None:
+            # Module and callback state first: Lightning restores them before configure_optimizers.
+            checkpointing.restore_modules_for_fit(self, ckpt_path, self._ckpt_weights_only)
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
         self._strategy.setup_optimizers(self, model)
@@ -549,10 +558,10 @@ class Trainer(TrainerViews):
         self._val_results = Results(training=False)
         self.profiler.setup("fit", 0, self.log_dir)
         self._fit_loop = FitLoop(self)
-        if ckpt_path is not None:
-            checkpointing.restore_for_fit(self, ckpt_path, self._ckpt_weights_only)
+        checkpointing.restore_training_for_fit(self)
         self._call_hooks("on_fit_start")
         self._log_hyperparams()
+        self._zero_grad_at_stage_start(model)
         self._run_sanity_check()
         # The training loader is asked for after the sanity check, as in Lightning.
         if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
@@ -766,7 +775,14 @@ class Trainer(TrainerViews):
         self._log_hyperparams()
         if not is_overridden(model, LightningModule, step_name):
             raise MisconfigurationException(f"No `{step_name}()` method defined to run `Trainer.{stage_fn}`")
+        self._zero_grad_at_stage_start(model)
         self._note_val_source(dataloaders if prefix == "val" else None, datamodule, model)
+        c = self._config
+        limit = c.fast_dev_run if c.fast_dev_run else (c.limit_val_batches if prefix == "val" else c.limit_test_batches)
+        if limit == 0:
+            # Lightning neither requests the loader nor runs a hook of the loop when limited to 0.
+            self._finish_run(setup_stage)
+            return []
         loaders = resolve_loaders(prefix, dataloaders, datamodule, model)
         if loaders is None:
             raise MisconfigurationException(
@@ -774,8 +790,6 @@ class Trainer(TrainerViews):
                 f"or implement `{prefix}_dataloader()` on the LightningModule"
             )
         loaders = [self._prepare_loader(l, prefix) for l in as_loader_list(loaders, "dataloaders")]
-        c = self._config
-        limit = c.fast_dev_run if c.fast_dev_run else (c.limit_val_batches if prefix == "val" else c.limit_test_batches)
         counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
         if prefix == "val":
             self.num_val_batches = counts
@@ -803,6 +817,7 @@ class Trainer(TrainerViews):
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path, self._ckpt_weights_only)
         self._log_hyperparams()
+        self._zero_grad_at_stage_start(model)
         loaders = resolve_loaders("predict", dataloaders, datamodule, model)
         if loaders is None:
             raise MisconfigurationException(
