@@ -293,3 +293,120 @@ def test_batch_end_hooks_get_the_step_outputs_next_to_the_progress_bar(tmp_path,
         trainer.fit(M(), DataLoader(make_dataset(8), batch_size=4))
         want = ([("bar", keys, False)] if callbacks else []) + [("module", keys, False)]
         assert seen == want * 2
+
+
+class _Calls(ferrotrain.LightningModule):
+    """A small module that records the hooks the tests below are about."""
+
+    def __init__(self, calls: List[str]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.calls = calls
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.calls.append("validation_step")
+
+    def configure_optimizers(self):
+        self.calls.append("configure_optimizers")
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_load_checkpoint(self, checkpoint):
+        self.calls.append("on_load_checkpoint")
+
+    def on_validation_start(self):
+        self.calls.append("on_validation_start")
+
+    def on_validation_end(self):
+        self.calls.append("on_validation_end")
+
+    def train_dataloader(self):
+        self.calls.append("train_dataloader")
+        return DataLoader(make_dataset(8), batch_size=4)
+
+    def val_dataloader(self):
+        self.calls.append("val_dataloader")
+        return DataLoader(make_dataset(8), batch_size=4)
+
+
+def _trainer(tmp_path, **kwargs) -> ferrotrain.Trainer:
+    options = dict(default_root_dir=str(tmp_path), enable_progress_bar=False, logger=False,
+                   enable_model_summary=False)
+    options.update(kwargs)
+    return ferrotrain.Trainer(**options)
+
+
+def test_resume_restores_the_module_before_configure_optimizers(tmp_path) -> None:
+    first = _trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    first.fit(_Calls([]))
+    ckpt = str(tmp_path / "resume.ckpt")
+    first.save_checkpoint(ckpt)
+    calls: List[str] = []
+    _trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(_Calls(calls), ckpt_path=ckpt)
+    assert calls[:3] == ["on_load_checkpoint", "configure_optimizers", "train_dataloader"]
+
+
+def test_without_sanity_check_the_train_loader_is_requested_before_the_val_loader(tmp_path) -> None:
+    calls: List[str] = []
+    _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0, enable_checkpointing=False).fit(_Calls(calls))
+    loaders = [c for c in calls if c.endswith("_dataloader")]
+    assert loaders == ["train_dataloader", "val_dataloader"]
+    assert calls.index("val_dataloader") < calls.index("on_validation_start")
+
+
+@pytest.mark.parametrize("limit", [0, 0.0])
+def test_validate_with_no_batches_runs_no_loop_hooks(tmp_path, limit) -> None:
+    calls: List[str] = []
+    assert _trainer(tmp_path, limit_val_batches=limit).validate(_Calls(calls), verbose=False) == []
+    assert calls == []
+
+
+def test_fit_with_an_empty_val_loader_skips_the_validation_hooks(tmp_path) -> None:
+    calls: List[str] = []
+
+    class Empty(_Calls):
+        def val_dataloader(self):
+            self.calls.append("val_dataloader")
+            return DataLoader(make_dataset(0), batch_size=4)
+
+    _trainer(tmp_path, max_epochs=1, enable_checkpointing=False).fit(Empty(calls))
+    assert "val_dataloader" in calls
+    assert "on_validation_start" not in calls and "validation_step" not in calls
+
+
+@pytest.mark.parametrize(("mode", "batches"), [("min_size", 2), ("max_size_cycle", 4), ("max_size", 4)])
+def test_fit_on_nested_loaders_keeps_their_shape(tmp_path, mode, batches) -> None:
+    from ferrotrain.utilities import CombinedLoader
+
+    seen: List[Any] = []
+
+    class Nested(ferrotrain.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            seen.append((sorted(batch), len(batch["ab"]), len(batch["c"])))
+            x, y = batch["ab"][0]
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def loader(n: int) -> DataLoader:
+        return DataLoader(make_dataset(n), batch_size=4)
+
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(Nested(), CombinedLoader({"ab": [loader(16), loader(8)], "c": (loader(8),)}, mode))
+    assert trainer.num_training_batches == batches
+    assert seen == [(["ab", "c"], 2, 1)] * batches
+
+
+def test_fit_refuses_sequential_combined_loader(tmp_path) -> None:
+    from ferrotrain.utilities import CombinedLoader
+
+    loaders = CombinedLoader([DataLoader(make_dataset(8), batch_size=4)] * 2, "sequential")
+    with pytest.raises(ValueError, match=r'does not support the `CombinedLoader\(mode="sequential"\)`'):
+        _trainer(tmp_path, max_epochs=1).fit(_Calls([]), loaders)

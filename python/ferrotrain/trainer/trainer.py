@@ -541,12 +541,8 @@ class Trainer(TrainerViews):
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
         self._strategy.setup_optimizers(self, model)
-        # Validation loaders first, as Lightning asks for them (for the sanity check) before the
-        # training loader.
-        if self._config.reload_dataloaders_every_n_epochs:
-            val_reload.defer(self, model, val_dataloaders)  # requested when validation first runs
-        else:
-            self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
+        # The validation loaders are requested when validation first runs (Lightning).
+        val_reload.defer(self, model, val_dataloaders)
         _require_train_source(model, datamodule, train_dataloaders)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
@@ -611,6 +607,12 @@ class Trainer(TrainerViews):
                 loader = CombinedLoader(loader, "max_size_cycle")
         else:
             _check_iterable(loader, "train_dataloaders")
+        if getattr(loader, "mode", None) == "sequential" and hasattr(loader, "flattened"):
+            # One loader after the other is an evaluation mode: training steps see one batch of each.
+            raise ValueError(
+                '`FitLoop` does not support the `CombinedLoader(mode="sequential")` mode. The available modes are: '
+                "['max_size_cycle', 'max_size', 'min_size']"
+            )
         if self._config.overfit_batches > 0:
             (loader,) = sequential_for_overfit([loader], "train")
         self._train_loader = self._prepare_loader(loader, "train")
@@ -726,11 +728,11 @@ class Trainer(TrainerViews):
         # draws a seed from torch's global generator, which would shift training's shuffle.
         with isolate_rng():
             self.state.stage = RunningStage.SANITY_CHECKING
+            self._call_hooks("on_sanity_check_start")
             if val_reload.due(self):
                 val_reload.request(self, sanity=True)
             limit = INF if steps == -1 else steps
             self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
-            self._call_hooks("on_sanity_check_start")
             results = Results(training=False)
             run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
             self.state.stage = RunningStage.SANITY_CHECKING
