@@ -554,9 +554,11 @@ class Trainer(TrainerViews):
         self._val_results = Results(training=False)
         self.profiler.setup("fit", 0, self.log_dir)
         self._fit_loop = FitLoop(self)
-        checkpointing.restore_training_for_fit(self)
         self._call_hooks("on_fit_start")
         self._log_hyperparams()
+        # Optimizer, scheduler and loop state after `on_fit_start`, where callbacks such as
+        # BackboneFinetuning rebuild the param groups those states belong to (Lightning's order).
+        checkpointing.restore_training_for_fit(self)
         self._zero_grad_at_stage_start(model)
         self._run_sanity_check()
         # The training loader is asked for after the sanity check, as in Lightning.
