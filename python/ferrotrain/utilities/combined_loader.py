@@ -16,6 +16,17 @@ from ferrotrain.errors import MisconfigurationException
 MODES = ("max_size_cycle", "max_size", "min_size", "sequential")
 
 
+def _is_iterable_leaf(node: Any) -> bool:
+    """A list of plain values (`[1, 2, 3]`) is one iterable, not a collection of them."""
+    if isinstance(node, dict):
+        children = list(node.values())
+    elif isinstance(node, (list, tuple)):
+        children = list(node)
+    else:
+        return True
+    return bool(children) and all(isinstance(c, (int, float, str)) for c in children)
+
+
 class CombinedLoader:
     def __init__(self, iterables: Union[List[Any], Dict[str, Any], tuple], mode: str = "max_size_cycle") -> None:
         if mode not in MODES:
@@ -24,7 +35,7 @@ class CombinedLoader:
             raise MisconfigurationException("`CombinedLoader` takes a list, tuple or dict of iterables")
         self.iterables = iterables
         self.mode = mode
-        leaves, self._spec = tree_flatten(iterables)
+        leaves, self._spec = tree_flatten(iterables, is_leaf=_is_iterable_leaf)
         self.flattened: List[Any] = leaves
 
     def _lengths(self) -> List[float]:
