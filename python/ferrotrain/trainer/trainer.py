@@ -535,12 +535,15 @@ class Trainer(TrainerViews):
         if self._sync_batchnorm:
             self._convert_sync_batchnorm(model)
         self.__dict__.pop("_resume_ckpt", None)
-        if ckpt_path is not None:
+        restore_early = ckpt_path is not None and not self._strategy.restore_checkpoint_after_setup
+        if restore_early:
             # Module and callback state first: Lightning restores them before configure_optimizers.
             checkpointing.restore_modules_for_fit(self, ckpt_path, self._ckpt_weights_only)
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
         self._strategy.setup_optimizers(self, model)
+        if ckpt_path is not None and not restore_early:
+            checkpointing.restore_modules_for_fit(self, ckpt_path, self._ckpt_weights_only)
         # The validation loaders are requested when validation first runs (Lightning).
         val_reload.defer(self, model, val_dataloaders)
         _require_train_source(model, datamodule, train_dataloaders)
