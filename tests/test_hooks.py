@@ -28,7 +28,15 @@ MODULE_HOOKS = [
     "on_before_zero_grad", "optimizer_zero_grad", "optimizer_step", "configure_gradient_clipping",
     "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
     "on_save_checkpoint", "on_load_checkpoint", "training_step", "validation_step", "test_step", "predict_step",
+    "zero_grad", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader",
 ]
+
+
+def named(name: str, kwargs: dict) -> str:
+    """A call as recorded: keyword arguments are part of the contract (`setup(stage=...)`)."""
+    if not kwargs:
+        return name
+    return name + "(" + ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in sorted(kwargs.items())) + ")"
 
 
 def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
@@ -42,7 +50,7 @@ def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
 
         def make(name: str, base: Any) -> Any:
             def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
-                calls.append(f"Callback.{name}")
+                calls.append(named(f"Callback.{name}", kwargs))
                 return base(self, *args, **kwargs)
 
             return hook
@@ -85,7 +93,7 @@ def record(L: Any) -> dict:  # noqa: N803 - the framework, as users import it
 
         def make(name: str, target: Any) -> Any:
             def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
-                calls.append(name)
+                calls.append(named(name, kwargs if name in ("setup", "teardown") else {}))
                 return target(self, *args, **kwargs)
 
             return hook
@@ -139,21 +147,35 @@ def eval_loop(stage: str, batches: int, model_train: bool = True) -> List[str]:
 
 
 def setup(stage: str) -> List[str]:
-    return ["configure_callbacks", "prepare_data", *both("setup"), "configure_model"]
+    # Gradients are cleared (`zero_grad`) once the stage starts, before any loader is requested.
+    return ["configure_callbacks", "prepare_data", f"Callback.setup(stage={stage})", f"setup(stage={stage})",
+            "configure_model"]
+
+
+def teardown(stage: str) -> List[str]:
+    return [f"Callback.teardown(stage={stage})", f"teardown(stage={stage})"]
 
 
 EXPECTED_FIT = [
-    *setup("fit"), "configure_optimizers", *both("on_fit_start"),
-    "Callback.on_sanity_check_start", *eval_loop("validation", 1), "Callback.on_sanity_check_end",
+    *setup("fit"), "configure_optimizers", *both("on_fit_start"), "zero_grad",
+    # The sanity check asks for the validation loader; the training loader comes after it.
+    "Callback.on_sanity_check_start", "val_dataloader", *eval_loop("validation", 1), "Callback.on_sanity_check_end",
+    "train_dataloader",
     *both("on_train_start"), *both("on_train_epoch_start"), *train_batch(), *train_batch(),
-    "on_validation_model_zero_grad", *eval_loop("validation", 2),
-    *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end"), *both("teardown"),
+    "on_validation_model_zero_grad", "zero_grad", *eval_loop("validation", 2),
+    *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end"), *teardown("fit"),
 ]
+
+
+def evaluate(verb: str, stage: str, loader: str, model_train: bool = True) -> List[str]:
+    return [*setup(verb), "zero_grad", f"{loader}_dataloader", *eval_loop(stage, 2, model_train), *teardown(verb)]
+
+
 EXPECTED = {
     "fit": EXPECTED_FIT,
-    "validate": [*setup("validate"), *eval_loop("validation", 2), *both("teardown")],
-    "test": [*setup("test"), *eval_loop("test", 2), *both("teardown")],
-    "predict": [*setup("predict"), *eval_loop("predict", 2, model_train=False), *both("teardown")],
+    "validate": evaluate("validate", "validation", "val"),
+    "test": evaluate("test", "test", "test"),
+    "predict": evaluate("predict", "predict", "predict", model_train=False),
 }
 
 
@@ -271,3 +293,120 @@ def test_batch_end_hooks_get_the_step_outputs_next_to_the_progress_bar(tmp_path,
         trainer.fit(M(), DataLoader(make_dataset(8), batch_size=4))
         want = ([("bar", keys, False)] if callbacks else []) + [("module", keys, False)]
         assert seen == want * 2
+
+
+class _Calls(ferrotrain.LightningModule):
+    """A small module that records the hooks the tests below are about."""
+
+    def __init__(self, calls: List[str]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.calls = calls
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.calls.append("validation_step")
+
+    def configure_optimizers(self):
+        self.calls.append("configure_optimizers")
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_load_checkpoint(self, checkpoint):
+        self.calls.append("on_load_checkpoint")
+
+    def on_validation_start(self):
+        self.calls.append("on_validation_start")
+
+    def on_validation_end(self):
+        self.calls.append("on_validation_end")
+
+    def train_dataloader(self):
+        self.calls.append("train_dataloader")
+        return DataLoader(make_dataset(8), batch_size=4)
+
+    def val_dataloader(self):
+        self.calls.append("val_dataloader")
+        return DataLoader(make_dataset(8), batch_size=4)
+
+
+def _trainer(tmp_path, **kwargs) -> ferrotrain.Trainer:
+    options = dict(default_root_dir=str(tmp_path), enable_progress_bar=False, logger=False,
+                   enable_model_summary=False)
+    options.update(kwargs)
+    return ferrotrain.Trainer(**options)
+
+
+def test_resume_restores_the_module_before_configure_optimizers(tmp_path) -> None:
+    first = _trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    first.fit(_Calls([]))
+    ckpt = str(tmp_path / "resume.ckpt")
+    first.save_checkpoint(ckpt)
+    calls: List[str] = []
+    _trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(_Calls(calls), ckpt_path=ckpt)
+    assert calls[:3] == ["on_load_checkpoint", "configure_optimizers", "train_dataloader"]
+
+
+def test_without_sanity_check_the_train_loader_is_requested_before_the_val_loader(tmp_path) -> None:
+    calls: List[str] = []
+    _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0, enable_checkpointing=False).fit(_Calls(calls))
+    loaders = [c for c in calls if c.endswith("_dataloader")]
+    assert loaders == ["train_dataloader", "val_dataloader"]
+    assert calls.index("val_dataloader") < calls.index("on_validation_start")
+
+
+@pytest.mark.parametrize("limit", [0, 0.0])
+def test_validate_with_no_batches_runs_no_loop_hooks(tmp_path, limit) -> None:
+    calls: List[str] = []
+    assert _trainer(tmp_path, limit_val_batches=limit).validate(_Calls(calls), verbose=False) == []
+    assert calls == []
+
+
+def test_fit_with_an_empty_val_loader_skips_the_validation_hooks(tmp_path) -> None:
+    calls: List[str] = []
+
+    class Empty(_Calls):
+        def val_dataloader(self):
+            self.calls.append("val_dataloader")
+            return DataLoader(make_dataset(0), batch_size=4)
+
+    _trainer(tmp_path, max_epochs=1, enable_checkpointing=False).fit(Empty(calls))
+    assert "val_dataloader" in calls
+    assert "on_validation_start" not in calls and "validation_step" not in calls
+
+
+@pytest.mark.parametrize(("mode", "batches"), [("min_size", 2), ("max_size_cycle", 4), ("max_size", 4)])
+def test_fit_on_nested_loaders_keeps_their_shape(tmp_path, mode, batches) -> None:
+    from ferrotrain.utilities import CombinedLoader
+
+    seen: List[Any] = []
+
+    class Nested(ferrotrain.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            seen.append((sorted(batch), len(batch["ab"]), len(batch["c"])))
+            x, y = batch["ab"][0]
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def loader(n: int) -> DataLoader:
+        return DataLoader(make_dataset(n), batch_size=4)
+
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(Nested(), CombinedLoader({"ab": [loader(16), loader(8)], "c": (loader(8),)}, mode))
+    assert trainer.num_training_batches == batches
+    assert seen == [(["ab", "c"], 2, 1)] * batches
+
+
+def test_fit_refuses_sequential_combined_loader(tmp_path) -> None:
+    from ferrotrain.utilities import CombinedLoader
+
+    loaders = CombinedLoader([DataLoader(make_dataset(8), batch_size=4)] * 2, "sequential")
+    with pytest.raises(ValueError, match=r'does not support the `CombinedLoader\(mode="sequential"\)`'):
+        _trainer(tmp_path, max_epochs=1).fit(_Calls([]), loaders)

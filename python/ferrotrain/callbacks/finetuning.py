@@ -47,9 +47,8 @@ class BaseFinetuning(Callback):
             self._internal_optimizer_metadata = state_dict["internal_optimizer_metadata"]
         else:  # checkpoints from before the key existed hold the metadata itself
             self._internal_optimizer_metadata = state_dict  # type: ignore[assignment]
-        # Lightning rebuilds the param groups in `on_fit_start`, before it loads the optimizer
-        # states; ferrotrain loads those states right after the callbacks', before
-        # `on_fit_start`, so the groups must exist now or the optimizer refuses its state.
+        # A resumed fit rebuilds the param groups in `on_fit_start`, before the optimizer states
+        # load; a restore onto optimizers that exist already (the tuners') needs them now.
         if self._trainer is not None and self._trainer.optimizers:
             self._restore_param_groups(self._trainer, self._trainer.lightning_module)
 

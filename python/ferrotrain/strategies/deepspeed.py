@@ -385,6 +385,10 @@ class DeepSpeedStrategy(ParallelStrategy):
         if self.is_global_zero:
             checkpointing.wait_for_writes(trainer)  # deletes what this checkpoint replaced
 
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
+
     def checkpoint_exists(self, path: str) -> bool:
         return os.path.isfile(path) or _is_deepspeed_checkpoint(path)
 

@@ -178,6 +178,12 @@ class Strategy:
 
         checkpointing.write(trainer, path, ckpt, sync)
 
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        """Whether a resumed fit restores the module and callbacks only once the model is wrapped
+        and its optimizers built (sharded strategies, whose shards load into the wrapped model)."""
+        return False
+
     def checkpoint_exists(self, path: str) -> bool:
         """Whether `path` names a checkpoint this strategy can read (a file here)."""
         from ferrotrain.utilities.cloud_io import get_filesystem, is_remote

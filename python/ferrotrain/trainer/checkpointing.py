@@ -388,12 +388,23 @@ def restore_weights(trainer: Any, ckpt_path: str, weights_only: Optional[bool] =
     trainer._ckpt_path = path
 
 
-def restore_for_fit(trainer: Any, ckpt_path: str, weights_only: Optional[bool] = None) -> None:
-    """Restore model, optimizers, schedulers, precision, callbacks, RNG and loop progress."""
+def restore_modules_for_fit(trainer: Any, ckpt_path: str, weights_only: Optional[bool] = None) -> None:
+    """First half of a resume, before `configure_optimizers` as in Lightning: the module's and
+    callbacks' state (their `on_load_checkpoint` hooks included). The rest waits for the optimizers."""
     path = resolve_path(trainer, ckpt_path, "fit")
     if path is None:
         return
-    ckpt = restore_state(trainer, path, weights_only)
+    ckpt = _restore_modules_and_callbacks(trainer, path, weights_only)
+    trainer._resume_ckpt = (path, ckpt)
+
+
+def restore_training_for_fit(trainer: Any) -> None:
+    """Second half of a resume: optimizers, schedulers, precision, loop progress and RNG."""
+    pending = trainer.__dict__.pop("_resume_ckpt", None)
+    if pending is None:
+        return
+    path, ckpt = pending
+    _restore_training_state(trainer, path, ckpt)
     trainer._resume_rng = (ckpt.get("epoch_start_rng_states"), ckpt.get("rng_states"))
     trainer._ckpt_path = path
 
@@ -402,6 +413,12 @@ def restore_state(trainer: Any, path: str, weights_only: Optional[bool] = None) 
     """Put the model, datamodule, callbacks, optimizers, schedulers, precision and loop progress
     back as `path` holds them (Lightning's `_CheckpointConnector.restore`, which the tuners use to
     undo their trial runs); the RNG is left alone. Returns the checkpoint dict."""
+    ckpt = _restore_modules_and_callbacks(trainer, path, weights_only)
+    _restore_training_state(trainer, path, ckpt)
+    return ckpt
+
+
+def _restore_modules_and_callbacks(trainer: Any, path: str, weights_only: Optional[bool]) -> Dict[str, Any]:
     module = trainer.lightning_module
     strategy = trainer.strategy
     ckpt = strategy.load_checkpoint(path, trainer._device, weights_only)
@@ -418,6 +435,11 @@ def restore_state(trainer: Any, path: str, weights_only: Optional[bool] = None) 
             cb.on_load_checkpoint(trainer, module, ckpt)
         if cb.state_key in states:
             cb.load_state_dict(states[cb.state_key])
+    return ckpt
+
+
+def _restore_training_state(trainer: Any, path: str, ckpt: Dict[str, Any]) -> None:
+    strategy = trainer.strategy
     opt_states = ckpt.get("optimizer_states")
     if opt_states is None:
         raise CheckpointError(f"{path!r} holds only weights (saved with weights_only=True); it cannot resume a fit")
@@ -432,7 +454,6 @@ def restore_state(trainer: Any, path: str, weights_only: Optional[bool] = None) 
         trainer._precision.load_state_dict(ckpt["MixedPrecision"])
     progress = {k: int(v) for k, v in ckpt["loops"]["progress"].items()}
     trainer._schedule.load_state_dict(**progress)
-    return ckpt
 
 
 def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any, strict: Optional[bool],

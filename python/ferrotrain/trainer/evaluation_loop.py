@@ -35,6 +35,8 @@ def _no_grad(trainer: Any) -> Any:
 def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],
                    results: Results) -> List[Dict[str, float]]:
     """Run the 'validation' or 'test' loop over `loaders`; return per-dataloader epoch metrics."""
+    if sum(num_batches) == 0:
+        return []  # nothing to run: Lightning skips the loop and its start/end hooks too
     module = trainer.lightning_module
     hooks = trainer._hooks
     mod = hooks.mod

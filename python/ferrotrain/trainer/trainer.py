@@ -476,10 +476,10 @@ class Trainer(TrainerViews):
             datamodule.setup(stage=fn)
         for cb in self.callbacks:
             if is_overridden(cb, Callback, "setup"):
-                cb.setup(self, model, fn)
+                cb.setup(self, model, stage=fn)
         if is_overridden(model, LightningModule, "setup"):
             model.__dict__["_current_fx_name"] = "setup"
-            model.setup(fn)
+            model.setup(stage=fn)
         if is_overridden(model, LightningModule, "configure_model"):
             model.configure_model()
         model.to(self._device)
@@ -504,9 +504,14 @@ class Trainer(TrainerViews):
             self.datamodule.teardown(stage=fn)
         for cb in self.callbacks:
             if is_overridden(cb, Callback, "teardown"):
-                cb.teardown(self, model, fn)
+                cb.teardown(self, model, stage=fn)
         if model is not None and is_overridden(model, LightningModule, "teardown"):
-            model.teardown(fn)
+            model.teardown(stage=fn)
+
+    @staticmethod
+    def _zero_grad_at_stage_start(model: LightningModule) -> None:
+        # Lightning clears gradients left from earlier work before every stage runs.
+        model.zero_grad()
 
     def _call_hooks(self, name: str, *args: Any) -> None:
         hooks = self._hooks
@@ -529,15 +534,18 @@ class Trainer(TrainerViews):
         self._setup_run(model, datamodule, "fit")
         if self._sync_batchnorm:
             self._convert_sync_batchnorm(model)
+        self.__dict__.pop("_resume_ckpt", None)
+        restore_early = ckpt_path is not None and not self._strategy.restore_checkpoint_after_setup
+        if restore_early:
+            # Module and callback state first: Lightning restores them before configure_optimizers.
+            checkpointing.restore_modules_for_fit(self, ckpt_path, self._ckpt_weights_only)
         self._strategy.wrap_model(model)
         self._configure_optimizers(model)
         self._strategy.setup_optimizers(self, model)
-        # Validation loaders first, as Lightning asks for them (for the sanity check) before the
-        # training loader.
-        if self._config.reload_dataloaders_every_n_epochs:
-            val_reload.defer(self, model, val_dataloaders)  # requested when validation first runs
-        else:
-            self._setup_val_data(model, datamodule, val_dataloaders, for_fit=True)
+        if ckpt_path is not None and not restore_early:
+            checkpointing.restore_modules_for_fit(self, ckpt_path, self._ckpt_weights_only)
+        # The validation loaders are requested when validation first runs (Lightning).
+        val_reload.defer(self, model, val_dataloaders)
         _require_train_source(model, datamodule, train_dataloaders)
         self._new_schedule(has_validation=self._has_validation, automatic=model.automatic_optimization)
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
@@ -549,10 +557,12 @@ class Trainer(TrainerViews):
         self._val_results = Results(training=False)
         self.profiler.setup("fit", 0, self.log_dir)
         self._fit_loop = FitLoop(self)
-        if ckpt_path is not None:
-            checkpointing.restore_for_fit(self, ckpt_path, self._ckpt_weights_only)
         self._call_hooks("on_fit_start")
         self._log_hyperparams()
+        # Optimizer, scheduler and loop state after `on_fit_start`, where callbacks such as
+        # BackboneFinetuning rebuild the param groups those states belong to (Lightning's order).
+        checkpointing.restore_training_for_fit(self)
+        self._zero_grad_at_stage_start(model)
         self._run_sanity_check()
         # The training loader is asked for after the sanity check, as in Lightning.
         if self._train_loader is None:  # else `estimated_stepping_batches` set it up already
@@ -602,6 +612,12 @@ class Trainer(TrainerViews):
                 loader = CombinedLoader(loader, "max_size_cycle")
         else:
             _check_iterable(loader, "train_dataloaders")
+        if getattr(loader, "mode", None) == "sequential" and hasattr(loader, "flattened"):
+            # One loader after the other is an evaluation mode: training steps see one batch of each.
+            raise ValueError(
+                '`FitLoop` does not support the `CombinedLoader(mode="sequential")` mode. The available modes are: '
+                "['max_size_cycle', 'max_size', 'min_size']"
+            )
         if self._config.overfit_batches > 0:
             (loader,) = sequential_for_overfit([loader], "train")
         self._train_loader = self._prepare_loader(loader, "train")
@@ -717,11 +733,11 @@ class Trainer(TrainerViews):
         # draws a seed from torch's global generator, which would shift training's shuffle.
         with isolate_rng():
             self.state.stage = RunningStage.SANITY_CHECKING
+            self._call_hooks("on_sanity_check_start")
             if val_reload.due(self):
                 val_reload.request(self, sanity=True)
             limit = INF if steps == -1 else steps
             self.num_sanity_val_batches = [min(limit, n) for n in self.num_val_batches]
-            self._call_hooks("on_sanity_check_start")
             results = Results(training=False)
             run_evaluation(self, "validation", self._val_loaders, self.num_sanity_val_batches, results)
             self.state.stage = RunningStage.SANITY_CHECKING
@@ -766,7 +782,14 @@ class Trainer(TrainerViews):
         self._log_hyperparams()
         if not is_overridden(model, LightningModule, step_name):
             raise MisconfigurationException(f"No `{step_name}()` method defined to run `Trainer.{stage_fn}`")
+        self._zero_grad_at_stage_start(model)
         self._note_val_source(dataloaders if prefix == "val" else None, datamodule, model)
+        c = self._config
+        limit = c.fast_dev_run if c.fast_dev_run else (c.limit_val_batches if prefix == "val" else c.limit_test_batches)
+        if limit == 0:
+            # Lightning neither requests the loader nor runs a hook of the loop when limited to 0.
+            self._finish_run(setup_stage)
+            return []
         loaders = resolve_loaders(prefix, dataloaders, datamodule, model)
         if loaders is None:
             raise MisconfigurationException(
@@ -774,8 +797,6 @@ class Trainer(TrainerViews):
                 f"or implement `{prefix}_dataloader()` on the LightningModule"
             )
         loaders = [self._prepare_loader(l, prefix) for l in as_loader_list(loaders, "dataloaders")]
-        c = self._config
-        limit = c.fast_dev_run if c.fast_dev_run else (c.limit_val_batches if prefix == "val" else c.limit_test_batches)
         counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
         if prefix == "val":
             self.num_val_batches = counts
@@ -803,6 +824,7 @@ class Trainer(TrainerViews):
         if ckpt_path is not None:
             checkpointing.restore_weights(self, ckpt_path, self._ckpt_weights_only)
         self._log_hyperparams()
+        self._zero_grad_at_stage_start(model)
         loaders = resolve_loaders("predict", dataloaders, datamodule, model)
         if loaders is None:
             raise MisconfigurationException(

@@ -1,15 +1,30 @@
 """`CombinedLoader`: several loaders iterated together, as Lightning's (modes `max_size_cycle`,
 `max_size`, `min_size`, `sequential`). Training with a list or dict of loaders uses
-`max_size_cycle`: each batch is a list or dict with one batch per loader, shorter loaders restart."""
+`max_size_cycle`: each batch is a list or dict with one batch per loader, shorter loaders restart.
+Collections may nest (a dict of lists of loaders): every loader is a leaf and each batch keeps
+the collection's shape, as Lightning's."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any, Dict, Iterator, List, Union
 
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
 from ferrotrain.errors import MisconfigurationException
 
 MODES = ("max_size_cycle", "max_size", "min_size", "sequential")
+
+
+def _is_iterable_leaf(node: Any) -> bool:
+    """A list of plain values (`[1, 2, 3]`) is one iterable, not a collection of them."""
+    if isinstance(node, dict):
+        children = list(node.values())
+    elif isinstance(node, (list, tuple)):
+        children = list(node)
+    else:
+        return True
+    return bool(children) and all(isinstance(c, (int, float, str)) for c in children)
 
 
 class CombinedLoader:
@@ -20,8 +35,8 @@ class CombinedLoader:
             raise MisconfigurationException("`CombinedLoader` takes a list, tuple or dict of iterables")
         self.iterables = iterables
         self.mode = mode
-        self._keys = list(iterables) if isinstance(iterables, dict) else None
-        self.flattened: List[Any] = list(iterables.values()) if isinstance(iterables, dict) else list(iterables)
+        leaves, self._spec = tree_flatten(iterables, is_leaf=_is_iterable_leaf)
+        self.flattened: List[Any] = leaves
 
     def _lengths(self) -> List[float]:
         out = []
@@ -45,9 +60,7 @@ class CombinedLoader:
         return int(n)
 
     def _pack(self, items: List[Any]) -> Any:
-        if self._keys is not None:
-            return dict(zip(self._keys, items))
-        return type(self.iterables)(items) if isinstance(self.iterables, tuple) else list(items)
+        return tree_unflatten(list(items), self._spec)
 
     def __iter__(self) -> Iterator[Any]:
         if self.mode == "sequential":
