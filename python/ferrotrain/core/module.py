@@ -211,6 +211,12 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
                 f"You can't `self.log({name!r}, ...)` {where}: logging is only possible inside the steps "
                 "and the hooks that the Trainer calls during fit/validate/test"
             )
+        if add_dataloader_idx and isinstance(name, str) and "/dataloader_idx_" in name:
+            # The suffix is the Trainer's to add: a user key with it would collide.
+            raise MisconfigurationException(
+                f"You called `self.log` with the key `{name}`"
+                " but it should not contain information about `dataloader_idx` when `add_dataloader_idx=True`"
+            )
         results.log(
             self._current_fx_name, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
             add_dataloader_idx, batch_size, sync_dist,

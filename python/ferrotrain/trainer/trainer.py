@@ -464,6 +464,10 @@ class Trainer(TrainerViews):
         self._strategy.setup_environment()
         self._attach(model, datamodule)
         self._merge_model_callbacks(model)
+        # Callbacks log through the module, as Lightning's `_attach_model_logging_functions`.
+        for cb in self.callbacks:
+            cb.log = model.log
+            cb.log_dict = model.log_dict
         self._hooks = HookTable(model, self.callbacks, datamodule)
         if self._loop_profiler is not None:
             self._loop_profiler.instrument_hooks(self._hooks)
