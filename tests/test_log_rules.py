@@ -77,3 +77,40 @@ def test_key_with_dataloader_idx_suffix_allowed_without_add_dataloader_idx(tmp_p
 
     trainer = _fit(M(), tmp_path, max_epochs=1, limit_train_batches=1)
     assert float(trainer.callback_metrics["foo/dataloader_idx_0"]) == -1.0
+
+
+# --- TensorBoardLogger layout -------------------------------------------------------------------
+
+
+def _tb_logger_or_skip():
+    pytest.importorskip("tensorboard")
+    from ferrotrain.loggers import TensorBoardLogger
+
+    return TensorBoardLogger
+
+
+def test_tensorboard_log_dir_follows_overridden_name_and_version_with_sub_dir(tmp_path):
+    TensorBoardLogger = _tb_logger_or_skip()
+
+    class Named(TensorBoardLogger):
+        @property
+        def version(self):
+            return "version"
+
+        @property
+        def name(self):
+            return "name"
+
+    save_dir = tmp_path / "logs"
+    assert Named(save_dir).log_dir == str(save_dir / "name" / "version")
+    assert Named(save_dir, sub_dir="sub_dir").log_dir == str(save_dir / "name" / "version" / "sub_dir")
+
+
+def test_tensorboard_hparams_yaml_written_once_in_log_dir_without_logged_metrics(tmp_path):
+    TensorBoardLogger = _tb_logger_or_skip()
+    logger = TensorBoardLogger(save_dir=str(tmp_path), default_hp_metric=False)
+    trainer = L.Trainer(max_steps=1, default_root_dir=str(tmp_path), logger=logger,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_Quiet(), DataLoader(make_dataset(16), batch_size=8))
+    assert (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").is_file()
+    assert not (tmp_path / "hparams.yaml").exists()
