@@ -14,12 +14,12 @@ from tests.conftest import BoringModel, make_dataset
 from tests.lightning_ref import memory_logger
 
 
-def _fit(model, tmp_path, callbacks=(), logger=False, **kw):
+def _fit(model, tmp_path, callbacks=(), logger=False, samples=16, **kw):
     args = dict(default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False,
                 enable_checkpointing=False, logger=logger, callbacks=list(callbacks), limit_val_batches=0)
     args.update(kw)
     trainer = L.Trainer(**args)
-    trainer.fit(model, DataLoader(make_dataset(16), batch_size=8))
+    trainer.fit(model, DataLoader(make_dataset(samples), batch_size=8))
     return trainer
 
 
@@ -114,3 +114,52 @@ def test_tensorboard_hparams_yaml_written_once_in_log_dir_without_logged_metrics
     trainer.fit(_Quiet(), DataLoader(make_dataset(16), batch_size=8))
     assert (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").is_file()
     assert not (tmp_path / "hparams.yaml").exists()
+
+
+# --- LearningRateMonitor with several optimizers ------------------------------------------------
+
+
+class _TwoOptimizers(BoringModel):
+    """Manual optimization with two optimizers: `global_step` advances twice per batch."""
+
+    def __init__(self, schedulers: bool) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.schedulers = schedulers
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        for opt in self.optimizers():
+            loss = torch.nn.functional.mse_loss(self(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    def on_train_epoch_end(self):
+        if self.schedulers:
+            for s in self.lr_schedulers():
+                s.step()
+
+    def configure_optimizers(self):
+        opts = [torch.optim.Adam(self.parameters(), lr=1e-2), torch.optim.Adam(self.parameters(), lr=1e-2)]
+        if not self.schedulers:
+            return opts
+        return opts, [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.1) for o in opts]
+
+
+@pytest.mark.parametrize("schedulers", [True, False])
+def test_lr_monitor_step_interval_counts_batches_with_two_optimizers(tmp_path, schedulers):
+    from ferrotrain.callbacks import LearningRateMonitor
+
+    monitor = LearningRateMonitor(logging_interval="step")
+    logger = memory_logger(L)
+    trainer = _fit(_TwoOptimizers(schedulers), tmp_path, callbacks=[monitor], logger=logger, max_epochs=2,
+                   samples=56, log_every_n_steps=2)
+    assert trainer.global_step == 28
+    assert list(monitor.lrs) == ["lr-Adam", "lr-Adam-1"]
+    # 14 batches, every second one logs: 7 values each; epoch 2 sees the scheduled lr.
+    expected = [0.01] * 3 + [0.001] * 4 if schedulers else [0.01] * 7
+    for values in monitor.lrs.values():
+        assert [round(v, 6) for v in values] == expected
+    steps = [step for step, metrics in logger.calls if "lr-Adam" in metrics]
+    assert steps == [1, 3, 5, 7, 9, 11, 13]
