@@ -163,3 +163,48 @@ def test_lr_monitor_step_interval_counts_batches_with_two_optimizers(tmp_path, s
         assert [round(v, 6) for v in values] == expected
     steps = [step for step, metrics in logger.calls if "lr-Adam" in metrics]
     assert steps == [1, 3, 5, 7, 9, 11, 13]
+
+
+# --- logged torchmetrics objects ----------------------------------------------------------------
+
+
+def _metric_model(tm):
+    class M(_Quiet):
+        """Validation accuracy where the first 8 of 32 one-sample batches are right."""
+
+        def __init__(self):
+            super().__init__()
+            self.val_acc = tm.Accuracy(task="multiclass", num_classes=2)
+            self.resets = 0
+            original = self.val_acc.reset
+
+            def counting_reset():
+                self.resets += 1
+                original()
+
+            self.val_acc.reset = counting_reset
+
+        def validation_step(self, batch, batch_idx):
+            right = batch_idx < 8
+            preds = torch.tensor([[0.1, 0.9]]) if right else torch.tensor([[0.9, 0.1]])
+            self.val_acc(preds, torch.tensor([1]))
+            self.resets = 0  # forward resets internally; count only the resets after it
+            self.log("val_acc", self.val_acc, on_step=True, on_epoch=True)
+
+    return M
+
+
+def test_logged_torchmetric_epoch_value_is_its_compute_and_it_resets_each_epoch(tmp_path):
+    tm = pytest.importorskip("torchmetrics")
+    model = _metric_model(tm)()
+    logger = memory_logger(L)
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=2, limit_train_batches=2, logger=logger,
+                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    trainer.fit(model, DataLoader(make_dataset(16), batch_size=8), DataLoader(make_dataset(32), batch_size=1))
+    # compute() over the epoch's 32 batches, not a mean of per-batch values weighted otherwise.
+    assert float(trainer.callback_metrics["val_acc"]) == 8 / 32
+    epoch_values = [m["val_acc_epoch"] for _, m in logger.calls if "val_acc_epoch" in m]
+    assert epoch_values == [0.25, 0.25]  # each epoch starts from a reset metric
+    # Since the last step: one reset, the epoch end's.
+    assert model.resets == 1

@@ -187,6 +187,7 @@ class FitLoop:
             step_schedulers(trainer, self.plateau_epoch_scheds, "epoch", True, trainer.current_epoch)
         # Lightning logs epoch metrics at the step of the epoch's last stepping batch.
         trainer._log_epoch_metrics(results, max(schedule.batches_that_stepped - 1, 0))
+        results.reset_metrics()
         if self._stop is not None:
             self._stop.now()
         schedule.complete_epoch()
