@@ -208,3 +208,24 @@ def test_logged_torchmetric_epoch_value_is_its_compute_and_it_resets_each_epoch(
     assert epoch_values == [0.25, 0.25]  # each epoch starts from a reset metric
     # Since the last step: one reset, the epoch end's.
     assert model.resets == 1
+
+
+def test_logged_torchmetric_must_be_a_module_attribute(tmp_path):
+    tm = pytest.importorskip("torchmetrics")
+
+    class Unattached(_Quiet):
+        def training_step(self, batch, batch_idx):
+            self.log("foo", tm.Accuracy(task="multiclass", num_classes=2))
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(MisconfigurationException, match="fix this by setting an attribute for the metric in your"):
+        _fit(Unattached(), tmp_path, max_epochs=1, limit_train_batches=1)
+
+    class OtherAttached(Unattached):
+        def __init__(self):
+            super().__init__()
+            self.bar = tm.Accuracy(task="multiclass", num_classes=2)
+
+    with pytest.raises(MisconfigurationException,
+                       match=r"`self.log\(foo, ..., metric_attribute=name\)` where `name` is one of \['bar'\]"):
+        _fit(OtherAttached(), tmp_path, max_epochs=1, limit_train_batches=1)
