@@ -229,3 +229,12 @@ def test_logged_torchmetric_must_be_a_module_attribute(tmp_path):
     with pytest.raises(MisconfigurationException,
                        match=r"`self.log\(foo, ..., metric_attribute=name\)` where `name` is one of \['bar'\]"):
         _fit(OtherAttached(), tmp_path, max_epochs=1, limit_train_batches=1)
+
+
+def test_log_with_neither_step_nor_epoch_is_refused_with_lightnings_words(tmp_path):
+    class M(_Quiet):
+        def on_train_batch_start(self, batch, batch_idx):
+            self.log("foo", 1.0, on_step=False, on_epoch=False)
+
+    with pytest.raises(MisconfigurationException, match=r"`self.log\(on_step=False, on_epoch=False\)` is not useful"):
+        _fit(M(), tmp_path, max_epochs=1, limit_train_batches=1)

@@ -173,7 +173,8 @@ class Results:
             )
         if not on_step and not on_epoch:
             raise MisconfigurationException(
-                f"`self.log({name!r}, on_step=False, on_epoch=False)` logs nothing: set one of them to True"
+                f"`self.log(on_step=False, on_epoch=False)` is not useful. `self.log({name!r}, ...)` logs nothing: "
+                "set one of them to True"
             )
         reduce = _reduce_name(reduce_fx)
         old = self._entries.get((fx, name, dl_idx))  # type: ignore[arg-type]
