@@ -238,3 +238,19 @@ def test_log_with_neither_step_nor_epoch_is_refused_with_lightnings_words(tmp_pa
 
     with pytest.raises(MisconfigurationException, match=r"`self.log\(on_step=False, on_epoch=False\)` is not useful"):
         _fit(M(), tmp_path, max_epochs=1, limit_train_batches=1)
+
+
+@pytest.mark.parametrize("entry", ["fit", "validate", "test", "predict"])
+def test_setup_sees_the_running_stage(tmp_path, entry):
+    seen = []
+
+    class M(_Quiet):
+        def setup(self, stage):
+            seen.append((stage, self.trainer.state.stage.value))
+
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    dl = DataLoader(make_dataset(16), batch_size=8)
+    getattr(trainer, entry)(M(), dl)
+    expected = {"fit": "train", "validate": "validate", "test": "test", "predict": "predict"}[entry]
+    assert seen == [(entry, expected)]

@@ -281,6 +281,7 @@ class Trainer(TrainerViews):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
         self.state.fn = TrainerFn.FITTING
+        self.state.stage = RunningStage.TRAINING  # seen by `setup`, as in Lightning
         self._ckpt_weights_only = weights_only
         self._run_guarded(lambda: self._fit_impl(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), model,
                           ("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)))
@@ -304,6 +305,7 @@ class Trainer(TrainerViews):
             datamodule, dataloaders = dataloaders, None
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.PREDICTING
+        self.state.stage = RunningStage.PREDICTING  # seen by `setup`, as in Lightning
         keep = True if return_predictions is None else cfg.check_bool("return_predictions", return_predictions)
         self._ckpt_weights_only = weights_only
         return self._run_guarded(lambda: self._predict_impl(model, dataloaders, datamodule, keep, ckpt_path), model,
@@ -318,6 +320,8 @@ class Trainer(TrainerViews):
             datamodule, dataloaders = dataloaders, None
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.VALIDATING if stage_fn == "validate" else TrainerFn.TESTING
+        # Seen by `setup`, as in Lightning.
+        self.state.stage = RunningStage.VALIDATING if stage_fn == "validate" else RunningStage.TESTING
         self._ckpt_weights_only = weights_only
         return self._run_guarded(
             lambda: self._evaluate_impl(stage_fn, model, dataloaders, datamodule, ckpt_path, verbose), model,
