@@ -254,3 +254,25 @@ def test_setup_sees_the_running_stage(tmp_path, entry):
     getattr(trainer, entry)(M(), dl)
     expected = {"fit": "train", "validate": "validate", "test": "test", "predict": "predict"}[entry]
     assert seen == [(entry, expected)]
+
+
+def test_metric_made_in_setup_is_found_in_each_run(tmp_path):
+    tm = pytest.importorskip("torchmetrics")
+
+    class M(_Quiet):
+        def setup(self, stage):
+            self.add_module(f"acc_{stage.value}", tm.Accuracy(task="binary"))
+
+        def validation_step(self, batch, batch_idx):
+            acc = self._modules[f"acc_{self.trainer.state.fn.value}"]
+            acc(torch.rand(len(batch[0])), torch.zeros(len(batch[0]), dtype=torch.long))
+            self.log("acc", acc)
+
+    model = M()
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=1, logger=False,
+                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    dl = DataLoader(make_dataset(16), batch_size=8)
+    trainer.fit(model, dl, dl)
+    trainer.validate(model, dl)  # a metric added by this run's `setup`
+    assert "acc" in trainer.callback_metrics

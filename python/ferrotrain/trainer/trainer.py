@@ -515,6 +515,9 @@ class Trainer(TrainerViews):
                 cb.teardown(self, model, fn)
         if model is not None and is_overridden(model, LightningModule, "teardown"):
             model.teardown(fn)
+        if model is not None:
+            # Metrics made in `setup` differ from run to run: find them again next time (Lightning).
+            model._metric_attributes = None
 
     def _call_hooks(self, name: str, *args: Any) -> None:
         hooks = self._hooks
