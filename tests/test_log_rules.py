@@ -276,3 +276,24 @@ def test_metric_made_in_setup_is_found_in_each_run(tmp_path):
     trainer.fit(model, dl, dl)
     trainer.validate(model, dl)  # a metric added by this run's `setup`
     assert "acc" in trainer.callback_metrics
+
+
+def test_log_dict_of_a_metric_collection_logs_each_metric(tmp_path):
+    tm = pytest.importorskip("torchmetrics")
+
+    class M(_Quiet):
+        def __init__(self):
+            super().__init__()
+            self.metrics = tm.MetricCollection({"acc": tm.Accuracy(task="binary")}, prefix="val_")
+
+        def validation_step(self, batch, batch_idx):
+            n = len(batch[0])
+            self.metrics(torch.ones(n), torch.ones(n, dtype=torch.long))
+            self.log_dict(self.metrics)
+
+    dl = DataLoader(make_dataset(16), batch_size=8)
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=1, logger=False,
+                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    trainer.fit(M(), dl, dl)
+    assert float(trainer.callback_metrics["val_acc"]) == 1.0

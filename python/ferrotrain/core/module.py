@@ -259,9 +259,20 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         batch_size: Optional[int] = None,
         rank_zero_only: bool = False,
     ) -> None:
-        if not isinstance(dictionary, Mapping):
+        items: Dict[str, Any] = {}
+        tm = sys.modules.get("torchmetrics")
+        if tm is not None and isinstance(dictionary, tm.MetricCollection):
+            # Its metrics under their prefixed names; with compute groups the shared state is
+            # read in place, not copied (Lightning).
+            kwargs: Dict[str, Any] = {"keep_base": False}
+            if getattr(dictionary, "_enable_compute_groups", False):
+                kwargs["copy_state"] = False
+            items = dict(dictionary.items(**kwargs))
+        elif isinstance(dictionary, Mapping):
+            items = dict(dictionary.items())
+        else:
             raise TypeError(f"`log_dict` expects a mapping of names to values, got {type(dictionary).__name__}")
-        for k, v in dictionary.items():
+        for k, v in items.items():
             self.log(
                 k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
                 reduce_fx=reduce_fx, sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx,
