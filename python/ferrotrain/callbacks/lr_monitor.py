@@ -74,7 +74,7 @@ class LearningRateMonitor(Callback):
         stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
         if stats:
             for logger in trainer.loggers:
-                logger.log_metrics(metrics=stats, step=trainer.global_step)
+                logger.log_metrics(metrics=stats, step=_batches_that_stepped(trainer))
 
     def on_train_epoch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval == "step":
@@ -82,7 +82,7 @@ class LearningRateMonitor(Callback):
         stats = self._extract_stats(trainer, "epoch" if self.logging_interval is None else "any")
         if stats:
             for logger in trainer.loggers:
-                logger.log_metrics(metrics=stats, step=trainer.global_step)
+                logger.log_metrics(metrics=stats, step=_batches_that_stepped(trainer))
 
     # -- reading the values --
 
@@ -198,8 +198,15 @@ def _unwrap(optimizer: Any) -> Any:
     return optimizer.optimizer if hasattr(optimizer, "optimizer") and hasattr(optimizer.optimizer, "param_groups") else optimizer
 
 
+def _batches_that_stepped(trainer: Any) -> int:
+    """Lightning's logging step: batches that stepped, not optimizer steps (several optimizers
+    advance `global_step` more than once per batch)."""
+    schedule = getattr(trainer, "_schedule", None)
+    return int(schedule.batches_that_stepped) if schedule is not None else int(trainer.global_step)
+
+
 def _should_update_logs(trainer: Any) -> bool:
-    """Lightning's rule: log on every `log_every_n_steps`-th step (counted before the step runs),
+    """Lightning's rule: log on every `log_every_n_steps`-th batch (counted before the batch runs),
     or when training is about to stop."""
     every = getattr(trainer, "log_every_n_steps", 50) or 1
-    return (trainer.global_step + 1) % every == 0 or bool(trainer.should_stop)
+    return (_batches_that_stepped(trainer) + 1) % every == 0 or bool(trainer.should_stop)

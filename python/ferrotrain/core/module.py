@@ -8,6 +8,7 @@ user overrode (see `ferrotrain.trainer.hooks`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -70,6 +71,8 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         self._trainer = None
         self._current_fx_name: Optional[str] = None
         self._results: Any = None
+        # id(metric) -> attribute name of the torchmetrics Metrics this module holds (found once).
+        self._metric_attributes: Optional[Dict[int, str]] = None
         self._automatic_optimization = True
         self._device = torch.device("cpu")
         self._example_input_array: Any = None
@@ -211,10 +214,35 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
                 f"You can't `self.log({name!r}, ...)` {where}: logging is only possible inside the steps "
                 "and the hooks that the Trainer calls during fit/validate/test"
             )
+        if add_dataloader_idx and isinstance(name, str) and "/dataloader_idx_" in name:
+            # The suffix is the Trainer's to add: a user key with it would collide.
+            raise MisconfigurationException(
+                f"You called `self.log` with the key `{name}`"
+                " but it should not contain information about `dataloader_idx` when `add_dataloader_idx=True`"
+            )
+        if metric_attribute is None and isinstance(value, nn.Module) and _is_torchmetric(value):
+            self._check_metric_attribute(name, value)
         results.log(
             self._current_fx_name, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
             add_dataloader_idx, batch_size, sync_dist,
         )
+
+    def _check_metric_attribute(self, name: str, metric: Any) -> None:
+        """A logged Metric must be an attribute of the module (its state is saved and restored
+        through it), as Lightning requires."""
+        if self._metric_attributes is None:
+            self._metric_attributes = {id(m): n for n, m in self.named_modules() if _is_torchmetric(m)}
+            if not self._metric_attributes:
+                raise MisconfigurationException(
+                    "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                    " You can fix this by setting an attribute for the metric in your `LightningModule`."
+                )
+        if id(metric) not in self._metric_attributes:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                f" You can fix this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one"
+                f" of {list(self._metric_attributes.values())}"
+            )
 
     def log_dict(
         self,
@@ -231,9 +259,20 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         batch_size: Optional[int] = None,
         rank_zero_only: bool = False,
     ) -> None:
-        if not isinstance(dictionary, Mapping):
+        items: Dict[str, Any] = {}
+        tm = sys.modules.get("torchmetrics")
+        if tm is not None and isinstance(dictionary, tm.MetricCollection):
+            # Its metrics under their prefixed names; with compute groups the shared state is
+            # read in place, not copied (Lightning).
+            kwargs: Dict[str, Any] = {"keep_base": False}
+            if getattr(dictionary, "_enable_compute_groups", False):
+                kwargs["copy_state"] = False
+            items = dict(dictionary.items(**kwargs))
+        elif isinstance(dictionary, Mapping):
+            items = dict(dictionary.items())
+        else:
             raise TypeError(f"`log_dict` expects a mapping of names to values, got {type(dictionary).__name__}")
-        for k, v in dictionary.items():
+        for k, v in items.items():
             self.log(
                 k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
                 reduce_fx=reduce_fx, sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx,
@@ -493,3 +532,8 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
 
         return load_module_from_checkpoint(cls, checkpoint_path, map_location, strict, kwargs, weights_only)
 
+
+def _is_torchmetric(obj: Any) -> bool:
+    """A torchmetrics Metric, without importing torchmetrics when the user has not."""
+    tm = sys.modules.get("torchmetrics")
+    return tm is not None and isinstance(obj, tm.Metric)

@@ -151,5 +151,6 @@ class VersionedLogger(Logger):
 
     @property
     def root_dir(self) -> str:
-        """`save_dir/name`: the folder that holds the `version_N` folders."""
-        return os.path.join(self._save_dir, self._name)
+        """`save_dir/name`: the folder that holds the `version_N` folders. Read through the
+        properties, so a subclass that overrides `name` (or `save_dir`) moves the folder too."""
+        return os.path.join(self.save_dir, self.name or "")

@@ -242,10 +242,12 @@ class TensorBoardLogger(VersionedLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._experiment is None and self._events is None:
-            return
+        # `hparams.yaml` also when nothing was logged, once something (a checkpoint) made the
+        # log folder, as Lightning's `finalize` does.
         if status == "success":
             self.save()
+        if self._experiment is None and self._events is None:
+            return
         if self._experiment is not None:
             self._experiment.flush()
             self._experiment.close()

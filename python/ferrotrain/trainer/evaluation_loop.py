@@ -112,6 +112,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
         _call_fx(trainer, f"on_{stage}_epoch_end", hooks)
         metrics = results.dataloader_metrics()
         trainer._on_eval_epoch_end(stage, results)
+        results.reset_metrics()
         _call_fx(trainer, f"on_{stage}_end", hooks)
         _model_mode_hook(trainer, f"on_{stage}_model_train")
     module._results = prev_results

@@ -35,6 +35,8 @@ LAST = _core.FLAG_LAST
 class FitLoop:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
+        # Set while the first epoch keeps what `on_train_start` logged.
+        self._keep_start_logs = False
         module = trainer.lightning_module
         if module.automatic_optimization:
             self.step = trainer.strategy.automatic_step(trainer) or AutomaticStep(trainer)
@@ -94,6 +96,13 @@ class FitLoop:
         if trainer.num_training_batches == 0 or schedule.fit_done():
             self._report_limit()
             return
+        # `on_train_start` logs into the training results; they reach the loggers with the
+        # first epoch's values (Lightning), so that epoch does not reset them.
+        results = trainer._train_results
+        results.reset()
+        trainer._active_results = results
+        trainer.lightning_module._results = results
+        self._keep_start_logs = True
         trainer._call_hooks("on_train_start")
         if stop is not None:
             stop.now()
@@ -125,7 +134,9 @@ class FitLoop:
         n = trainer.num_training_batches
         set_sampler_epoch(loader, trainer.current_epoch)
         schedule.begin_epoch(None if n == INF else int(n))
-        results.reset()
+        if not self._keep_start_logs:
+            results.reset()
+        self._keep_start_logs = False
         trainer._active_results = results
         trainer.lightning_module._results = results
         trainer.state.stage = RunningStage.TRAINING
@@ -176,6 +187,7 @@ class FitLoop:
             step_schedulers(trainer, self.plateau_epoch_scheds, "epoch", True, trainer.current_epoch)
         # Lightning logs epoch metrics at the step of the epoch's last stepping batch.
         trainer._log_epoch_metrics(results, max(schedule.batches_that_stepped - 1, 0))
+        results.reset_metrics()
         if self._stop is not None:
             self._stop.now()
         schedule.complete_epoch()

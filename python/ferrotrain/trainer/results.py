@@ -71,7 +71,7 @@ for _fx in ("validation_step", "on_validation_batch_start", "on_validation_batch
 class _Entry:
     __slots__ = ("fx", "name", "options", "on_step", "on_epoch", "prog_bar", "logger", "reduce",
                  "slot", "dl_idx", "src_dl", "key", "step_key", "epoch_key", "device_acc", "device_weight", "device_last",
-                 "sync")
+                 "sync", "metric", "metric_epoch")
 
     def __init__(self, fx: str, name: str, key: str, options: tuple, on_step: bool, on_epoch: bool,
                  prog_bar: bool, logger: bool, reduce: str, slot: int, dl_idx: Optional[int],
@@ -99,6 +99,10 @@ class _Entry:
         self.device_last: Optional[torch.Tensor] = None
         # `sync_dist=True` with several processes (see `ferrotrain.trainer.sync`), else None.
         self.sync: Any = None
+        # A logged torchmetrics Metric: its epoch value is its own `compute()`, not a mean of
+        # the step values, and it is reset at epoch end (Lightning).
+        self.metric: Any = None
+        self.metric_epoch: Optional[float] = None
 
 
 class Results:
@@ -169,7 +173,8 @@ class Results:
             )
         if not on_step and not on_epoch:
             raise MisconfigurationException(
-                f"`self.log({name!r}, on_step=False, on_epoch=False)` logs nothing: set one of them to True"
+                f"`self.log(on_step=False, on_epoch=False)` is not useful. `self.log({name!r}, ...)` logs nothing: "
+                "set one of them to True"
             )
         reduce = _reduce_name(reduce_fx)
         old = self._entries.get((fx, name, dl_idx))  # type: ignore[arg-type]
@@ -205,8 +210,12 @@ class Results:
             self._store.update(entry.slot, float(value), weight)
             return
         compute = getattr(value, "compute", None)
-        if callable(compute):  # a torchmetrics Metric: log its current value
-            self._update(entry, compute(), weight)
+        if callable(compute):  # a torchmetrics Metric: the step value is this batch's
+            entry.metric = value
+            step = getattr(value, "_forward_cache", None)
+            if not isinstance(step, (torch.Tensor, numbers.Number)):
+                step = compute()  # only `update()` was called: its running value
+            self._update(entry, step, weight)
             return
         raise MisconfigurationException(
             f"`self.log({entry.name!r}, value)` was called with a value of type {type(value).__name__}; "
@@ -244,6 +253,12 @@ class Results:
         return self._local_reduced(entry)
 
     def _local_reduced(self, entry: _Entry) -> Optional[float]:
+        if entry.metric is not None:
+            if not self.epoch_end_reached:
+                return float(entry.metric.compute())  # a mid-epoch read: not final yet
+            if entry.metric_epoch is None:
+                entry.metric_epoch = float(entry.metric.compute())
+            return entry.metric_epoch
         if entry.device_acc is not None:
             acc = float(entry.device_acc.item())  # host sync: only at epoch end
             return acc / entry.device_weight if entry.reduce == "mean" and entry.device_weight else acc
@@ -282,9 +297,20 @@ class Results:
                 cb[e.key] = v
         return log, bar, cb
 
+    def reset_metrics(self) -> None:
+        """At epoch end, after the epoch's values went out: each torchmetrics Metric logged this
+        epoch keeps its computed value for the views, then `reset()`s, as Lightning does."""
+        for e in self._entries.values():
+            if e.metric is not None and e.on_epoch and self._store.count(e.slot):
+                self._local_reduced(e)
+            if e.metric is not None and self._store.count(e.slot):
+                e.metric.reset()
+
     def reset(self) -> None:
         """Start a new epoch: reductions restart, entries (and their checked options) stay."""
         self._store.reset_all()
+        for e in self._entries.values():
+            e.metric_epoch = None
         self.epoch_end_reached = False
         for e in self._entries.values():
             e.device_acc = None

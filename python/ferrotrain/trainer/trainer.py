@@ -281,6 +281,7 @@ class Trainer(TrainerViews):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_datamodule(datamodule, train_dataloaders, val_dataloaders, "train_dataloaders")
         self.state.fn = TrainerFn.FITTING
+        self.state.stage = RunningStage.TRAINING  # seen by `setup`, as in Lightning
         self._ckpt_weights_only = weights_only
         self._run_guarded(lambda: self._fit_impl(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), model,
                           ("fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)))
@@ -304,6 +305,7 @@ class Trainer(TrainerViews):
             datamodule, dataloaders = dataloaders, None
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.PREDICTING
+        self.state.stage = RunningStage.PREDICTING  # seen by `setup`, as in Lightning
         keep = True if return_predictions is None else cfg.check_bool("return_predictions", return_predictions)
         self._ckpt_weights_only = weights_only
         return self._run_guarded(lambda: self._predict_impl(model, dataloaders, datamodule, keep, ckpt_path), model,
@@ -318,6 +320,8 @@ class Trainer(TrainerViews):
             datamodule, dataloaders = dataloaders, None
         self._check_datamodule(datamodule, dataloaders, None, "dataloaders")
         self.state.fn = TrainerFn.VALIDATING if stage_fn == "validate" else TrainerFn.TESTING
+        # Seen by `setup`, as in Lightning.
+        self.state.stage = RunningStage.VALIDATING if stage_fn == "validate" else RunningStage.TESTING
         self._ckpt_weights_only = weights_only
         return self._run_guarded(
             lambda: self._evaluate_impl(stage_fn, model, dataloaders, datamodule, ckpt_path, verbose), model,
@@ -464,6 +468,10 @@ class Trainer(TrainerViews):
         self._strategy.setup_environment()
         self._attach(model, datamodule)
         self._merge_model_callbacks(model)
+        # Callbacks log through the module, as Lightning's `_attach_model_logging_functions`.
+        for cb in self.callbacks:
+            cb.log = model.log
+            cb.log_dict = model.log_dict
         self._hooks = HookTable(model, self.callbacks, datamodule)
         if self._loop_profiler is not None:
             self._loop_profiler.instrument_hooks(self._hooks)
@@ -507,6 +515,9 @@ class Trainer(TrainerViews):
                 cb.teardown(self, model, stage=fn)
         if model is not None and is_overridden(model, LightningModule, "teardown"):
             model.teardown(stage=fn)
+        if model is not None:
+            # Metrics made in `setup` differ from run to run: find them again next time (Lightning).
+            model._metric_attributes = None
 
     @staticmethod
     def _zero_grad_at_stage_start(model: LightningModule) -> None:
