@@ -129,16 +129,11 @@ def _wandb_records(path):
     return records
 
 
-def test_wandb_offline_run_files_hold_config_and_metrics(tmp_path):
-    # in a subprocess: wandb's service process and its global run stay out of the test process
-    pytest.importorskip("wandb")
-    script = r'''
-import json, os, sys, glob
+# The tracker scripts' shared part: a one-layer regression and its data (run in a subprocess).
+_SCRIPT_MODEL = r'''
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 import ferrotrain as L
-from ferrotrain.loggers import WandbLogger
-import wandb
 
 class Model(L.LightningModule):
     def __init__(self, lr=0.1):
@@ -154,6 +149,16 @@ class Model(L.LightningModule):
 
 g = torch.Generator().manual_seed(0)
 data = DataLoader(TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)), batch_size=8)
+'''
+
+
+def test_wandb_offline_run_files_hold_config_and_metrics(tmp_path):
+    # in a subprocess: wandb's service process and its global run stay out of the test process
+    pytest.importorskip("wandb")
+    script = _SCRIPT_MODEL + r'''
+import json, os, sys, glob
+from ferrotrain.loggers import WandbLogger
+import wandb
 logger = WandbLogger(project="proj", save_dir=sys.argv[1], offline=True, name="first")
 trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=sys.argv[1])
@@ -191,27 +196,9 @@ def test_comet_offline_archive_holds_params_and_metrics(tmp_path, loaders):
     pytest.importorskip("comet_ml")
     import zipfile
 
-    script = r'''
+    script = _SCRIPT_MODEL + r'''
 import sys
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-import ferrotrain as L
 from ferrotrain.loggers import CometLogger
-
-class Model(L.LightningModule):
-    def __init__(self, lr=0.1):
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = torch.nn.Linear(4, 1)
-    def training_step(self, batch, batch_idx):
-        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
-        self.log("train_loss", loss)
-        return loss
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-g = torch.Generator().manual_seed(0)
-data = DataLoader(TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)), batch_size=8)
 logger = CometLogger(project="proj", online=False)
 trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=sys.argv[1])

@@ -3,9 +3,7 @@ callbacks Lightning ships, each imported on first use so `import ferrotrain` sta
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ferrotrain._lazy import lazy_getattr
 from ferrotrain.callbacks.callback import Callback
 from ferrotrain.callbacks.checkpoint import Checkpoint
 
@@ -39,13 +37,7 @@ _LAZY = {
 __all__ = ["Callback", "Checkpoint", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ferrotrain.callbacks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ferrotrain.callbacks.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("ferrotrain.callbacks", _LAZY, globals())
 
 
 def __dir__() -> list:

@@ -3,18 +3,11 @@ importing a submodule (hparams, saving helpers) does not pull in the whole modul
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ferrotrain._lazy import lazy_getattr
 
 _LAZY = {"LightningModule": "module", "LightningDataModule": "datamodule"}
 
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ferrotrain.core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ferrotrain.core.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("ferrotrain.core", _LAZY, globals())

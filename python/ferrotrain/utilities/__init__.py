@@ -4,8 +4,7 @@ CombinedLoader`). Loaded on first use, so importing a submodule (the seed helper
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ferrotrain._lazy import lazy_getattr
 
 _LAZY = {
     "grad_norm": "clip",
@@ -30,10 +29,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ferrotrain.utilities' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ferrotrain.utilities.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("ferrotrain.utilities", _LAZY, globals())
