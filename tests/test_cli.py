@@ -107,3 +107,20 @@ def test_subclass_mode_takes_class_path(tmp_path):
                              f"--trainer.default_root_dir={tmp_path}"])
     assert type(cli.model).__name__ == "RegressionModel"
     assert cli.model.hparams.hidden == 3
+
+
+def test_model_checkpoint_annotations_parse_on_the_command_line():
+    """Its signature holds real types (not strings), so an argument parser can use one directly:
+    `save_last` takes booleans in words and "link", as in Lightning."""
+    import inspect
+
+    pytest.importorskip("jsonargparse")
+    from jsonargparse import ArgumentParser
+
+    from ferrotrain.callbacks import ModelCheckpoint
+
+    annotation = inspect.signature(ModelCheckpoint).parameters["save_last"].annotation
+    assert not isinstance(annotation, str)
+    parser = ArgumentParser()
+    parser.add_argument("--a", type=annotation)
+    assert [parser.parse_args(["--a", v]).a for v in ("true", "no", "link")] == [True, False, "link"]

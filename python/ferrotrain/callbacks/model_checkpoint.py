@@ -7,8 +7,6 @@ writer, and a save blocks training only while the tensors are snapshotted. A fil
 when `fit` returns, and when `ckpt_path="best"`/`"last"` is resolved; a hook running in between
 may find it still being written (its previous version, if any, stays whole until the rename)."""
 
-from __future__ import annotations
-
 import functools
 import math
 import os
