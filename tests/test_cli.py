@@ -57,12 +57,18 @@ def test_print_config_round_trips(script_dir):
     assert not (script_dir / "lightning_logs").exists()
 
 
-def test_run_false_builds_objects_without_fitting(tmp_path):
+def _example_module():
+    """examples/cli_example.py, imported (it stays in sys.modules for class_path lookups)."""
     sys.path.insert(0, str(EXAMPLES))
     try:
         import cli_example
     finally:
         sys.path.pop(0)
+    return cli_example
+
+
+def test_run_false_builds_objects_without_fitting(tmp_path):
+    cli_example = _example_module()
     from ferrotrain.cli import LightningCLI
 
     cli = LightningCLI(cli_example.RegressionModel, cli_example.RegressionData, run=False,
@@ -92,11 +98,7 @@ def test_missing_jsonargparse_names_the_package():
 
 
 def test_subclass_mode_takes_class_path(tmp_path):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import cli_example
-    finally:
-        sys.path.pop(0)
+    cli_example = _example_module()
     import ferrotrain as L
     from ferrotrain.cli import LightningCLI
 

@@ -90,6 +90,8 @@ def test_bad_plugins_are_clear_errors():
         L.Trainer(plugins=[DoublePrecision(), HalfPrecision()])
     with pytest.raises(ValueError, match="16-mixed"):
         MixedPrecision("32-true", "cpu")
+    with pytest.raises(ValueError, match="HalfPrecision.*'16-true' or 'bf16-true'"):
+        HalfPrecision("16-mixed")
     with pytest.raises(NotSupportedYetError, match="torch_xla"):
         XLAPrecision()
 

@@ -171,3 +171,13 @@ def test_servable_module_validator_checks_the_contract_when_the_fit_starts(tmp_p
     with pytest.raises(RuntimeError, match="isn't servable"):
         t.fit(_servable([1, 2]), loader(4))
     assert bad.successful is False and t.global_step == 0
+
+
+def test_servable_module_validator_bad_arguments_name_the_allowed_values():
+    from ferrotrain.errors import MisconfigurationException
+    from ferrotrain.serve import ServableModuleValidator
+
+    with pytest.raises(MisconfigurationException, match="optimization='onnx'.*allowed: None"):
+        ServableModuleValidator(optimization="onnx")
+    with pytest.raises(MisconfigurationException, match="server='torchserve'.*allowed: 'fastapi'"):
+        ServableModuleValidator(server="torchserve")

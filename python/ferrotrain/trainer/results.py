@@ -301,18 +301,18 @@ class Results:
         """At epoch end, after the epoch's values went out: each torchmetrics Metric logged this
         epoch keeps its computed value for the views, then `reset()`s, as Lightning does."""
         for e in self._entries.values():
-            if e.metric is not None and e.on_epoch and self._store.count(e.slot):
+            if e.metric is None or not self._store.count(e.slot):
+                continue
+            if e.on_epoch:
                 self._local_reduced(e)
-            if e.metric is not None and self._store.count(e.slot):
-                e.metric.reset()
+            e.metric.reset()
 
     def reset(self) -> None:
         """Start a new epoch: reductions restart, entries (and their checked options) stay."""
         self._store.reset_all()
-        for e in self._entries.values():
-            e.metric_epoch = None
         self.epoch_end_reached = False
         for e in self._entries.values():
+            e.metric_epoch = None
             e.device_acc = None
             e.device_weight = 0.0
             e.device_last = None
