@@ -5,6 +5,11 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 __version__: str
 
+# ---------------------------------------------------------------- dtypes (dtype.rs)
+# (torch attribute name, checkpoint file dtype name, native scalar code or None) per dtype;
+# `ferrotrain._dtypes` turns it into torch dtype maps.
+DTYPES: tuple[tuple[str, str, Optional[int]], ...]
+
 # ---------------------------------------------------------------- loop schedule (schedule.rs)
 FLAG_ZERO_GRAD: int
 FLAG_STEP: int
@@ -105,7 +110,7 @@ class MetricStore:
     def __len__(self) -> int: ...
 
 # ---------------------------------------------------------------- gradient clipping (clip.rs)
-# `split_grads` describes each contiguous CPU gradient (dtype code: 0 f32, 1 f64, 2 f16, 3 bf16);
+# `split_grads` describes each contiguous CPU gradient (dtype code: its `DTYPES` scalar code);
 # the kernels take only its `GradBufs`: no raw pointer crosses from Python.
 class GradBufs:
     """The native buffers of a list of gradients, sorted and checked once by `split_grads`."""

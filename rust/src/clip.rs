@@ -40,7 +40,8 @@ impl NormType {
     }
 }
 
-/// dtype codes shared with `ferrotrain/utilities/clip.py` (and `_metrics.py`).
+/// The float dtypes of the clip math; their codes are `crate::dtype::Scalar`'s, which Python
+/// reads from `_core.DTYPES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32 = 0,
@@ -51,13 +52,7 @@ pub enum DType {
 
 impl DType {
     pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Self::F32),
-            1 => Some(Self::F64),
-            2 => Some(Self::F16),
-            3 => Some(Self::BF16),
-            _ => None,
-        }
+        crate::dtype::Scalar::from_code(code).and_then(crate::dtype::Scalar::grad)
     }
 
     pub fn size(self) -> usize {

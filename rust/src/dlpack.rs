@@ -109,17 +109,10 @@ pub mod codes {
     pub const BFLOAT: u8 = 4;
     pub const BOOL: u8 = 6;
 }
-use codes::{BFLOAT as CODE_BFLOAT, FLOAT as CODE_FLOAT};
 
-/// The core's dtype for a DLPack scalar type, if it handles it.
+/// The clip math's dtype for a DLPack scalar type, if it handles it (`crate::dtype`'s table).
 pub fn dtype_of(t: DlDataType) -> Option<DType> {
-    match (t.code, t.bits, t.lanes) {
-        (CODE_FLOAT, 32, 1) => Some(DType::F32),
-        (CODE_FLOAT, 64, 1) => Some(DType::F64),
-        (CODE_FLOAT, 16, 1) => Some(DType::F16),
-        (CODE_BFLOAT, 16, 1) => Some(DType::BF16),
-        _ => None,
-    }
+    crate::dtype::of_dlpack(t).and_then(|r| r.scalar).and_then(crate::dtype::Scalar::grad)
 }
 
 /// Whether `strides` (in elements) are the row-major strides of `shape`. Dimensions of size 1
@@ -218,7 +211,7 @@ mod tests {
         }
     }
 
-    const F32: DlDataType = DlDataType { code: CODE_FLOAT, bits: 32, lanes: 1 };
+    const F32: DlDataType = DlDataType { code: codes::FLOAT, bits: 32, lanes: 1 };
 
     #[test]
     fn layout_matches_dlpack_h() {
@@ -235,12 +228,12 @@ mod tests {
     #[test]
     fn dtypes() {
         assert_eq!(dtype_of(F32), Some(DType::F32));
-        assert_eq!(dtype_of(DlDataType { code: CODE_FLOAT, bits: 64, lanes: 1 }), Some(DType::F64));
-        assert_eq!(dtype_of(DlDataType { code: CODE_FLOAT, bits: 16, lanes: 1 }), Some(DType::F16));
-        assert_eq!(dtype_of(DlDataType { code: CODE_BFLOAT, bits: 16, lanes: 1 }), Some(DType::BF16));
+        assert_eq!(dtype_of(DlDataType { code: codes::FLOAT, bits: 64, lanes: 1 }), Some(DType::F64));
+        assert_eq!(dtype_of(DlDataType { code: codes::FLOAT, bits: 16, lanes: 1 }), Some(DType::F16));
+        assert_eq!(dtype_of(DlDataType { code: codes::BFLOAT, bits: 16, lanes: 1 }), Some(DType::BF16));
         // int32, vector lanes, complex.
         assert_eq!(dtype_of(DlDataType { code: 0, bits: 32, lanes: 1 }), None);
-        assert_eq!(dtype_of(DlDataType { code: CODE_FLOAT, bits: 32, lanes: 4 }), None);
+        assert_eq!(dtype_of(DlDataType { code: codes::FLOAT, bits: 32, lanes: 4 }), None);
         assert_eq!(dtype_of(DlDataType { code: 5, bits: 64, lanes: 1 }), None);
     }
 

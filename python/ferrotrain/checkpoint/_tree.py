@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .. import _core
+from .._dtypes import FILE_NAMES
 from ..errors import CheckpointError, CorruptCheckpointError
 
 try:  # numpy is optional: without it, no numpy value can appear in a checkpoint anyway.
@@ -41,32 +42,8 @@ try:  # numpy is optional: without it, no numpy value can appear in a checkpoint
 except ImportError:  # pragma: no cover - numpy ships with every supported torch
     _np = None
 
-_DTYPE_NAMES = {
-    torch.bool: "BOOL",
-    torch.uint8: "U8",
-    torch.int8: "I8",
-    torch.int16: "I16",
-    torch.int32: "I32",
-    torch.int64: "I64",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float32: "F32",
-    torch.float64: "F64",
-    torch.complex64: "C64",
-}
-for _attr, _name in [
-    ("uint16", "U16"),
-    ("uint32", "U32"),
-    ("uint64", "U64"),
-    ("float8_e4m3fn", "F8_E4M3"),
-    ("float8_e5m2", "F8_E5M2"),
-    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
-    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
-]:
-    if hasattr(torch, _attr):
-        _DTYPE_NAMES[getattr(torch, _attr)] = _name
 #: torch dtype -> safetensors dtype name, and back.
-DTYPE_TO_NAME = dict(_DTYPE_NAMES)
+DTYPE_TO_NAME = dict(FILE_NAMES)
 NAME_TO_DTYPE = {v: k for k, v in DTYPE_TO_NAME.items()}
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}

@@ -17,19 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ferrotrain import _core
+from ferrotrain._dtypes import SCALAR_CODES as _DTYPE_CODES
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.utilities.apply_func import extract_batch_size
-
-# dtype codes of the native reader (`rust/src/python/metrics.rs`).
-_DTYPE_CODES = {
-    torch.float32: 0,
-    torch.float64: 1,
-    torch.float16: 2,
-    torch.bfloat16: 3,
-    torch.int64: 4,
-    torch.int32: 5,
-    torch.bool: 6,
-}
 
 _REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
 

@@ -20,15 +20,15 @@ from typing import Dict, Iterable, List, Tuple, Union
 import torch
 
 from ferrotrain import _core
+from ferrotrain._dtypes import GRAD_DTYPES
 from ferrotrain.errors import MisconfigurationException, NonFiniteNormError
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "grad_norm", "total_grad_norm_and_clip"]
 
 Parameters = Union[torch.Tensor, Iterable[torch.Tensor]]
 
-# dtype codes shared with the native core (rust/src/clip.rs, `DType`).
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_CODES = {dt: code for code, dt in enumerate(_DTYPES)}
+# The native clip math's dtypes, indexed by their code.
+_DTYPES = GRAD_DTYPES
 # Result dtype for each set of dtypes (a bit mask over the codes): what torch gets when it
 # stacks per-dtype norms, so our returned norm has torch's dtype.
 _MASK_DTYPE = {

@@ -649,26 +649,7 @@ fn byte_len(dtype: Dtype, shape: &[i64]) -> Option<usize> {
 /// The file dtype of a DLPack scalar type, for the types the fast path takes (complex and the
 /// float8 types go through torch, which knows their exact flavour).
 fn file_dtype(t: dlpack::DlDataType) -> Option<Dtype> {
-    use dlpack::codes::*;
-    if t.lanes != 1 {
-        return None;
-    }
-    Some(match (t.code, t.bits) {
-        (BOOL, 8) => Dtype::Bool,
-        (UINT, 8) => Dtype::U8,
-        (UINT, 16) => Dtype::U16,
-        (UINT, 32) => Dtype::U32,
-        (UINT, 64) => Dtype::U64,
-        (INT, 8) => Dtype::I8,
-        (INT, 16) => Dtype::I16,
-        (INT, 32) => Dtype::I32,
-        (INT, 64) => Dtype::I64,
-        (FLOAT, 16) => Dtype::F16,
-        (FLOAT, 32) => Dtype::F32,
-        (FLOAT, 64) => Dtype::F64,
-        (BFLOAT, 16) => Dtype::BF16,
-        _ => return None,
-    })
+    crate::dtype::of_dlpack(t).map(|r| r.file)
 }
 
 /// Encode `checkpoint` (a dict; `_tree.flatten` checks that) with the helpers of `_tree`.

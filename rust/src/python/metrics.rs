@@ -9,17 +9,9 @@ use pyo3::types::PyType;
 
 use super::errors::ferro_err;
 use crate::clip::{bf16_to_f32, f16_to_f32};
-use crate::dlpack::{self, codes};
+use crate::dlpack;
+use crate::dtype::{self, Scalar};
 use crate::metrics::{MetricStore, Reduce};
-
-/// dtype codes shared with `ferrotrain/trainer/results.py` (and, for 0-3, the clip bindings).
-const F32: u8 = 0;
-const F64: u8 = 1;
-const F16: u8 = 2;
-const BF16: u8 = 3;
-const I64: u8 = 4;
-const I32: u8 = 5;
-const BOOL: u8 = 6;
 
 #[pyclass(name = "MetricStore", module = "ferrotrain._core")]
 pub struct PyMetricStore {
@@ -72,7 +64,7 @@ impl PyMetricStore {
         }
         // SAFETY: the exporter filled `t` for `tensor`, alive and unchanged while the GIL is held.
         let Some(view) = (unsafe { dlpack::cpu_view(&t) }) else { return Ok(false) };
-        let Some(code) = scalar_code(t.dtype) else { return Ok(false) };
+        let Some(scalar) = dtype::of_dlpack(t.dtype).and_then(|r| r.scalar) else { return Ok(false) };
         if view.shape.iter().product::<i64>() != 1 {
             return Ok(false);
         }
@@ -80,27 +72,29 @@ impl PyMetricStore {
         if tensor.call_method0(intern!(py, "is_neg"))?.is_truthy()? {
             return Ok(false);
         }
-        self.update_from_ptr(py, slot, view.address, code, weight)?;
+        self.update_from_ptr(py, slot, view.address, scalar.code(), weight)?;
         Ok(true)
     }
 
-    /// Read one element of `dtype` at `ptr` (a live CPU tensor's `data_ptr()`) and add it.
+    /// Read one element of `dtype` (a `_core.DTYPES` scalar code) at `ptr` (a live CPU tensor's `data_ptr()`) and add it.
     fn update_from_ptr(&mut self, py: Python<'_>, slot: usize, ptr: usize, dtype: u8, weight: f64) -> PyResult<f64> {
         if ptr == 0 {
             return Err(ferro_err(py, "LoopStateError", "metric tensor has no storage"));
         }
+        let Some(scalar) = Scalar::from_code(dtype) else {
+            return Err(ferro_err(py, "LoopStateError", format!("unknown metric dtype code {dtype}")));
+        };
         // SAFETY: the caller passes the data_ptr of a CPU tensor it holds alive for this call,
         // with at least one element of `dtype`; unaligned reads keep any storage offset safe.
         let value = unsafe {
-            match dtype {
-                F32 => f64::from(std::ptr::read_unaligned(ptr as *const f32)),
-                F64 => std::ptr::read_unaligned(ptr as *const f64),
-                F16 => f64::from(f16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
-                BF16 => f64::from(bf16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
-                I64 => std::ptr::read_unaligned(ptr as *const i64) as f64,
-                I32 => f64::from(std::ptr::read_unaligned(ptr as *const i32)),
-                BOOL => f64::from(std::ptr::read_unaligned(ptr as *const u8)),
-                _ => return Err(ferro_err(py, "LoopStateError", format!("unknown metric dtype code {dtype}"))),
+            match scalar {
+                Scalar::F32 => f64::from(std::ptr::read_unaligned(ptr as *const f32)),
+                Scalar::F64 => std::ptr::read_unaligned(ptr as *const f64),
+                Scalar::F16 => f64::from(f16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
+                Scalar::BF16 => f64::from(bf16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
+                Scalar::I64 => std::ptr::read_unaligned(ptr as *const i64) as f64,
+                Scalar::I32 => f64::from(std::ptr::read_unaligned(ptr as *const i32)),
+                Scalar::Bool => f64::from(std::ptr::read_unaligned(ptr as *const u8)),
             }
         };
         self.inner.update(slot, value, weight);
@@ -137,23 +131,6 @@ impl PyMetricStore {
 fn describer(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
     static DESCRIBE: PyOnceLock<Option<dlpack::DlTensorFromPyObject>> = PyOnceLock::new();
     *DESCRIBE.get_or_init(tensor_type.py(), || super::clip::exchange_api(tensor_type))
-}
-
-/// The dtype code of a DLPack scalar type this module reads, if any.
-fn scalar_code(t: dlpack::DlDataType) -> Option<u8> {
-    if t.lanes != 1 {
-        return None;
-    }
-    match (t.code, t.bits) {
-        (codes::FLOAT, 32) => Some(F32),
-        (codes::FLOAT, 64) => Some(F64),
-        (codes::FLOAT, 16) => Some(F16),
-        (codes::BFLOAT, 16) => Some(BF16),
-        (codes::INT, 64) => Some(I64),
-        (codes::INT, 32) => Some(I32),
-        (codes::BOOL, 8) => Some(BOOL),
-        _ => None,
-    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

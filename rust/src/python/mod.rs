@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 mod checkpoint;
 mod checkpoint_tree;
 mod clip;
+mod dtype;
 mod errors;
 mod metrics;
 mod prefetch;
@@ -18,6 +19,7 @@ mod tfevents;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    dtype::register(m)?;
     schedule::register(m)?;
     metrics::register(m)?;
     clip::register(m)?;

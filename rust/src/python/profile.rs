@@ -2,11 +2,12 @@
 //!
 //! Python wraps hooks and step parts in `enter(i)` / `exit()` pairs only when profiling is on;
 //! `run_train_epoch` stamps each step's start and end and the wait for data. With no timer, the
-//! batch runner uses `NoStamps`, whose methods are empty and inlined away: profiling off costs
+//! batch runner uses `crate::epoch::NoStamps`, whose methods are empty and inlined away: profiling off costs
 //! nothing per step.
 
 use pyo3::prelude::*;
 
+use crate::epoch::Stamps;
 use crate::profile::PhaseTimer;
 
 /// Phase name of the wait for the next batch, stamped by the batch runner itself.
@@ -81,31 +82,6 @@ impl PyPhaseTimer {
     fn overhead_ns(&self) -> u64 {
         self.inner.overhead_ns()
     }
-}
-
-/// What the batch runner stamps. Two implementations, chosen once per epoch, so the loop is
-/// compiled twice and the unprofiled one has no timer code at all.
-pub trait Stamps {
-    fn begin_step(&self);
-    fn enter_data_wait(&self);
-    fn exit(&self);
-    fn end_step(&self);
-    fn cancel_step(&self);
-}
-
-pub struct NoStamps;
-
-impl Stamps for NoStamps {
-    #[inline(always)]
-    fn begin_step(&self) {}
-    #[inline(always)]
-    fn enter_data_wait(&self) {}
-    #[inline(always)]
-    fn exit(&self) {}
-    #[inline(always)]
-    fn end_step(&self) {}
-    #[inline(always)]
-    fn cancel_step(&self) {}
 }
 
 /// A timer borrowed for the epoch; each stamp borrows it only for the stamp (Python wrappers

@@ -1,14 +1,13 @@
-//! Bindings for the loop schedule and the batch runner that drives a training epoch.
-//!
-//! `run_train_epoch` is the per-batch loop: it fetches each batch, asks the schedule what to do,
-//! and calls back into Python only for the work that needs torch (the batch's step, logging,
-//! validation). Python exceptions raised in those callbacks propagate unchanged.
+//! Bindings for the loop schedule and the epoch driver (`crate::epoch`). `run_train_epoch` adapts
+//! Python callables to the driver's closures: the per-batch loop itself is pure Rust, tested
+//! without an interpreter.
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::errors::ferro_err;
-use super::profile::{NoStamps, PyPhaseTimer, Stamps, TimerStamps};
+use super::profile::{PyPhaseTimer, TimerStamps};
+use crate::epoch::{run_epoch, AfterBatch, EpochError, EpochHooks, NoStamps, ScheduleCell};
 use crate::schedule::{BatchPlan, Progress, Schedule, ScheduleConfig, ScheduleError};
 
 fn to_py_err(py: Python<'_>, e: ScheduleError) -> PyErr {
@@ -207,20 +206,18 @@ impl PySchedule {
     }
 }
 
-/// Drive one training epoch.
+/// Drive one training epoch (`crate::epoch::run_epoch`) over Python callables.
 ///
 /// - `fetcher.fetch()` returns `(batch, is_last)` or `None` when the loader is exhausted (looked
 ///   up per batch: the fetcher may switch strategies mid-epoch);
-/// - `train_batch(batch, batch_idx, flags)` runs the batch (transfer hooks, `on_train_batch_start`,
-///   the optimization step, `on_train_batch_end`) and returns False when
-///   `on_train_batch_start` returned -1, which ends the epoch as in Lightning;
-/// - `after_batch(log, log_step, validate, stepped)` is called only when there is logging or
-///   validation to do, or after every batch when `after_every_batch` is set (plateau schedulers
-///   stepping per batch);
+/// - `train_batch(batch, batch_idx, flags)` runs the batch and returns False when
+///   `on_train_batch_start` returned -1 (only an explicit False ends the epoch);
+/// - `after_batch(log, log_step, validate, stepped)`;
 /// - `timer` (profiling on): each step (fetch to `after_batch`) and its wait for data are stamped
 ///   on it.
 ///
-/// Returns the number of batches run.
+/// Returns the number of batches run. Python exceptions raised in the callbacks propagate
+/// unchanged.
 #[pyfunction]
 #[pyo3(signature = (schedule, fetcher, train_batch, after_batch, after_every_batch, timer=None))]
 pub fn run_train_epoch(
@@ -232,71 +229,44 @@ pub fn run_train_epoch(
     after_every_batch: bool,
     timer: Option<&Bound<'_, PyPhaseTimer>>,
 ) -> PyResult<u64> {
-    let loop_ = EpochLoop { py, schedule, fetcher, train_batch, after_batch, after_every_batch };
-    match timer {
-        None => loop_.run(&NoStamps),
-        Some(t) => {
-            let stamps = TimerStamps::new(t)?;
-            let out = loop_.run(&stamps);
-            if out.is_err() {
-                stamps.cancel_step();
-            }
-            out
-        }
-    }
-}
-
-struct EpochLoop<'a, 'py> {
-    py: Python<'py>,
-    schedule: &'a Bound<'py, PySchedule>,
-    fetcher: &'a Bound<'py, PyAny>,
-    train_batch: &'a Bound<'py, PyAny>,
-    after_batch: &'a Bound<'py, PyAny>,
-    after_every_batch: bool,
-}
-
-impl EpochLoop<'_, '_> {
-    fn run<S: Stamps>(&self, stamps: &S) -> PyResult<u64> {
-        let py = self.py;
-        let schedule = self.schedule;
-        let mut ran = 0u64;
-        let automatic = schedule.borrow().inner.config().automatic_optimization;
-        loop {
-            if schedule.borrow().inner.epoch_done() {
-                break;
-            }
-            stamps.begin_step();
-            stamps.enter_data_wait();
-            let item = self.fetcher.call_method0(pyo3::intern!(py, "fetch"))?;
-            stamps.exit();
+    let cell = Cell(schedule);
+    let no = pyo3::types::PyBool::new(py, false);
+    let hooks = EpochHooks {
+        fetch: || -> PyResult<Option<(Bound<'_, PyAny>, bool)>> {
+            let item = fetcher.call_method0(pyo3::intern!(py, "fetch"))?;
             if item.is_none() {
-                stamps.cancel_step();
-                break;
+                return Ok(None);
             }
             let pair = item.cast_into::<PyTuple>()?;
-            let batch = pair.get_item(0)?;
-            let is_last: bool = pair.get_item(1)?.extract()?;
-            let plan = schedule.borrow_mut().inner.begin_batch(is_last).map_err(|e| to_py_err(py, e))?;
-            ran += 1;
-            let proceed = self.train_batch.call1((batch, plan.batch_idx, pack(&plan)))?;
-            // Only an explicit False ends the epoch (on_train_batch_start returned -1).
-            if proceed.is(&*pyo3::types::PyBool::new(py, false)) {
-                schedule.borrow_mut().inner.abort_batch().map_err(|e| to_py_err(py, e))?;
-                stamps.end_step();
-                break;
-            }
-            let out = schedule.borrow_mut().inner.end_batch().map_err(|e| to_py_err(py, e))?;
-            if out.log || out.validate || self.after_every_batch {
-                // Manual optimization never accumulates: every batch counts as a stepping batch.
-                let stepped = plan.step_optimizer || !automatic;
-                self.after_batch.call1((out.log, out.log_step, out.validate, stepped))?;
-            }
-            stamps.end_step();
-            if out.epoch_done {
-                break;
-            }
-        }
-        Ok(ran)
+            Ok(Some((pair.get_item(0)?, pair.get_item(1)?.extract()?)))
+        },
+        train_batch: |batch: Bound<'_, PyAny>, plan: &BatchPlan| -> PyResult<bool> {
+            let proceed = train_batch.call1((batch, plan.batch_idx, pack(plan)))?;
+            Ok(!proceed.is(&*no))
+        },
+        after_batch: |a: AfterBatch| -> PyResult<()> {
+            after_batch.call1((a.log, a.log_step, a.validate, a.stepped))?;
+            Ok(())
+        },
+        after_every_batch,
+    };
+    let out = match timer {
+        None => run_epoch(&cell, hooks, &NoStamps),
+        Some(t) => run_epoch(&cell, hooks, &TimerStamps::new(t)?),
+    };
+    out.map_err(|e| match e {
+        EpochError::Schedule(e) => to_py_err(py, e),
+        EpochError::Hook(e) => e,
+    })
+}
+
+/// The Python-owned schedule, borrowed for each of the driver's questions (the callbacks borrow
+/// it in between: `trainer.global_step`, `count_optimizer_step`).
+struct Cell<'a, 'py>(&'a Bound<'py, PySchedule>);
+
+impl ScheduleCell for Cell<'_, '_> {
+    fn with<R>(&self, f: impl FnOnce(&mut Schedule) -> R) -> R {
+        f(&mut self.0.borrow_mut().inner)
     }
 }
 

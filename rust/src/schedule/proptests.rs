@@ -1,8 +1,9 @@
-//! Property tests: the schedule, driven the way the Trainer drives it, makes the same decisions
+//! Property tests: the schedule, driven by the epoch driver the way the Trainer drives it, makes the same decisions
 //! as the reference model of Lightning 2.x's loops (`reference.rs`), and a fit interrupted at
 //! any checkpoint position and resumed from `progress()` continues exactly as the uninterrupted
 //! one.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 
 use proptest::collection::{btree_set, vec};
@@ -10,6 +11,7 @@ use proptest::prelude::*;
 
 use super::reference::{self, BatchRecord, Event, Scenario, Trace};
 use super::*;
+use crate::epoch::{run_epoch, AfterBatch, EpochError, EpochHooks, NoStamps};
 
 /// Where the driver stopped to "save a checkpoint", and what the Trainer held then.
 #[derive(Clone, Copy, Debug)]
@@ -20,118 +22,155 @@ struct Paused {
     should_stop: bool,
 }
 
-/// Drive a fit the way the Trainer does (`run_train_epoch` for the batches), recording what it
-/// does. With `cut = Some(k)` it returns at the k-th checkpoint position: after a batch that
-/// ran (`on_train_batch_end` / `on_validation_end`), in `on_train_epoch_end` (after
-/// `end_epoch`), or between epochs (after `complete_epoch`).
+/// Why the epoch driver stopped early: the test "saves a checkpoint", or the schedule refused a
+/// call.
+enum Stop {
+    Cut(Paused),
+    Schedule(ScheduleError),
+}
+
+/// Drive a fit the way the Trainer does (the epoch driver, `crate::epoch::run_epoch`, for the
+/// batches), recording what it does. With `cut = Some(k)` it returns at the k-th checkpoint
+/// position: after a batch that ran (`on_train_batch_end` / `on_validation_end`), in
+/// `on_train_epoch_end` (after `end_epoch`), or between epochs (after `complete_epoch`).
 fn drive(
     sc: &Scenario,
-    s: &mut Schedule,
+    cell: &RefCell<Schedule>,
     events: &mut Vec<Event>,
     cut: Option<usize>,
 ) -> Result<Option<Paused>, ScheduleError> {
-    let mut positions = 0usize;
-    let mut at_cut = |s: &Schedule| {
-        let hit = cut == Some(positions);
-        positions += 1;
+    let positions = Cell::new(0usize);
+    let at_cut = |s: &Schedule| {
+        let hit = cut == Some(positions.get());
+        positions.set(positions.get() + 1);
         hit.then(|| Paused { progress: s.progress(), should_stop: s.should_stop() })
     };
     let len = sc.len_known.then_some(sc.epoch_len);
     // `setup_data`: the loader's length is known before the first `fit_done` (Lightning's
     // `_FitLoop.skip`).
-    s.set_num_training_batches(len)?;
-    while !s.fit_done() && s.progress().epoch < sc.epoch_cap {
-        // The epoch's full length: a resumed epoch continues counting at `batches_in_epoch`
-        // while the (resumable) loader yields the batches that remain.
-        s.begin_epoch(len)?;
-        loop {
-            if s.epoch_done() {
-                break;
-            }
-            let idx = s.progress().batches_in_epoch;
-            if idx >= sc.epoch_len {
-                break; // the loader is exhausted
-            }
-            // An iterable reports its last batch by look-ahead; a sized loader leaves it to
-            // the schedule, which knows the length.
-            let is_last = !sc.len_known && idx + 1 == sc.epoch_len;
-            let plan = s.begin_batch(is_last)?;
-            let p = s.progress();
-            let total = p.total_batches - 1;
-            let mut rec = BatchRecord {
-                epoch: p.epoch,
-                batch_idx: plan.batch_idx,
-                aborted: false,
-                zero_grad: false,
-                step: false,
-                log: None,
-                validate: false,
-            };
-            if sc.abort_at.contains(&total) {
-                // `on_train_batch_start` returned -1: nothing of the plan runs.
-                s.abort_batch()?;
-                rec.aborted = true;
-                events.push(Event::Batch(rec));
-                // `run_train_epoch` stops here; this driver asks the schedule instead, which
-                // must say the epoch is over.
-                continue;
-            }
-            rec.zero_grad = plan.zero_grad;
-            rec.step = plan.step_optimizer;
-            if !s.config().automatic_optimization {
-                for _ in 0..sc.manual_steps_at(total) {
-                    s.count_optimizer_step();
-                }
-            }
-            if sc.stop_on_batch_end.contains(&total) {
-                s.set_should_stop(true);
-            }
-            let out = s.end_batch()?;
-            rec.log = out.log.then_some(out.log_step);
-            rec.validate = out.validate;
-            if out.validate && sc.stop_on_val_end.contains(&total) {
-                s.set_should_stop(true);
-            }
-            events.push(Event::Batch(rec));
-            // `epoch_done` may only turn true later through `should_stop` (validation end).
-            assert!(!out.epoch_done || s.epoch_done(), "end_batch and epoch_done disagree");
-            if let Some(p) = at_cut(s) {
-                return Ok(Some(p));
-            }
-            if out.epoch_done {
+    cell.borrow_mut().set_num_training_batches(len)?;
+    loop {
+        {
+            let s = cell.borrow();
+            if s.fit_done() || s.progress().epoch >= sc.epoch_cap {
                 break;
             }
         }
+        // The epoch's full length: a resumed epoch continues counting at `batches_in_epoch`
+        // while the (resumable) loader yields the batches that remain.
+        cell.borrow_mut().begin_epoch(len)?;
+        let exhausted = Cell::new(false);
+        let pending: Cell<Option<BatchRecord>> = Cell::new(None);
+        let batch_events = RefCell::new(Vec::new());
+        let hooks = EpochHooks {
+            fetch: || {
+                let idx = cell.borrow().progress().batches_in_epoch;
+                if idx >= sc.epoch_len {
+                    exhausted.set(true);
+                    return Ok(None);
+                }
+                // An iterable reports its last batch by look-ahead; a sized loader leaves it
+                // to the schedule, which knows the length.
+                Ok(Some((idx, !sc.len_known && idx + 1 == sc.epoch_len)))
+            },
+            train_batch: |_idx: u64, plan: &BatchPlan| {
+                let mut s = cell.borrow_mut();
+                let p = s.progress();
+                let total = p.total_batches - 1;
+                let mut rec = BatchRecord {
+                    epoch: p.epoch,
+                    batch_idx: plan.batch_idx,
+                    aborted: false,
+                    zero_grad: false,
+                    step: false,
+                    log: None,
+                    validate: false,
+                };
+                if sc.abort_at.contains(&total) {
+                    // `on_train_batch_start` returned -1: nothing of the plan runs.
+                    rec.aborted = true;
+                    batch_events.borrow_mut().push(Event::Batch(rec));
+                    return Ok(false);
+                }
+                rec.zero_grad = plan.zero_grad;
+                rec.step = plan.step_optimizer;
+                if !s.config().automatic_optimization {
+                    for _ in 0..sc.manual_steps_at(total) {
+                        s.count_optimizer_step();
+                    }
+                }
+                if sc.stop_on_batch_end.contains(&total) {
+                    s.set_should_stop(true);
+                }
+                pending.set(Some(rec));
+                Ok(true)
+            },
+            after_batch: |after: AfterBatch| {
+                let mut s = cell.borrow_mut();
+                let Some(mut rec) = pending.take() else {
+                    return Err(Stop::Schedule(ScheduleError::OutOfOrder("after_batch without a batch")));
+                };
+                rec.log = after.log.then_some(after.log_step);
+                rec.validate = after.validate;
+                let total = s.progress().total_batches - 1;
+                if after.validate && sc.stop_on_val_end.contains(&total) {
+                    s.set_should_stop(true);
+                }
+                batch_events.borrow_mut().push(Event::Batch(rec));
+                at_cut(&s).map_or(Ok(()), |p| Err(Stop::Cut(p)))
+            },
+            // Every batch that ran is a checkpoint position.
+            after_every_batch: true,
+        };
+        let ran = run_epoch(cell, hooks, &NoStamps);
+        events.extend(batch_events.take());
+        match ran {
+            Ok(_) => {}
+            Err(EpochError::Hook(Stop::Cut(p))) => return Ok(Some(p)),
+            Err(EpochError::Hook(Stop::Schedule(e)) | EpochError::Schedule(e)) => return Err(e),
+        }
+        let mut s = cell.borrow_mut();
+        // The driver stopped: the loader ran out, or the schedule says the epoch is over (an
+        // aborted batch included).
+        assert!(exhausted.get() || s.epoch_done(), "the driver and epoch_done disagree");
         s.end_epoch()?;
         let epoch = s.progress().epoch;
         events.push(Event::EpochEnd { epoch });
         if sc.stop_on_epoch_end.contains(&epoch) {
             s.set_should_stop(true);
         }
-        if let Some(p) = at_cut(s) {
+        if let Some(p) = at_cut(&s) {
             return Ok(Some(p));
         }
         s.complete_epoch()?;
-        if let Some(p) = at_cut(s) {
+        if let Some(p) = at_cut(&s) {
             return Ok(Some(p));
         }
     }
     Ok(None)
 }
 
-fn new_schedule(sc: &Scenario) -> Schedule {
+fn new_schedule(sc: &Scenario) -> RefCell<Schedule> {
     let mut s = Schedule::new(sc.cfg.clone()).expect("generated configs are valid");
     s.set_should_stop(sc.stop_at_start);
-    s
+    RefCell::new(s)
+}
+
+/// A fresh schedule (a new process), restored from the progress a checkpoint saved.
+fn restored(sc: &Scenario, paused: Paused) -> RefCell<Schedule> {
+    let mut r = Schedule::new(sc.cfg.clone()).expect("valid");
+    r.restore(paused.progress);
+    r.set_should_stop(paused.should_stop);
+    RefCell::new(r)
 }
 
 /// The schedule's whole fit, as a trace comparable with the reference's.
 fn schedule_trace(sc: &Scenario) -> (Trace, Progress) {
-    let mut s = new_schedule(sc);
+    let s = new_schedule(sc);
     let mut events = Vec::new();
-    let paused = drive(sc, &mut s, &mut events, None).expect("the driver calls in order");
+    let paused = drive(sc, &s, &mut events, None).expect("the driver calls in order");
     assert!(paused.is_none());
-    let p = s.progress();
+    let p = s.borrow().progress();
     (Trace { events, global_step: p.global_step, current_epoch: p.epoch }, p)
 }
 
@@ -221,9 +260,9 @@ proptest! {
         // Count the checkpoint positions of the uninterrupted fit, then cut at one of them.
         let mut positions = 0usize;
         loop {
-            let mut s = new_schedule(&sc);
+            let s = new_schedule(&sc);
             let mut ev = Vec::new();
-            if drive(&sc, &mut s, &mut ev, Some(positions)).expect("in order").is_none() {
+            if drive(&sc, &s, &mut ev, Some(positions)).expect("in order").is_none() {
                 break;
             }
             positions += 1;
@@ -233,19 +272,17 @@ proptest! {
         }
         let cut = ((positions as f64) * cut_frac) as usize;
 
-        let mut first = new_schedule(&sc);
+        let first = new_schedule(&sc);
         let mut events = Vec::new();
-        let paused = drive(&sc, &mut first, &mut events, Some(cut))
+        let paused = drive(&sc, &first, &mut events, Some(cut))
             .expect("in order")
             .expect("the cut position exists");
 
         // A fresh Schedule (a new process), restored from the checkpointed progress.
-        let mut resumed = Schedule::new(sc.cfg.clone()).expect("valid");
-        resumed.restore(paused.progress);
-        resumed.set_should_stop(paused.should_stop);
-        let rest = drive(&sc, &mut resumed, &mut events, None).expect("in order");
+        let resumed = restored(&sc, paused);
+        let rest = drive(&sc, &resumed, &mut events, None).expect("in order");
         prop_assert!(rest.is_none());
-        let p = resumed.progress();
+        let p = resumed.borrow().progress();
         prop_assert_eq!(&events, &full.events, "cut at position {} of {}", cut, positions);
         prop_assert_eq!(p, full_progress);
     }
@@ -341,14 +378,13 @@ fn aborted_batch_ends_the_epoch() {
 /// the final progress, and the uninterrupted fit's.
 fn resumed(sc: &Scenario, cut: usize) -> ((Vec<Event>, Progress), (Vec<Event>, Progress)) {
     let (full, full_progress) = schedule_trace(sc);
-    let mut s = new_schedule(sc);
+    let s = new_schedule(sc);
     let mut events = Vec::new();
-    let paused = drive(sc, &mut s, &mut events, Some(cut)).expect("in order").expect("cut exists");
-    let mut r = Schedule::new(sc.cfg.clone()).expect("valid");
-    r.restore(paused.progress);
-    r.set_should_stop(paused.should_stop);
-    assert!(drive(sc, &mut r, &mut events, None).expect("in order").is_none());
-    ((events, r.progress()), (full.events, full_progress))
+    let paused = drive(sc, &s, &mut events, Some(cut)).expect("in order").expect("cut exists");
+    let r = restored(sc, paused);
+    assert!(drive(sc, &r, &mut events, None).expect("in order").is_none());
+    let progress = r.borrow().progress();
+    ((events, progress), (full.events, full_progress))
 }
 
 #[test]
@@ -356,8 +392,8 @@ fn checkpoint_from_on_train_epoch_end_resumes_at_the_next_epoch() {
     // Positions in epoch 0 of 3 batches: after each batch (0, 1, 2), then in
     // `on_train_epoch_end` (3).
     let sc = base(3);
-    let mut s = new_schedule(&sc);
-    let paused = drive(&sc, &mut s, &mut Vec::new(), Some(3)).expect("in order").expect("exists");
+    let s = new_schedule(&sc);
+    let paused = drive(&sc, &s, &mut Vec::new(), Some(3)).expect("in order").expect("exists");
     assert_eq!((paused.progress.epoch, paused.progress.epochs_processed), (0, 1));
     let mut r = Schedule::new(sc.cfg.clone()).expect("valid");
     r.restore(paused.progress);
@@ -373,8 +409,8 @@ fn checkpoint_at_max_steps_mid_epoch_still_ends_that_epoch() {
     // and counts the epoch, so the resumed one must too.
     let mut sc = base(4);
     sc.cfg.max_steps = Some(2);
-    let mut s = new_schedule(&sc);
-    let paused = drive(&sc, &mut s, &mut Vec::new(), Some(1)).expect("in order").expect("exists");
+    let s = new_schedule(&sc);
+    let paused = drive(&sc, &s, &mut Vec::new(), Some(1)).expect("in order").expect("exists");
     let mut r = Schedule::new(sc.cfg.clone()).expect("valid");
     r.restore(paused.progress);
     assert!(r.resuming_mid_epoch() && !r.fit_done());
