@@ -10,6 +10,7 @@
 //! - `gate`: the per-piece hand-off between that copy and the write.
 //! - `parallel`: the piece-wise work split shared by the three passes over tensor bytes.
 //! - `tree`: the JSON text, tensor names and shared-memory keys of a checkpoint's tree.
+//! - `tree_format`: the tree's tags and the writer of each tagged value (read back by `pickle`).
 
 pub mod async_writer;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod pickle;
 pub mod torchzip;
 pub mod parallel;
 pub mod tree;
+pub mod tree_format;
 
 #[cfg(test)]
 mod fuzz;

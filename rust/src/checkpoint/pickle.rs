@@ -19,6 +19,7 @@ use super::error::{CheckpointError, FormatError};
 use super::format::{Dtype, TensorSpec};
 use super::json_tree::Node;
 use super::tree::JsonText;
+use super::tree_format::{tag, INF, NAN, NEG_INF};
 
 // Opcodes (pickletools' names).
 const PROTO: u8 = 0x80;
@@ -394,15 +395,15 @@ impl Writer<'_> {
     }
 
     fn tagged(&mut self, v: &Node) -> Result<(), CheckpointError> {
-        if let Some(t) = v.get("tensor") {
+        if let Some(t) = v.get(tag::TENSOR) {
             let Node::Str(name) = t else {
                 return Err(invalid("a tensor name must be a string"));
             };
-            let device = match v.get("device") {
+            let device = match v.get(tag::DEVICE) {
                 Some(Node::Str(d)) => Some(d.as_str()),
                 _ => None,
             };
-            if let Some(Node::Bool(rg)) = v.get("param") {
+            if let Some(Node::Bool(rg)) = v.get(tag::PARAM) {
                 let i = self.specs.iter().position(|s| s.name == *name);
                 if let Some(&(_, _, slot)) = self.params.iter().find(|p| Some(p.0) == i && p.1 == *rg) {
                     self.get(slot);
@@ -429,39 +430,39 @@ impl Writer<'_> {
             return Err(invalid("empty object in the tree"));
         };
         match (tag.as_str(), body) {
-            ("dict", _) => {
+            (tag::DICT, _) => {
                 self.out.push(EMPTY_DICT);
                 self.items(body)?;
             }
-            ("odict", _) => {
+            (tag::ODICT, _) => {
                 self.empty_ordered_dict();
                 self.items(body)?;
-                if let Some(meta) = v.get("meta") {
+                if let Some(meta) = v.get(tag::META) {
                     self.out.push(EMPTY_DICT);
                     self.string("_metadata");
                     self.value(meta)?;
                     self.out.extend_from_slice(&[SETITEM, BUILD]);
                 }
             }
-            ("tuple", Node::List(xs)) => self.tuple_of(xs)?,
-            ("size", Node::List(xs)) => {
+            (tag::TUPLE, Node::List(xs)) => self.tuple_of(xs)?,
+            (tag::SIZE, Node::List(xs)) => {
                 self.global("torch", "Size");
                 self.tuple_of(xs)?;
                 self.out.extend_from_slice(&[TUPLE1, REDUCE]);
             }
-            ("float", Node::Str(s)) => self.float(match s.as_str() {
-                "nan" => f64::NAN,
-                "inf" => f64::INFINITY,
-                "-inf" => f64::NEG_INFINITY,
+            (tag::FLOAT, Node::Str(s)) => self.float(match s.as_str() {
+                NAN => f64::NAN,
+                INF => f64::INFINITY,
+                NEG_INF => f64::NEG_INFINITY,
                 _ => return Err(invalid(format!("unknown float {s}"))),
             }),
-            ("dtype", Node::Str(name)) => {
+            (tag::DTYPE, Node::Str(name)) => {
                 if dtype_from_torch_name(name).is_none() {
                     return Err(invalid(format!("unknown dtype {name}")));
                 }
                 self.global("torch", name);
             }
-            ("bytes_hex", Node::Str(hex)) => {
+            (tag::BYTES_HEX, Node::Str(hex)) => {
                 // As pickle protocol 2 writes bytes: _codecs.encode(latin-1 text, 'latin1').
                 let bytes = (0..hex.len() / 2)
                     .map(|i| hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
@@ -474,7 +475,7 @@ impl Writer<'_> {
                 self.string("latin1");
                 self.out.extend_from_slice(&[TUPLE2, REDUCE]);
             }
-            ("device", Node::Str(d)) => {
+            (tag::DEVICE, Node::Str(d)) => {
                 self.global("torch", "device");
                 self.string(d);
                 self.out.extend_from_slice(&[TUPLE1, REDUCE]);

@@ -2,8 +2,8 @@
 //! `python/checkpoint_tree.rs`): the JSON text of the tree, the names tensors get from their key
 //! paths, and the key that recognises two views of the same memory so they are stored once.
 //!
-//! The tree format itself (which tag each type gets) is documented in
-//! `ferrotrain/checkpoint/_tree.py`, whose decoder reads it back.
+//! The tree format itself (which tag each type gets) is `tree_format.rs`; it is documented in
+//! `ferrotrain/checkpoint/_tree.py` too, whose decoder reads it back.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

@@ -14,20 +14,11 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use super::errors::ferro_err;
+use super::errors::IntoPyErr;
 use crate::checkpoint::{
     gate::RawBuffer, io, open_checkpoint, parallel, write_atomic, AnyLayout, AsyncWriter,
     ByteSource, CheckpointError, FileLayout,
 };
-
-pub(super) fn to_py(py: Python<'_>, e: CheckpointError) -> PyErr {
-    let class = if e.is_corrupt() {
-        "CorruptCheckpointError"
-    } else {
-        "CheckpointError"
-    };
-    ferro_err(py, class, e.to_string())
-}
 
 /// View `len` bytes at address `ptr` (an empty slice when `len` is 0, whatever `ptr` is).
 ///
@@ -94,7 +85,7 @@ fn checkpoint_write(
             .collect();
         write_atomic(&path, layout, &slices)
     })
-    .map_err(|e| to_py(py, e))
+    .map_err(|e| e.into_py_err(py))
 }
 
 /// One tensor found in a file: name, dtype, shape, absolute byte offset, byte count.
@@ -113,19 +104,12 @@ fn checkpoint_read(
     let owned = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
         .map_err(|e| {
-            to_py(
-                py,
-                CheckpointError::Io {
-                    path: path.clone(),
-                    what: "cannot open".into(),
-                    source: e,
-                },
-            )
+            CheckpointError::Io { path: path.clone(), what: "cannot open".into(), source: e }.into_py_err(py)
         })?;
     let file = std::fs::File::from(owned);
     let header = py
         .detach(|| open_checkpoint(&file, &path, verify))
-        .map_err(|e| to_py(py, e))?;
+        .map_err(|e| e.into_py_err(py))?;
     let entries = header
         .entries
         .into_iter()
@@ -146,7 +130,7 @@ fn dup_file(py: Python<'_>, fd: i32, path: &std::path::Path) -> PyResult<std::fs
     // SAFETY: the caller's file object keeps `fd` open during this call; we only duplicate it.
     let owned = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
-        .map_err(|e| to_py(py, CheckpointError::Io { path: path.to_path_buf(), what: "cannot open".into(), source: e }))?;
+        .map_err(|e| CheckpointError::Io { path: path.to_path_buf(), what: "cannot open".into(), source: e }.into_py_err(py))?;
     Ok(std::fs::File::from(owned))
 }
 
@@ -160,7 +144,7 @@ type StorageTuple = (String, &'static str, u64, String, u64, u32);
 #[pyfunction]
 fn torch_open(py: Python<'_>, fd: i32, path: PathBuf) -> PyResult<(String, Vec<StorageTuple>)> {
     let file = dup_file(py, fd, &path)?;
-    let opened = py.detach(|| io::open_torch(&file, &path)).map_err(|e| to_py(py, e))?;
+    let opened = py.detach(|| io::open_torch(&file, &path)).map_err(|e| e.into_py_err(py))?;
     let storages = opened
         .storages
         .into_iter()
@@ -192,21 +176,21 @@ fn torch_read_storages(
 ) -> PyResult<()> {
     let file = dup_file(py, fd, &path)?;
     if ranges.iter().zip(&dsts).any(|(r, d)| r.1 != d.1 as u64 || (d.0 == 0 && d.1 > 0)) {
-        return Err(to_py(py, CheckpointError::Invalid("destination sizes do not match the storages".into())));
+        return Err(CheckpointError::Invalid("destination sizes do not match the storages".into()).into_py_err(py));
     }
     // SAFETY: see the module docs: each address is a live, writable tensor of that many bytes
     // that the caller holds and nothing else touches during the call.
     let bufs: Vec<RawBuffer> = dsts.iter().map(|&(p, n)| unsafe { RawBuffer::new(p as *mut u8, n) }).collect();
     // SAFETY: as above.
     py.detach(|| unsafe { io::read_storages(&file, &path, &ranges, &bufs, verify) })
-        .map_err(|e| to_py(py, e))
+        .map_err(|e| e.into_py_err(py))
 }
 
 /// Check the CRC-32 of `ranges[i] = (file offset, nbytes, crc, name)` of the file at `fd`.
 #[pyfunction]
 fn torch_verify(py: Python<'_>, fd: i32, path: PathBuf, ranges: Vec<(u64, u64, u32, String)>) -> PyResult<()> {
     let file = dup_file(py, fd, &path)?;
-    py.detach(|| io::verify_ranges(&file, &path, &ranges)).map_err(|e| to_py(py, e))
+    py.detach(|| io::verify_ranges(&file, &path, &ranges)).map_err(|e| e.into_py_err(py))
 }
 
 /// The snapshot buffer, owned by Python and kept alive by `PyAsyncWriter::buffer`.
@@ -256,7 +240,7 @@ impl PyAsyncWriter {
         let inner = &mut self.inner;
         let result = py.detach(|| inner.wait());
         self.buffer = None;
-        result.map_err(|e| to_py(py, e))
+        result.map_err(|e| e.into_py_err(py))
     }
 
     /// Await the previous write (raising its error), copy the CPU tensors `(data_ptr, nbytes,
@@ -280,10 +264,7 @@ impl PyAsyncWriter {
         self.wait(py)?;
         let layout = layout.inner.clone();
         if (buffer_len as u64) < layout.data_len() || (buffer_ptr == 0 && buffer_len > 0) {
-            return Err(to_py(
-                py,
-                CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into()),
-            ));
+            return Err(CheckpointError::Invalid("snapshot buffer smaller than the checkpoint".into()).into_py_err(py));
         }
         let fresh = self.last_buffer != buffer_ptr;
         self.last_buffer = buffer_ptr;
@@ -314,7 +295,7 @@ impl PyAsyncWriter {
                 remove,
             )
         })
-        .map_err(|e| to_py(py, e))?;
+        .map_err(|e| e.into_py_err(py))?;
         self.buffer = Some(buffer);
         Ok(())
     }

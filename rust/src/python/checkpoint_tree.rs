@@ -17,8 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 use super::checkpoint::PyLayout;
-use super::errors::ferro_err;
+use super::errors::{IntoPyErr, Raise};
 use crate::checkpoint::tree::{JsonText, MemoryKey, TensorTable};
+use crate::checkpoint::tree_format::tag;
 use crate::checkpoint::{AnyLayout, Dtype, Layout, TensorSpec, TorchLayout};
 use crate::dlpack;
 
@@ -175,10 +176,7 @@ impl<'py> Walk<'py> {
             return Err(self.fail("the checkpoint contains itself (a cycle)".into()));
         }
         if self.open.len() >= MAX_DEPTH {
-            return Err(ferro_err(
-                self.py,
-                "CheckpointError",
-                "cannot save the checkpoint: it is nested too deeply",
+            return Err(Raise::Checkpoint.err(self.py, "cannot save the checkpoint: it is nested too deeply",
             ));
         }
         self.open.push(addr);
@@ -209,7 +207,7 @@ impl<'py> Walk<'py> {
             return self.int(obj);
         }
         if obj.is_exact_instance_of::<PyFloat>() {
-            self.float(obj.cast::<PyFloat>()?.value());
+            self.json.any_float(obj.cast::<PyFloat>()?.value());
             return Ok(());
         }
         if obj.is_exact_instance_of::<PyDict>() {
@@ -225,49 +223,31 @@ impl<'py> Walk<'py> {
         if ty.is(&self.types.dtype) {
             let s = obj.str()?;
             let name = self.text_of(&s)?;
-            self.json.raw("{\"dtype\":");
-            self.json
-                .string(name.strip_prefix("torch.").unwrap_or(&name));
-            self.json.raw("}");
+            self.json.dtype(&name);
             return Ok(());
         }
         if ty.is(&self.types.device) {
             let s = obj.str()?;
-            self.json.raw("{\"device\":");
-            self.json.string(&self.text_of(&s)?);
-            self.json.raw("}");
+            let name = self.text_of(&s)?;
+            self.json.device(&name);
             return Ok(());
         }
         if ty.is(&self.types.size) {
-            self.json.raw("{\"size\":[");
-            for (i, d) in obj.try_iter()?.enumerate() {
-                if i > 0 {
-                    self.json.raw(",");
-                }
-                self.json.int(d?.extract::<i64>()?);
-            }
-            self.json.raw("]}");
+            let dims = obj.try_iter()?.map(|d| d?.extract::<i64>()).collect::<PyResult<Vec<i64>>>()?;
+            self.json.size(&dims);
             return Ok(());
         }
         if obj.is_exact_instance_of::<PyBytes>() {
             if self.torch_format {
                 // In torch's format bytes are a pickled value (`_codecs.encode`), not a tensor.
-                let b = obj.cast::<PyBytes>()?.as_bytes();
-                let mut hex = String::with_capacity(2 * b.len() + 16);
-                hex.push_str("{\"bytes_hex\":\"");
-                for x in b {
-                    hex.push(char::from(b"0123456789abcdef"[usize::from(x >> 4)]));
-                    hex.push(char::from(b"0123456789abcdef"[usize::from(x & 15)]));
-                }
-                hex.push_str("\"}");
-                self.json.raw(&hex);
+                self.json.bytes_hex(obj.cast::<PyBytes>()?.as_bytes());
                 return Ok(());
             }
             let t = self.types.bytes_tensor.call1((obj, self.path_tuple()?))?;
-            return self.tagged_tensor("bytes", &t);
+            return self.tagged_tensor(tag::BYTES, &t);
         }
         // numpy arrays, then numpy scalars (np.float64 is also a float: numpy's rule comes first).
-        let numpy = [(self.types.ndarray.clone(), "ndarray", false), (self.types.generic.clone(), "np_scalar", true)];
+        let numpy = [(self.types.ndarray.clone(), tag::NDARRAY, false), (self.types.generic.clone(), tag::NP_SCALAR, true)];
         for (numpy_type, tag, scalar) in numpy {
             if let Some(ty) = numpy_type {
                 if obj.is_instance(&ty)? {
@@ -285,9 +265,9 @@ impl<'py> Walk<'py> {
         }
         if obj.is_instance_of::<PyTuple>() {
             return self.container(obj, |w, o| {
-                w.json.raw("{\"tuple\":");
+                w.json.begin_tagged(tag::TUPLE);
                 w.list(o)?;
-                w.json.raw("}");
+                w.json.end_tagged();
                 Ok(())
             });
         }
@@ -297,7 +277,7 @@ impl<'py> Walk<'py> {
             return self.int(&plain);
         }
         if obj.is_instance_of::<PyFloat>() {
-            self.float(obj.extract::<f64>()?);
+            self.json.any_float(obj.extract::<f64>()?);
             return Ok(());
         }
         if obj.is_instance_of::<PyString>() {
@@ -329,23 +309,6 @@ impl<'py> Walk<'py> {
         Ok(())
     }
 
-    fn float(&mut self, v: f64) {
-        if v.is_finite() {
-            self.json.float(v);
-        } else {
-            let tag = if v.is_nan() {
-                "nan"
-            } else if v > 0.0 {
-                "inf"
-            } else {
-                "-inf"
-            };
-            self.json.raw("{\"float\":\"");
-            self.json.raw(tag);
-            self.json.raw("\"}");
-        }
-    }
-
     fn container(
         &mut self,
         obj: &Bound<'py, PyAny>,
@@ -367,17 +330,15 @@ impl<'py> Walk<'py> {
         } else {
             obj.try_iter()?.collect::<PyResult<_>>()?
         };
-        self.json.raw("[");
+        self.json.begin_list();
         for (i, v) in items.iter().enumerate() {
-            if i > 0 {
-                self.json.raw(",");
-            }
+            self.json.item(i);
             self.path.push(Part::Index(i));
             let r = self.value(v);
             self.path.pop();
             r?;
         }
-        self.json.raw("]");
+        self.json.end_list();
         Ok(())
     }
 
@@ -392,53 +353,47 @@ impl<'py> Walk<'py> {
                     .map(|kv| kv.and_then(|kv| kv.extract()))
                     .collect::<PyResult<_>>()?
             };
-        self.json
-            .raw(if ordered { "{\"odict\":" } else { "{\"dict\":" });
+        self.json.begin_mapping(ordered);
         if items.iter().all(|(k, _)| k.is_instance_of::<PyString>()) {
-            self.json.raw("{");
+            self.json.begin_object();
             for (i, (k, v)) in items.iter().enumerate() {
-                if i > 0 {
-                    self.json.raw(",");
-                }
+                self.json.item(i);
                 let key = self.text_of(k.cast::<PyString>()?)?;
-                self.json.string(&key);
-                self.json.raw(":");
+                self.json.key(&key);
                 self.path.push(Part::Str(key));
                 let r = self.value(v);
                 self.path.pop();
                 r?;
             }
-            self.json.raw("}");
+            self.json.end_object();
         } else {
-            self.json.raw("[");
+            self.json.begin_list();
             for (i, (k, v)) in items.iter().enumerate() {
-                if i > 0 {
-                    self.json.raw(",");
-                }
+                self.json.item(i);
                 self.path.push(Part::Obj(k.clone()));
-                self.json.raw("[");
+                self.json.begin_list();
                 let r = self.key(k).and_then(|()| {
-                    self.json.raw(",");
+                    self.json.item(1);
                     self.value(v)
                 });
-                self.json.raw("]");
+                self.json.end_list();
                 self.path.pop();
                 r?;
             }
-            self.json.raw("]");
+            self.json.end_list();
         }
         if ordered {
             // nn.Module.state_dict() keeps the modules' versions here.
             let meta = obj.getattr_opt(intern!(self.py, "_metadata"))?;
             if let Some(meta) = meta.filter(|m| !m.is_none()) {
-                self.json.raw(",\"meta\":");
+                self.json.mapping_meta();
                 self.path.push(Part::Str("_metadata".into()));
                 let r = self.value(&meta);
                 self.path.pop();
                 r?;
             }
         }
-        self.json.raw("}");
+        self.json.end_tagged();
         Ok(())
     }
 
@@ -469,30 +424,14 @@ impl<'py> Walk<'py> {
     // ---------------------------------------------------------------- tensors
     fn tensor_value(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
         let r = self.tensor(obj)?;
-        self.json.raw("{\"tensor\":");
-        let name = self.table.stored[r.index].clone();
-        self.json.string(&name);
-        if let Some(d) = &r.device {
-            self.json.raw(",\"device\":");
-            self.json.string(d);
-        }
-        if let Some(p) = r.param {
-            self.json.raw(",\"param\":");
-            self.json.bool(p);
-        }
-        self.json.raw("}");
+        self.json.tensor_ref(&self.table.stored[r.index], r.device.as_deref(), r.param);
         Ok(())
     }
 
     /// A numpy value or bytes, already turned into a CPU tensor by `_tree`.
     fn tagged_tensor(&mut self, tag: &str, t: &Bound<'py, PyAny>) -> PyResult<()> {
         let r = self.tensor(t)?;
-        self.json.raw("{");
-        self.json.string(tag);
-        self.json.raw(":");
-        let name = self.table.stored[r.index].clone();
-        self.json.string(&name);
-        self.json.raw("}");
+        self.json.tagged_str(tag, &self.table.stored[r.index]);
         Ok(())
     }
 
@@ -514,10 +453,7 @@ impl<'py> Walk<'py> {
         let (stored, dtype_name, shape, device, param, key, direct): SlowTensorInfo<'py> =
             info.extract()?;
         let dtype = Dtype::parse(&dtype_name).ok_or_else(|| {
-            ferro_err(
-                self.py,
-                "CheckpointError",
-                format!("dtype {dtype_name} has no file type"),
+            Raise::Checkpoint.err(self.py, format!("dtype {dtype_name} has no file type"),
             )
         })?;
         let key = key.map(|(device, address, strides, conj, neg)| MemoryKey {
@@ -699,7 +635,7 @@ fn encode_checkpoint<'py>(
             )))
         }
     }
-    .map_err(|e| super::checkpoint::to_py(py, e))?;
+    .map_err(|e| e.into_py_err(py))?;
     Ok((
         tree,
         walk.table.stored,

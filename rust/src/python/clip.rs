@@ -10,7 +10,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple, PyType};
 
-use super::errors::ferro_err;
+use super::errors::Raise;
 use crate::clip::{self, DType, Grad, GradMut, NormAcc, NormType};
 use crate::dlpack;
 
@@ -63,16 +63,13 @@ fn checked(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<(Vec<RawBu
     let mut mask = 0u8;
     for (ptr, len, code) in bufs {
         let dtype = DType::from_code(code)
-            .ok_or_else(|| ferro_err(py, "LoopStateError", format!("unknown gradient dtype code {code}")))?;
+            .ok_or_else(|| Raise::LoopState.err(py, format!("unknown gradient dtype code {code}")))?;
         mask |= 1 << code;
         if len == 0 {
             continue;
         }
         if ptr == 0 || ptr % dtype.size() != 0 || len.checked_mul(dtype.size()).is_none() {
-            return Err(ferro_err(
-                py,
-                "LoopStateError",
-                format!("gradient buffer at {ptr:#x} with {len} elements of {dtype:?} is null or misaligned"),
+            return Err(Raise::LoopState.err(py, format!("gradient buffer at {ptr:#x} with {len} elements of {dtype:?} is null or misaligned"),
             ));
         }
         out.push(RawBuf { ptr, len, dtype });
@@ -210,10 +207,7 @@ fn held(bufs: &Bound<'_, GradBufs>) -> (Vec<RawBuf>, u8) {
 
 fn norm_type(py: Python<'_>, p: f64) -> PyResult<NormType> {
     NormType::from_p(p).ok_or_else(|| {
-        ferro_err(
-            py,
-            "MisconfigurationException",
-            format!("`norm_type` must be a positive number or 'inf' (infinity norm), got {p}"),
+        Raise::Misconfiguration.err(py, format!("`norm_type` must be a positive number or 'inf' (infinity norm), got {p}"),
         )
     })
 }

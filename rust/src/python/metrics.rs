@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use super::errors::ferro_err;
+use super::errors::Raise;
 use crate::clip::{bf16_to_f32, f16_to_f32};
 use crate::dlpack;
 use crate::dtype::{self, Scalar};
@@ -27,10 +27,7 @@ impl PyMetricStore {
 
     fn register(&mut self, py: Python<'_>, reduce: &str) -> PyResult<usize> {
         let r = Reduce::parse(reduce).ok_or_else(|| {
-            ferro_err(
-                py,
-                "MisconfigurationException",
-                format!("`reduce_fx` must be one of 'mean', 'sum', 'max', 'min', got {reduce:?}"),
+            Raise::Misconfiguration.err(py, format!("`reduce_fx` must be one of 'mean', 'sum', 'max', 'min', got {reduce:?}"),
             )
         })?;
         Ok(self.inner.register(r))
@@ -79,10 +76,10 @@ impl PyMetricStore {
     /// Read one element of `dtype` (a `_core.DTYPES` scalar code) at `ptr` (a live CPU tensor's `data_ptr()`) and add it.
     fn update_from_ptr(&mut self, py: Python<'_>, slot: usize, ptr: usize, dtype: u8, weight: f64) -> PyResult<f64> {
         if ptr == 0 {
-            return Err(ferro_err(py, "LoopStateError", "metric tensor has no storage"));
+            return Err(Raise::LoopState.err(py, "metric tensor has no storage"));
         }
         let Some(scalar) = Scalar::from_code(dtype) else {
-            return Err(ferro_err(py, "LoopStateError", format!("unknown metric dtype code {dtype}")));
+            return Err(Raise::LoopState.err(py, format!("unknown metric dtype code {dtype}")));
         };
         // SAFETY: the caller passes the data_ptr of a CPU tensor it holds alive for this call,
         // with at least one element of `dtype`; unaligned reads keep any storage offset safe.

@@ -29,7 +29,7 @@ use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyIterator, PyTuple};
 
-use super::errors::ferro_err;
+use super::errors::Raise;
 use crate::prefetch::{Channel, Lookahead, Pop, Wait};
 
 /// How long the consumer waits before checking for signals again.
@@ -129,10 +129,7 @@ impl PyPrefetcher {
 
     fn next_batch(&mut self, py: Python<'_>) -> PyResult<Option<(Batch, bool)>> {
         if self.forget_if_forked() {
-            return Err(ferro_err(
-                py,
-                "LoopStateError",
-                "this Prefetcher was created in the parent of a fork; its thread does not exist in this process",
+            return Err(Raise::LoopState.err(py, "this Prefetcher was created in the parent of a fork; its thread does not exist in this process",
             ));
         }
         let popped = match &mut self.mode {
@@ -226,7 +223,7 @@ impl PyPrefetcher {
     #[pyo3(signature = (iterable, depth = 2))]
     fn new(py: Python<'_>, iterable: &Bound<'_, PyAny>, depth: i64) -> PyResult<Self> {
         let depth = usize::try_from(depth).map_err(|_| {
-            ferro_err(py, "MisconfigurationException", format!("Prefetcher depth must be >= 0, got {depth}"))
+            Raise::Misconfiguration.err(py, format!("Prefetcher depth must be >= 0, got {depth}"))
         })?;
         let len = sized_len(py, iterable)?;
         // `iter()` here, in the caller's thread: a DataLoader starts (forks) its workers now.

@@ -5,17 +5,10 @@
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::errors::ferro_err;
+use super::errors::IntoPyErr;
 use super::profile::{PyPhaseTimer, TimerStamps};
 use crate::epoch::{run_epoch, AfterBatch, EpochError, EpochHooks, NoStamps, ScheduleCell};
-use crate::schedule::{BatchPlan, Progress, Schedule, ScheduleConfig, ScheduleError};
-
-fn to_py_err(py: Python<'_>, e: ScheduleError) -> PyErr {
-    match e {
-        ScheduleError::InvalidSetting(..) => ferro_err(py, "MisconfigurationException", e.to_string()),
-        ScheduleError::OutOfOrder(_) => ferro_err(py, "LoopStateError", e.to_string()),
-    }
-}
+use crate::schedule::{BatchPlan, Progress, Schedule, ScheduleConfig};
 
 fn opt_limit(v: i64) -> Option<u64> {
     u64::try_from(v).ok()
@@ -70,7 +63,7 @@ impl PySchedule {
             has_validation,
             automatic_optimization,
         };
-        Schedule::new(cfg).map(|inner| Self { inner }).map_err(|e| to_py_err(py, e))
+        Schedule::new(cfg).map(|inner| Self { inner }).map_err(|e| e.into_py_err(py))
     }
 
     #[getter]
@@ -159,13 +152,13 @@ impl PySchedule {
 
     #[setter]
     fn set_accumulate_grad_batches(&mut self, py: Python<'_>, value: u64) -> PyResult<()> {
-        self.inner.set_accumulate_grad_batches(value).map_err(|e| to_py_err(py, e))
+        self.inner.set_accumulate_grad_batches(value).map_err(|e| e.into_py_err(py))
     }
 
     /// Once the train loader is set up: `None` for a loader without a length. An empty sized
     /// loader ends the fit before it starts.
     fn set_num_training_batches(&mut self, py: Python<'_>, n: Option<u64>) -> PyResult<()> {
-        self.inner.set_num_training_batches(n).map_err(|e| to_py_err(py, e))
+        self.inner.set_num_training_batches(n).map_err(|e| e.into_py_err(py))
     }
 
     /// True after restoring a checkpoint taken inside an epoch, until that epoch ends.
@@ -186,15 +179,15 @@ impl PySchedule {
     }
 
     fn begin_epoch(&mut self, py: Python<'_>, epoch_len: Option<u64>) -> PyResult<()> {
-        self.inner.begin_epoch(epoch_len).map_err(|e| to_py_err(py, e))
+        self.inner.begin_epoch(epoch_len).map_err(|e| e.into_py_err(py))
     }
 
     fn end_epoch(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.inner.end_epoch().map_err(|e| to_py_err(py, e))
+        self.inner.end_epoch().map_err(|e| e.into_py_err(py))
     }
 
     fn complete_epoch(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.inner.complete_epoch().map_err(|e| to_py_err(py, e))
+        self.inner.complete_epoch().map_err(|e| e.into_py_err(py))
     }
 
     fn count_optimizer_step(&mut self) {
@@ -255,7 +248,7 @@ pub fn run_train_epoch(
         Some(t) => run_epoch(&cell, hooks, &TimerStamps::new(t)?),
     };
     out.map_err(|e| match e {
-        EpochError::Schedule(e) => to_py_err(py, e),
+        EpochError::Schedule(e) => e.into_py_err(py),
         EpochError::Hook(e) => e,
     })
 }
