@@ -59,12 +59,6 @@ impl PyLayout {
     fn data_len(&self) -> u64 {
         self.inner.data_len()
     }
-
-    /// Size of the whole file.
-    #[getter]
-    fn file_len(&self) -> u64 {
-        self.inner.file_len()
-    }
 }
 
 /// Write a checkpoint atomically and durably from the tensors' own memory: `sources[i]` is the

@@ -46,17 +46,8 @@ impl PyPhaseTimer {
         self.inner.end_step();
     }
 
-    fn cancel_step(&mut self) {
-        self.inner.cancel_step();
-    }
-
     fn reset(&mut self) {
         self.inner.reset();
-    }
-
-    /// Nanoseconds on the timer's monotonic clock.
-    fn now_ns(&self) -> u64 {
-        self.inner.now_ns()
     }
 
     /// `(name, calls, in_step_ns, outside_ns)` per phase, in registration order.

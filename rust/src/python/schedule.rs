@@ -155,27 +155,12 @@ impl PySchedule {
         self.inner.set_accumulate_grad_batches(value).map_err(|e| e.into_py_err(py))
     }
 
-    /// Once the train loader is set up: `None` for a loader without a length. An empty sized
-    /// loader ends the fit before it starts.
-    fn set_num_training_batches(&mut self, py: Python<'_>, n: Option<u64>) -> PyResult<()> {
-        self.inner.set_num_training_batches(n).map_err(|e| e.into_py_err(py))
-    }
-
-    /// True after restoring a checkpoint taken inside an epoch, until that epoch ends.
-    fn resuming_mid_epoch(&self) -> bool {
-        self.inner.resuming_mid_epoch()
-    }
-
     fn fit_done(&self) -> bool {
         self.inner.fit_done()
     }
 
     fn max_steps_reached(&self) -> bool {
         self.inner.max_steps_reached()
-    }
-
-    fn can_stop_early(&self) -> bool {
-        self.inner.can_stop_early()
     }
 
     fn begin_epoch(&mut self, py: Python<'_>, epoch_len: Option<u64>) -> PyResult<()> {

@@ -27,11 +27,6 @@ impl PyEventWriter {
     }
 
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.inner.path().to_path_buf()
-    }
-
-    #[getter]
     fn closed(&self) -> bool {
         self.inner.closed()
     }
