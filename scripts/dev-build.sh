@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-PYO3_BUILD_EXTENSION_MODULE=1 PYO3_PYTHON="$PY" cargo build --release --features python -p ferrotrain-core
+PYO3_BUILD_EXTENSION_MODULE=1 PYO3_PYTHON="$PY" cargo build --release --features python -p ferrotrain-python
 cp target/release/lib_core.so python/ferrotrain/_core.abi3.so

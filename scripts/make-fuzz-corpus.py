@@ -1,8 +1,8 @@
-"""Regenerate the seed corpus of the torch checkpoint reader's fuzz target (rust/fuzz-corpus/torch/).
+"""Regenerate the seed corpus of the torch checkpoint reader's fuzz target (rust/core/fuzz-corpus/torch/).
 
 Each seed is a small, valid checkpoint written by `ferrotrain.checkpoint.save`, plus one written
-by `torch.save`; the fuzz target (`rust/src/checkpoint/fuzz_torch.rs`, run by `cargo test`)
-mutates them. (rust/fuzz-corpus/legacy/ holds seeds of the earlier safetensors-based format,
+by `torch.save`; the fuzz target (`rust/core/src/checkpoint/fuzz.rs`, run by `cargo test`)
+mutates them. (rust/core/fuzz-corpus/legacy/ holds seeds of the earlier safetensors-based format,
 which the legacy reader still reads; they are kept as committed.) Run from the repository root:
 `PYTHONPATH=python python scripts/make-fuzz-corpus.py`.
 """
@@ -14,7 +14,7 @@ import torch
 
 from ferrotrain.checkpoint import save
 
-OUT = os.path.join("rust", "fuzz-corpus", "torch")
+OUT = os.path.join("rust", "core", "fuzz-corpus", "torch")
 
 
 def main() -> None:

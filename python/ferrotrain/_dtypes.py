@@ -1,4 +1,4 @@
-"""The native core's dtype table (`_core.DTYPES`, from rust/src/dtype.rs) as torch dtypes: the
+"""The native core's dtype table (`_core.DTYPES`, from rust/core/src/dtype.rs) as torch dtypes: the
 one place Python learns which code or file name each dtype has. Dtypes this torch lacks (the
 newer unsigned and float8 types) are left out."""
 

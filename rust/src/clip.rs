@@ -1,427 +1,317 @@
-//! Gradient-norm and clipping math over plain CPU buffers: the total p-norm of many gradients
-//! in one pass (accumulated in f64), in-place scaling by a clip coefficient, and in-place value
-//! clamping, for f32, f64, f16 and bf16 data. f16/bf16 travel as their raw `u16` bits and are
-//! converted here, so no extra crate is needed.
-//!
-//! This module owns the arithmetic only. It never sees a tensor: the bindings build slices from
-//! the `data_ptr()`s Python passes, and Python owns every torch call (and every gradient that is
-//! not a contiguous CPU buffer). Semantics follow `torch.nn.utils.clip_grad_norm_` /
-//! `clip_grad_value_`: a NaN anywhere makes the norm NaN, and a NaN or below-one coefficient scales.
-//!
-//! The inner loops run over fixed-width lanes (`chunks_exact`) so LLVM vectorizes them; each kernel
-//! is compiled twice, for the baseline target and for AVX2, and picks one at run time.
+//! Bindings for the gradient-norm and clip math (`ferrotrain_core::clip`). `split_grads` describes each
+//! contiguous CPU gradient as a `(data_ptr, numel, dtype_code)` triple (through torch's DLPack
+//! exchange table, `ferrotrain_core::dlpack`) and returns them checked, as a `GradBufs`, while Python keeps
+//! the tensors alive for the call; the kernel functions take only a `GradBufs` (no pointer comes
+//! from Python), release the GIL and run on the raw memory. Every non-CPU or strided gradient
+//! stays in Python, on torch's `_foreach` path.
 
-/// Which p-norm to compute. Built with [`NormType::from_p`], which rejects non-positive orders.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum NormType {
-    L1,
-    L2,
-    Inf,
-    /// Any other finite positive order.
-    P(f64),
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple, PyType};
+
+use crate::errors::Raise;
+use ferrotrain_core::clip::{self, DType, Grad, GradMut, NormAcc, NormType};
+use ferrotrain_core::dlpack;
+
+/// A checked `(data_ptr, numel, dtype)` triple.
+#[derive(Clone, Copy)]
+struct RawBuf {
+    ptr: usize,
+    len: usize,
+    dtype: DType,
 }
 
-impl NormType {
-    /// The norm of order `p`; `None` unless `p > 0` (NaN is rejected too).
-    pub fn from_p(p: f64) -> Option<Self> {
-        // Written so that NaN fails the test too.
-        if p.is_nan() || p <= 0.0 {
-            return None;
+impl RawBuf {
+    /// A shared view of the memory.
+    ///
+    /// SAFETY: `split_grads` read the start and length of a contiguous CPU tensor of this dtype,
+    /// whose owner (Python) holds it alive for the whole call; `checked` verified
+    /// the pointer is non-null and aligned. Nothing writes it while this view lives: the only
+    /// writers are `grad_mut` views, made one at a time after all reads are done.
+    unsafe fn grad(&self) -> Grad<'_> {
+        let p = self.ptr as *const u8;
+        match self.dtype {
+            DType::F32 => Grad::F32(std::slice::from_raw_parts(p.cast(), self.len)),
+            DType::F64 => Grad::F64(std::slice::from_raw_parts(p.cast(), self.len)),
+            DType::F16 => Grad::F16(std::slice::from_raw_parts(p.cast(), self.len)),
+            DType::BF16 => Grad::BF16(std::slice::from_raw_parts(p.cast(), self.len)),
         }
-        Some(if p == 1.0 {
-            Self::L1
-        } else if p == 2.0 {
-            Self::L2
-        } else if p == f64::INFINITY {
-            Self::Inf
-        } else {
-            Self::P(p)
-        })
-    }
-}
-
-/// The float dtypes of the clip math; their codes are `crate::dtype::Scalar`'s, which Python
-/// reads from `_core.DTYPES`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32 = 0,
-    F64 = 1,
-    F16 = 2,
-    BF16 = 3,
-}
-
-impl DType {
-    pub fn from_code(code: u8) -> Option<Self> {
-        crate::dtype::Scalar::from_code(code).and_then(crate::dtype::Scalar::grad)
     }
 
-    pub fn size(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F64 => 8,
-            Self::F16 | Self::BF16 => 2,
+    /// A mutable view of the memory.
+    ///
+    /// SAFETY: as `grad`, and the view must be dropped before another view of any buffer is
+    /// made: two triples may point at the same memory (a parameter listed twice), so views are
+    /// created one at a time, never held together.
+    unsafe fn grad_mut(&self) -> GradMut<'_> {
+        let p = self.ptr as *mut u8;
+        match self.dtype {
+            DType::F32 => GradMut::F32(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+            DType::F64 => GradMut::F64(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+            DType::F16 => GradMut::F16(std::slice::from_raw_parts_mut(p.cast(), self.len)),
+            DType::BF16 => GradMut::BF16(std::slice::from_raw_parts_mut(p.cast(), self.len)),
         }
     }
 }
 
-/// A read-only gradient buffer. f16 and bf16 are their raw bits.
-#[derive(Clone, Copy, Debug)]
-pub enum Grad<'a> {
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-    F16(&'a [u16]),
-    BF16(&'a [u16]),
+/// Check every triple before any memory is touched; empty buffers are dropped. Also returns
+/// the set of dtypes seen, as a bit mask over the dtype codes (Python picks the result dtype
+/// from it, as torch promotes the per-dtype norms).
+fn checked(py: Python<'_>, bufs: Vec<(usize, usize, u8)>) -> PyResult<(Vec<RawBuf>, u8)> {
+    let mut out = Vec::with_capacity(bufs.len());
+    let mut mask = 0u8;
+    for (ptr, len, code) in bufs {
+        let dtype = DType::from_code(code)
+            .ok_or_else(|| Raise::LoopState.err(py, format!("unknown gradient dtype code {code}")))?;
+        mask |= 1 << code;
+        if len == 0 {
+            continue;
+        }
+        if ptr == 0 || ptr % dtype.size() != 0 || len.checked_mul(dtype.size()).is_none() {
+            return Err(Raise::LoopState.err(py, format!("gradient buffer at {ptr:#x} with {len} elements of {dtype:?} is null or misaligned"),
+            ));
+        }
+        out.push(RawBuf { ptr, len, dtype });
+    }
+    Ok((out, mask))
 }
 
-/// A gradient buffer to modify in place.
-#[derive(Debug)]
-pub enum GradMut<'a> {
-    F32(&'a mut [f32]),
-    F64(&'a mut [f64]),
-    F16(&'a mut [u16]),
-    BF16(&'a mut [u16]),
+/// The buffers of a list of gradients as `split_grads` sorted them, checked once, for the
+/// calls that follow within the same Python function (`utilities/clip.py`), which holds the
+/// gradient tensors alive alongside it. Never kept across steps: gradients come and go.
+#[pyclass(frozen, module = "ferrotrain._core", name = "GradBufs")]
+pub struct GradBufs {
+    /// The non-empty buffers, checked.
+    bufs: Vec<RawBuf>,
+    mask: u8,
+    /// For every gradient covered, in order: whether it has elements (per-gradient norms
+    /// report the empty ones too).
+    nonempty: Vec<bool>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// f16 / bf16 conversions. Branch-free (selects only) so they vectorize inside the loops.
-
-/// IEEE binary16 bits to f32, exact. Subnormals go through an int-to-float conversion, so the
-/// result is right even when the thread flushes denormals (torch.set_flush_denormal).
-#[inline(always)]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let h = u32::from(h);
-    let sign = (h & 0x8000) << 16;
-    let mag = h & 0x7fff;
-    let normal = (mag << 13) + (112 << 23); // rebias the exponent from 15 to 127
-    let inf_nan = (mag << 13) | 0x7f80_0000;
-    let sub = (mag as f32 * f32::from_bits(0x3380_0000)).to_bits(); // mantissa * 2^-24
-    let bits = if mag < 0x400 {
-        sub
-    } else if mag >= 0x7c00 {
-        inf_nan
-    } else {
-        normal
-    };
-    f32::from_bits(bits | sign)
-}
-
-/// f32 to IEEE binary16 bits, round to nearest even (as torch's `c10::Half`); overflow gives
-/// inf, NaN stays a (quiet) NaN with its sign.
-#[inline(always)]
-pub fn f32_to_f16(f: f32) -> u16 {
-    let x = f.to_bits();
-    let sign = (x >> 16) & 0x8000;
-    let a = x & 0x7fff_ffff;
-    let inf_nan = if a > 0x7f80_0000 { 0x7e00 } else { 0x7c00 };
-    // Results below 2^-14 are f16 subnormals: adding 0.5 lines the 10 mantissa bits up at the
-    // bottom of an f32, and the FPU's own round-to-nearest-even does the rounding.
-    const DENORM_MAGIC: u32 = 126 << 23;
-    let sub = (f32::from_bits(a) + f32::from_bits(DENORM_MAGIC)).to_bits().wrapping_sub(DENORM_MAGIC);
-    let mant_odd = (a >> 13) & 1;
-    let normal = a.wrapping_sub(112 << 23).wrapping_add(0xfff + mant_odd) >> 13;
-    let o = if a >= 0x4780_0000 {
-        inf_nan
-    } else if a < 0x3880_0000 {
-        sub
-    } else {
-        normal
-    };
-    (o | sign) as u16
-}
-
-#[inline(always)]
-pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
-}
-
-/// f32 to bfloat16 bits, round to nearest even; NaN becomes 0x7fc0, as torch's `c10::BFloat16`.
-#[inline(always)]
-pub fn f32_to_bf16(f: f32) -> u16 {
-    let x = f.to_bits();
-    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
-    if f.is_nan() {
-        0x7fc0
-    } else {
-        rounded
+impl GradBufs {
+    fn from_triples(py: Python<'_>, triples: Vec<(usize, usize, u8)>) -> PyResult<Self> {
+        let nonempty = triples.iter().map(|t| t.1 != 0).collect();
+        let (bufs, mask) = checked(py, triples)?;
+        Ok(Self { bufs, mask, nonempty })
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Kernels. `multiversion!` compiles a body for the baseline target and for AVX2+FMA and
-// dispatches once per call (the feature check is a cached atomic load).
-
-macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $(-> $ret)? $body
-
-            #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY (callers): only called once the CPU is known to support AVX2 and FMA.
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    generic($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above), the only
-                    // requirement of a `target_feature` function.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            generic($($arg),*)
-        }
-    };
-}
-
-/// Lanes per accumulator group: four AVX2 registers of f64 in flight, enough to hide the
-/// latency of the adds.
-const LANES: usize = 16;
-
-/// Sum of `f(x)` over `xs`, in `LANES` independent f64 accumulators (vectorizable, and more
-/// accurate than one running sum).
-#[inline(always)]
-fn lane_sum<T: Copy>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        // A fixed-size array (not a slice) is what lets LLVM's SLP vectorizer see the lanes.
-        let Ok(c) = <&[T; LANES]>::try_from(c) else { continue };
-        for i in 0..LANES {
-            acc[i] += f(c[i]);
-        }
+#[pymethods]
+impl GradBufs {
+    /// The number of gradients covered (empty ones included).
+    fn __len__(&self) -> usize {
+        self.nonempty.len()
     }
-    // The tail gets its own accumulator: indexing `acc` with a run-time index would pin the
-    // lanes to memory and stop the vectorizer.
-    let tail: f64 = rest.iter().map(|&x| f(x)).sum();
-    acc.iter().sum::<f64>() + tail
 }
 
-/// Largest of `key(x)` over `xs` (integer keys, so it vectorizes to `pmaxu*`).
-#[inline(always)]
-fn lane_max<T: Copy, K: Copy + Ord + Default>(xs: &[T], key: impl Fn(T) -> K) -> K {
-    let mut acc = [K::default(); LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        let Ok(c) = <&[T; LANES]>::try_from(c) else { continue };
-        for i in 0..LANES {
-            acc[i] = acc[i].max(key(c[i]));
-        }
-    }
-    let tail = rest.iter().map(|&x| key(x)).max().unwrap_or_default();
-    acc.iter().copied().max().unwrap_or_default().max(tail)
-}
-
-multiversion! { fn sq_f32(xs: &[f32]) -> f64 { lane_sum(xs, |x| { let v = f64::from(x); v * v }) } }
-multiversion! { fn sq_f64(xs: &[f64]) -> f64 { lane_sum(xs, |v| v * v) } }
-multiversion! { fn sq_f16(xs: &[u16]) -> f64 { lane_sum(xs, |x| { let v = f64::from(f16_to_f32(x)); v * v }) } }
-multiversion! { fn sq_bf16(xs: &[u16]) -> f64 { lane_sum(xs, |x| { let v = f64::from(bf16_to_f32(x)); v * v }) } }
-
-multiversion! { fn abs_f32(xs: &[f32]) -> f64 { lane_sum(xs, |x| f64::from(x.abs())) } }
-multiversion! { fn abs_f64(xs: &[f64]) -> f64 { lane_sum(xs, f64::abs) } }
-multiversion! { fn abs_f16(xs: &[u16]) -> f64 { lane_sum(xs, |x| f64::from(f16_to_f32(x).abs())) } }
-multiversion! { fn abs_bf16(xs: &[u16]) -> f64 { lane_sum(xs, |x| f64::from(bf16_to_f32(x).abs())) } }
-
-// The max-abs kernels compare the magnitude bits as unsigned integers: for IEEE floats that
-// order is the numeric order, and every NaN sorts above inf, so a NaN propagates as in torch.
-multiversion! { fn maxbits_f32(xs: &[f32]) -> u32 { lane_max(xs, |x| x.to_bits() & 0x7fff_ffff) } }
-multiversion! { fn maxbits_f64(xs: &[f64]) -> u64 { lane_max(xs, |x| x.to_bits() & 0x7fff_ffff_ffff_ffff) } }
-multiversion! { fn maxbits_u16(xs: &[u16]) -> u16 { lane_max(xs, |x| x & 0x7fff) } }
-
-// General p: `powf` is a libm call and does not vectorize; the lanes still split the sum.
-#[inline(always)]
-fn pow_sum<T: Copy>(xs: &[T], p: f64, to_f64: impl Fn(T) -> f64) -> f64 {
-    lane_sum(xs, |x| to_f64(x).abs().powf(p))
-}
-
-multiversion! { fn scale_f32(xs: &mut [f32], c: f32) { for x in xs.iter_mut() { *x *= c; } } }
-multiversion! { fn scale_f64(xs: &mut [f64], c: f64) { for x in xs.iter_mut() { *x *= c; } } }
-multiversion! { fn scale_f16(xs: &mut [u16], c: f32) { for x in xs.iter_mut() { *x = f32_to_f16(f16_to_f32(*x) * c); } } }
-multiversion! { fn scale_bf16(xs: &mut [u16], c: f32) { for x in xs.iter_mut() { *x = f32_to_bf16(bf16_to_f32(*x) * c); } } }
-
-// Clamp keeps NaN (every comparison with NaN is false), as torch's clamp does.
-multiversion! { fn clamp_f32(xs: &mut [f32], c: f32) {
-    for x in xs.iter_mut() { *x = if *x > c { c } else if *x < -c { -c } else { *x }; }
-} }
-multiversion! { fn clamp_f64(xs: &mut [f64], c: f64) {
-    for x in xs.iter_mut() { *x = if *x > c { c } else if *x < -c { -c } else { *x }; }
-} }
-/// `bits` is the clip value already rounded to the 16-bit type; `c` is its exact f32 value.
-#[inline(always)]
-fn clamp_u16(xs: &mut [u16], bits: u16, c: f32, to_f32: impl Fn(u16) -> f32 + Copy) {
-    for x in xs.iter_mut() {
-        let v = to_f32(*x);
-        *x = if v > c {
-            bits
-        } else if v < -c {
-            bits | 0x8000
-        } else {
-            *x
+/// Sort gradients for `utilities/clip.py` in one call: a gradient goes to the native path when
+/// its type is exactly `tensor_type` (a subclass may override what it reports), its dtype is one
+/// of `dtypes` (the codes' order), it is on the CPU and contiguous, and it can export its
+/// memory (sparse and mkldnn tensors cannot). Returns the native buffers and the indices of the
+/// gradients left to torch. Each gradient is described by one C call through torch's DLPack
+/// exchange table when torch has one, else by reading its attributes.
+#[pyfunction]
+fn split_grads(
+    py: Python<'_>,
+    grads: &Bound<'_, PyList>,
+    tensor_type: &Bound<'_, PyType>,
+    dtypes: &Bound<'_, PyTuple>,
+) -> PyResult<(GradBufs, Vec<usize>)> {
+    let describe = exchange_api(tensor_type);
+    let mut triples = Vec::with_capacity(grads.len());
+    let mut slow = Vec::new();
+    for (i, g) in grads.iter().enumerate() {
+        let triple = match describe {
+            Some(f) if g.get_type().is(tensor_type) => dlpack_triple(py, &g, f),
+            _ => native_triple(py, &g, tensor_type, dtypes)?,
         };
-    }
-}
-multiversion! { fn clamp_f16(xs: &mut [u16], bits: u16, c: f32) { clamp_u16(xs, bits, c, f16_to_f32) } }
-multiversion! { fn clamp_bf16(xs: &mut [u16], bits: u16, c: f32) { clamp_u16(xs, bits, c, bf16_to_f32) } }
-
-// ---------------------------------------------------------------------------------------------
-// Public API.
-
-/// Running state of a total norm over many buffers: the sum of `|x|^p` (or the largest `|x|`
-/// for the inf-norm), in f64. Add buffers one by one, then [`NormAcc::finish`].
-#[derive(Clone, Copy, Debug)]
-pub struct NormAcc {
-    norm: NormType,
-    acc: f64,
-}
-
-impl NormAcc {
-    pub fn new(norm: NormType) -> Self {
-        Self { norm, acc: 0.0 }
-    }
-
-    pub fn add(&mut self, grad: Grad<'_>) {
-        match self.norm {
-            NormType::L2 => self.acc += sum_sq(grad),
-            NormType::L1 => self.acc += sum_abs(grad),
-            NormType::P(p) => self.acc += sum_pow(grad, p),
-            NormType::Inf => {
-                let m = max_abs(grad);
-                // NaN must win, so not `f64::max` (which drops NaN).
-                if m.is_nan() || m > self.acc {
-                    self.acc = m;
-                }
-            }
+        match triple {
+            Some(t) => triples.push(t),
+            None => slow.push(i),
         }
     }
-
-    /// The norm of everything added so far (0 when nothing was).
-    pub fn finish(&self) -> f64 {
-        match self.norm {
-            NormType::L2 => self.acc.sqrt(),
-            NormType::L1 | NormType::Inf => self.acc,
-            NormType::P(p) => self.acc.powf(1.0 / p),
-        }
-    }
+    Ok((GradBufs::from_triples(py, triples)?, slow))
 }
 
-fn sum_sq(grad: Grad<'_>) -> f64 {
-    match grad {
-        Grad::F32(x) => sq_f32(x),
-        Grad::F64(x) => sq_f64(x),
-        Grad::F16(x) => sq_f16(x),
-        Grad::BF16(x) => sq_bf16(x),
+/// The DLPack describer torch publishes on the tensor type (`__dlpack_c_exchange_api__`), if
+/// this torch has one whose layout we know. Looked up per call: a getattr, no import.
+pub(super) fn exchange_api(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
+    let py = tensor_type.py();
+    let capsule = tensor_type.getattr(intern!(py, "__dlpack_c_exchange_api__")).ok()?;
+    // SAFETY: `capsule` is a live object; GetPointer checks that it is a capsule with this
+    // name and returns null (with an exception set) otherwise.
+    let api = unsafe { pyo3::ffi::PyCapsule_GetPointer(capsule.as_ptr(), dlpack::EXCHANGE_API_CAPSULE.as_ptr()) };
+    if api.is_null() {
+        drop(PyErr::take(py));
+        return None;
     }
+    // SAFETY: a capsule of this name holds a `DLPackExchangeAPI` that lives as long as the
+    // process (dlpack.h); its header is read first and the rest only for the known major version.
+    let api = unsafe { &*api.cast::<dlpack::DlExchangeApi>() };
+    if api.header.version.major != dlpack::MAJOR_VERSION {
+        return None;
+    }
+    api.dltensor_from_py_object_no_sync
 }
 
-fn sum_abs(grad: Grad<'_>) -> f64 {
-    match grad {
-        Grad::F32(x) => abs_f32(x),
-        Grad::F64(x) => abs_f64(x),
-        Grad::F16(x) => abs_f16(x),
-        Grad::BF16(x) => abs_bf16(x),
+/// The triple of one gradient of exactly the exporting type, read in one C call; `None` when it
+/// is not a contiguous CPU buffer of a native dtype (or cannot be exported: sparse, mkldnn).
+fn dlpack_triple(py: Python<'_>, g: &Bound<'_, PyAny>, describe: dlpack::DlTensorFromPyObject) -> Option<(usize, usize, u8)> {
+    let mut t = dlpack::DlTensor::default();
+    // SAFETY: `g` is a live object of the type that published `describe` (checked by the
+    // caller), and the GIL is held, as the exchange API requires.
+    if unsafe { describe(g.as_ptr().cast(), &mut t) } != 0 {
+        drop(PyErr::take(py));
+        return None;
     }
+    // SAFETY: the exporter filled `t` for `g`, which the caller holds alive and which nothing
+    // changes while the GIL is held; shape and strides point at `ndim` values.
+    let (ptr, numel, dtype) = unsafe { dlpack::cpu_buffer(&t) }?;
+    Some((ptr, numel, dtype as u8))
 }
 
-fn sum_pow(grad: Grad<'_>, p: f64) -> f64 {
-    match grad {
-        Grad::F32(x) => pow_sum(x, p, f64::from),
-        Grad::F64(x) => pow_sum(x, p, |v| v),
-        Grad::F16(x) => pow_sum(x, p, |b| f64::from(f16_to_f32(b))),
-        Grad::BF16(x) => pow_sum(x, p, |b| f64::from(bf16_to_f32(b))),
+fn native_triple(
+    py: Python<'_>,
+    g: &Bound<'_, PyAny>,
+    tensor_type: &Bound<'_, PyType>,
+    dtypes: &Bound<'_, PyTuple>,
+) -> PyResult<Option<(usize, usize, u8)>> {
+    if !g.get_type().is(tensor_type) {
+        return Ok(None);
     }
+    let dtype = g.getattr(intern!(py, "dtype"))?;
+    let Some(code) = dtypes.iter().position(|d| d.is(&dtype)) else {
+        return Ok(None);
+    };
+    if !g.getattr(intern!(py, "is_cpu"))?.is_truthy()? || !g.call_method0(intern!(py, "is_contiguous"))?.is_truthy()? {
+        return Ok(None);
+    }
+    let ptr = match g.call_method0(intern!(py, "data_ptr")) {
+        Ok(p) => p.extract::<usize>()?,
+        Err(e) if e.is_instance_of::<PyRuntimeError>(py) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let numel = g.call_method0(intern!(py, "numel"))?.extract::<usize>()?;
+    // At most 4 dtypes are passed: the position fits a u8.
+    Ok(Some((ptr, numel, u8::try_from(code).unwrap_or(u8::MAX))))
 }
 
-fn max_abs(grad: Grad<'_>) -> f64 {
-    match grad {
-        Grad::F32(x) => f64::from(f32::from_bits(maxbits_f32(x))),
-        Grad::F64(x) => f64::from_bits(maxbits_f64(x)),
-        Grad::F16(x) => f64::from(f16_to_f32(maxbits_u16(x))),
-        Grad::BF16(x) => f64::from(bf16_to_f32(maxbits_u16(x))),
-    }
+/// The buffers of a call, and their dtype mask: a copy of a few words per gradient, far cheaper
+/// than describing the gradients again.
+fn held(bufs: &Bound<'_, GradBufs>) -> (Vec<RawBuf>, u8) {
+    let b = bufs.get();
+    (b.bufs.clone(), b.mask)
 }
 
-/// The p-norm of all buffers seen as one vector.
-pub fn total_norm(grads: &[Grad<'_>], norm: NormType) -> f64 {
+fn norm_type(py: Python<'_>, p: f64) -> PyResult<NormType> {
+    NormType::from_p(p).ok_or_else(|| {
+        Raise::Misconfiguration.err(py, format!("`norm_type` must be a positive number or 'inf' (infinity norm), got {p}"),
+        )
+    })
+}
+
+fn total(bufs: &[RawBuf], norm: NormType) -> f64 {
     let mut acc = NormAcc::new(norm);
-    for &g in grads {
-        acc.add(g);
+    for b in bufs {
+        // SAFETY: see `RawBuf::grad`; no mutable view exists during this loop.
+        acc.add(unsafe { b.grad() });
     }
     acc.finish()
 }
 
-/// The p-norm of each buffer on its own, plus the total (one pass over the memory).
-pub fn norms_and_total(grads: &[Grad<'_>], norm: NormType) -> (Vec<f64>, f64) {
-    let mut total = NormAcc::new(norm);
-    let each = grads
-        .iter()
-        .map(|&g| {
-            let mut one = NormAcc::new(norm);
-            one.add(g);
-            total.merge(&one);
-            one.finish()
-        })
-        .collect();
-    (each, total.finish())
+fn scale(bufs: &[RawBuf], coef: f64) {
+    for b in bufs {
+        // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
+        clip::scale_in_place(unsafe { b.grad_mut() }, coef);
+    }
 }
 
-impl NormAcc {
-    /// Fold another accumulator of the same norm type into this one.
-    pub fn merge(&mut self, other: &NormAcc) {
-        match self.norm {
-            NormType::Inf => {
-                if other.acc.is_nan() || other.acc > self.acc {
-                    self.acc = other.acc;
-                }
+/// The total `norm_type`-norm of the buffers, seen as one vector, and the dtype mask.
+#[pyfunction]
+fn grad_norm_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, norm_type: f64) -> PyResult<(f64, u8)> {
+    let norm = self::norm_type(py, norm_type)?;
+    let (bufs, mask) = held(&bufs);
+    Ok((py.detach(|| total(&bufs, norm)), mask))
+}
+
+/// The norm of each gradient and of all together, in one pass. Empty gradients have norm 0.
+#[pyfunction]
+fn grad_norms_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, norm_type: f64) -> PyResult<(Vec<f64>, f64)> {
+    let norm = self::norm_type(py, norm_type)?;
+    let nonempty = bufs.get().nonempty.clone();
+    let (bufs, _) = held(&bufs);
+    let (norms, total) = py.detach(|| {
+        // SAFETY: see `RawBuf::grad`; only shared views exist in this closure.
+        let grads: Vec<Grad<'_>> = bufs.iter().map(|b| unsafe { b.grad() }).collect();
+        clip::norms_and_total(&grads, norm)
+    });
+    let mut each = Vec::with_capacity(nonempty.len());
+    let mut it = norms.into_iter();
+    for k in nonempty {
+        each.push(if k { it.next().unwrap_or(0.0) } else { 0.0 });
+    }
+    Ok((each, total))
+}
+
+/// torch's `clip_grad_norm_` on the buffers: the total norm, then (unless the coefficient is at
+/// least 1) an in-place scale by `max_norm / (norm + 1e-6)`. With `error_if_nonfinite`, a NaN or
+/// inf norm scales nothing; the caller raises. Returns `(norm, scaled, dtype mask)`.
+#[pyfunction]
+fn clip_grad_norm_bufs(
+    py: Python<'_>,
+    bufs: Bound<'_, GradBufs>,
+    max_norm: f64,
+    norm_type: f64,
+    error_if_nonfinite: bool,
+) -> PyResult<(f64, bool, u8)> {
+    let norm = self::norm_type(py, norm_type)?;
+    let (bufs, mask) = held(&bufs);
+    let (t, scaled) = py.detach(|| {
+        let t = total(&bufs, norm);
+        if error_if_nonfinite && !t.is_finite() {
+            return (t, false);
+        }
+        match clip::clip_coef(t, max_norm) {
+            Some(coef) => {
+                scale(&bufs, coef);
+                (t, true)
             }
-            _ => self.acc += other.acc,
+            None => (t, false),
         }
-    }
+    });
+    Ok((t, scaled, mask))
 }
 
-/// torch's coefficient `max_norm / (total_norm + 1e-6)`, or `None` when it is at least 1 and
-/// scaling would change nothing. A NaN coefficient (NaN norm) is returned: torch scales by it.
-pub fn clip_coef(total_norm: f64, max_norm: f64) -> Option<f64> {
-    let coef = max_norm / (total_norm + 1e-6);
-    if coef >= 1.0 {
-        None
-    } else {
-        Some(coef)
-    }
+/// Multiply every element of the buffers by `coef` in place.
+#[pyfunction]
+fn scale_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, coef: f64) -> PyResult<()> {
+    let (bufs, _) = held(&bufs);
+    py.detach(|| scale(&bufs, coef));
+    Ok(())
 }
 
-/// Multiply every element by `coef` in place. The coefficient is rounded to f32 for f32 and
-/// 16-bit data and the product rounded once to the element type, as torch's `mul_` does.
-pub fn scale_in_place(grad: GradMut<'_>, coef: f64) {
-    let c32 = coef as f32;
-    match grad {
-        GradMut::F32(x) => scale_f32(x, c32),
-        GradMut::F64(x) => scale_f64(x, coef),
-        GradMut::F16(x) => scale_f16(x, c32),
-        GradMut::BF16(x) => scale_bf16(x, c32),
-    }
-}
-
-/// Clamp every element to `[-clip_value, clip_value]` in place, the bound first rounded to the
-/// element type (as torch's `clamp_` does with a Python scalar). NaN elements stay NaN.
-pub fn clamp_in_place(grad: GradMut<'_>, clip_value: f64) {
-    match grad {
-        GradMut::F32(x) => clamp_f32(x, clip_value as f32),
-        GradMut::F64(x) => clamp_f64(x, clip_value),
-        GradMut::F16(x) => {
-            let bits = f32_to_f16(clip_value as f32) & 0x7fff;
-            clamp_f16(x, bits, f16_to_f32(bits));
+/// Clamp every element of the buffers to `[-clip_value, clip_value]` in place.
+#[pyfunction]
+fn clamp_bufs(py: Python<'_>, bufs: Bound<'_, GradBufs>, clip_value: f64) -> PyResult<()> {
+    let (bufs, _) = held(&bufs);
+    py.detach(|| {
+        for b in &bufs {
+            // SAFETY: see `RawBuf::grad_mut`; the view dies at the end of this statement.
+            clip::clamp_in_place(unsafe { b.grad_mut() }, clip_value);
         }
-        GradMut::BF16(x) => {
-            let bits = f32_to_bf16(clip_value as f32) & 0x7fff;
-            clamp_bf16(x, bits, bf16_to_f32(bits));
-        }
-    }
+    });
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests;
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<GradBufs>()?;
+    m.add_function(wrap_pyfunction!(split_grads, m)?)?;
+    m.add_function(wrap_pyfunction!(grad_norm_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(grad_norms_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_grad_norm_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(scale_bufs, m)?)?;
+    m.add_function(wrap_pyfunction!(clamp_bufs, m)?)?;
+    Ok(())
+}

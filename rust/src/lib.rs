@@ -1,20 +1,35 @@
-//! ferrotrain's native core.
-//!
-//! Everything here is plain Rust that `cargo test` exercises without a Python interpreter:
-//! the loop schedule and the epoch driver that runs it, metric accumulation, gradient-norm and clip math, the checkpoint format
-//! and its I/O, and the prefetch queue. The `python` module (behind the `python` feature, which
-//! maturin turns on) is the thin PyO3 layer that converts values and maps errors; it owns no logic.
+//! The PyO3 layer: the Python module `ferrotrain._core`, over the pure crate `ferrotrain_core`
+//! (`rust/core`). One file per area, each with a `register` function; inputs are converted into
+//! owned Rust values, the GIL is released for real work, and every core error becomes a typed
+//! Python exception (the one table is `errors.rs`). A panic never reaches the user. Without the
+//! `python` feature (plain `cargo test --workspace`) this crate is empty.
+#![cfg(feature = "python")]
 
-pub mod checkpoint;
-pub mod clip;
-pub mod dlpack;
-pub mod dtype;
-pub mod epoch;
-pub mod metrics;
-pub mod prefetch;
-pub mod profile;
-pub mod schedule;
-pub mod tfevents;
+use pyo3::prelude::*;
 
-#[cfg(feature = "python")]
-mod python;
+mod checkpoint;
+mod checkpoint_tree;
+mod clip;
+mod dtype;
+mod errors;
+mod metrics;
+mod prefetch;
+mod profile;
+mod schedule;
+mod tfevents;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    dtype::register(m)?;
+    schedule::register(m)?;
+    metrics::register(m)?;
+    clip::register(m)?;
+    checkpoint::register(m)?;
+    checkpoint_tree::register(m)?;
+    prefetch::register(m)?;
+    profile::register(m)?;
+    tfevents::register(m)?;
+    Ok(())
+}

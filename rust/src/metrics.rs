@@ -1,178 +1,136 @@
-//! Metric accumulation for `self.log`: one slot per logged key and hook, each reducing its
-//! values by a weighted mean (weights are batch sizes), a sum, a max or a min, as Lightning's
-//! `reduce_fx` does. Values arrive as f64, read by the bindings straight from a CPU tensor's
-//! memory, so the step path never asks torch for a host copy.
+//! Bindings for metric accumulation. `update_from_tensor` reads a scalar straight from a CPU
+//! tensor's memory, described by one C call through torch's DLPack exchange table: no
+//! `.item()`, no host copy, no torch attribute read on the step path (`self.log` of a loss).
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduce {
-    Mean,
-    Sum,
-    Max,
-    Min,
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::errors::Raise;
+use ferrotrain_core::clip::{bf16_to_f32, f16_to_f32};
+use ferrotrain_core::dlpack;
+use ferrotrain_core::dtype::{self, Scalar};
+use ferrotrain_core::metrics::{MetricStore, Reduce};
+
+#[pyclass(name = "MetricStore", module = "ferrotrain._core")]
+pub struct PyMetricStore {
+    inner: MetricStore,
 }
 
-impl Reduce {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "mean" | "avg" => Some(Self::Mean),
-            "sum" => Some(Self::Sum),
-            "max" => Some(Self::Max),
-            "min" => Some(Self::Min),
-            _ => None,
+#[pymethods]
+impl PyMetricStore {
+    #[new]
+    fn new() -> Self {
+        Self { inner: MetricStore::new() }
+    }
+
+    fn register(&mut self, py: Python<'_>, reduce: &str) -> PyResult<usize> {
+        let r = Reduce::parse(reduce).ok_or_else(|| {
+            Raise::Misconfiguration.err(py, format!("`reduce_fx` must be one of 'mean', 'sum', 'max', 'min', got {reduce:?}"),
+            )
+        })?;
+        Ok(self.inner.register(r))
+    }
+
+    fn update(&mut self, slot: usize, value: f64, weight: f64) -> bool {
+        self.inner.update(slot, value, weight)
+    }
+
+    /// Add the value of `tensor` when it is a one-element CPU tensor of exactly `tensor_type`
+    /// (`torch.Tensor`) with a dtype read here; returns False, having added nothing, for any
+    /// other tensor (the caller then takes torch's path, or raises for a non-scalar).
+    fn update_from_tensor(
+        &mut self,
+        slot: usize,
+        tensor: &Bound<'_, PyAny>,
+        tensor_type: &Bound<'_, PyType>,
+        weight: f64,
+    ) -> PyResult<bool> {
+        let py = tensor.py();
+        if !tensor.get_type().is(tensor_type) {
+            return Ok(false);
         }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Slot {
-    reduce: Reduce,
-    /// Weighted sum for `Mean`, plain sum for `Sum`, running extreme for `Max`/`Min`.
-    acc: f64,
-    weight: f64,
-    count: u64,
-    last: f64,
-}
-
-impl Slot {
-    fn new(reduce: Reduce) -> Self {
-        Self { reduce, acc: Self::identity(reduce), weight: 0.0, count: 0, last: f64::NAN }
-    }
-
-    fn identity(reduce: Reduce) -> f64 {
-        match reduce {
-            Reduce::Mean | Reduce::Sum => 0.0,
-            Reduce::Max => f64::NEG_INFINITY,
-            Reduce::Min => f64::INFINITY,
+        let Some(describe) = describer(tensor_type) else { return Ok(false) };
+        let mut t = dlpack::DlTensor::default();
+        // SAFETY: `tensor` is a live object of exactly the type that published `describe`, and
+        // the GIL is held, as the exchange API requires.
+        if unsafe { describe(tensor.as_ptr().cast(), &mut t) } != 0 {
+            drop(PyErr::take(py));
+            return Ok(false);
         }
-    }
-}
-
-/// All slots of one loop (training, validation, ...). Slots are addressed by the index
-/// `register` returns, so the per-step path does no hashing.
-#[derive(Clone, Debug, Default)]
-pub struct MetricStore {
-    slots: Vec<Slot>,
-}
-
-impl MetricStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn register(&mut self, reduce: Reduce) -> usize {
-        self.slots.push(Slot::new(reduce));
-        self.slots.len() - 1
+        // SAFETY: the exporter filled `t` for `tensor`, alive and unchanged while the GIL is held.
+        let Some(view) = (unsafe { dlpack::cpu_view(&t) }) else { return Ok(false) };
+        let Some(scalar) = dtype::of_dlpack(t.dtype).and_then(|r| r.scalar) else { return Ok(false) };
+        if view.shape.iter().product::<i64>() != 1 {
+            return Ok(false);
+        }
+        // DLPack has no negation bit: a lazily negated view must be resolved by torch.
+        if tensor.call_method0(intern!(py, "is_neg"))?.is_truthy()? {
+            return Ok(false);
+        }
+        self.update_from_ptr(py, slot, view.address, scalar.code(), weight)?;
+        Ok(true)
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// Add one value with its weight (the batch size). Returns false for an unknown slot.
-    pub fn update(&mut self, slot: usize, value: f64, weight: f64) -> bool {
-        let Some(s) = self.slots.get_mut(slot) else {
-            return false;
+    /// Read one element of `dtype` (a `_core.DTYPES` scalar code) at `ptr` (a live CPU tensor's `data_ptr()`) and add it.
+    fn update_from_ptr(&mut self, py: Python<'_>, slot: usize, ptr: usize, dtype: u8, weight: f64) -> PyResult<f64> {
+        if ptr == 0 {
+            return Err(Raise::LoopState.err(py, "metric tensor has no storage"));
+        }
+        let Some(scalar) = Scalar::from_code(dtype) else {
+            return Err(Raise::LoopState.err(py, format!("unknown metric dtype code {dtype}")));
         };
-        s.last = value;
-        s.count += 1;
-        match s.reduce {
-            Reduce::Mean => {
-                s.acc += value * weight;
-                s.weight += weight;
+        // SAFETY: the caller passes the data_ptr of a CPU tensor it holds alive for this call,
+        // with at least one element of `dtype`; unaligned reads keep any storage offset safe.
+        let value = unsafe {
+            match scalar {
+                Scalar::F32 => f64::from(std::ptr::read_unaligned(ptr as *const f32)),
+                Scalar::F64 => std::ptr::read_unaligned(ptr as *const f64),
+                Scalar::F16 => f64::from(f16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
+                Scalar::BF16 => f64::from(bf16_to_f32(std::ptr::read_unaligned(ptr as *const u16))),
+                Scalar::I64 => std::ptr::read_unaligned(ptr as *const i64) as f64,
+                Scalar::I32 => f64::from(std::ptr::read_unaligned(ptr as *const i32)),
+                Scalar::Bool => f64::from(std::ptr::read_unaligned(ptr as *const u8)),
             }
-            Reduce::Sum => s.acc += value,
-            // NaN propagates, as torch.max over a tensor holding NaN does.
-            Reduce::Max => s.acc = if value.is_nan() || value > s.acc { value } else { s.acc },
-            Reduce::Min => s.acc = if value.is_nan() || value < s.acc { value } else { s.acc },
-        }
-        true
+        };
+        self.inner.update(slot, value, weight);
+        Ok(value)
     }
 
-    /// The reduced value since the last reset; `None` if nothing was logged.
-    pub fn compute(&self, slot: usize) -> Option<f64> {
-        let s = self.slots.get(slot)?;
-        if s.count == 0 {
-            return None;
-        }
-        Some(match s.reduce {
-            Reduce::Mean if s.weight == 0.0 => f64::NAN,
-            Reduce::Mean => s.acc / s.weight,
-            _ => s.acc,
-        })
+    fn compute(&self, slot: usize) -> Option<f64> {
+        self.inner.compute(slot)
     }
 
-    /// The most recent value (what step-level logging shows).
-    pub fn last(&self, slot: usize) -> Option<f64> {
-        self.slots.get(slot).filter(|s| s.count > 0).map(|s| s.last)
+    fn last(&self, slot: usize) -> Option<f64> {
+        self.inner.last(slot)
     }
 
-    pub fn count(&self, slot: usize) -> u64 {
-        self.slots.get(slot).map_or(0, |s| s.count)
+    fn count(&self, slot: usize) -> u64 {
+        self.inner.count(slot)
     }
 
-    pub fn reset(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            *s = Slot::new(s.reduce);
-        }
+    fn reset(&mut self, slot: usize) {
+        self.inner.reset(slot);
     }
 
-    pub fn reset_all(&mut self) {
-        for s in &mut self.slots {
-            *s = Slot::new(s.reduce);
-        }
+    fn reset_all(&mut self) {
+        self.inner.reset_all();
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// torch's DLPack describer for `tensor_type` (always `torch.Tensor`), looked up once: `self.log`
+/// runs every step, and the table lives as long as the process.
+fn describer(tensor_type: &Bound<'_, PyType>) -> Option<dlpack::DlTensorFromPyObject> {
+    static DESCRIBE: PyOnceLock<Option<dlpack::DlTensorFromPyObject>> = PyOnceLock::new();
+    *DESCRIBE.get_or_init(tensor_type.py(), || crate::clip::exchange_api(tensor_type))
+}
 
-    #[test]
-    fn mean_is_weighted_by_batch_size() {
-        let mut m = MetricStore::new();
-        let s = m.register(Reduce::Mean);
-        m.update(s, 1.0, 32.0);
-        m.update(s, 4.0, 16.0);
-        let got = m.compute(s).unwrap_or(f64::NAN);
-        assert!((got - (32.0 + 64.0) / 48.0).abs() < 1e-12);
-        assert_eq!(m.last(s), Some(4.0));
-    }
-
-    #[test]
-    fn sum_max_min_and_reset() {
-        let mut m = MetricStore::new();
-        let (a, b, c) = (m.register(Reduce::Sum), m.register(Reduce::Max), m.register(Reduce::Min));
-        for v in [3.0, -1.0, 2.0] {
-            for s in [a, b, c] {
-                m.update(s, v, 1.0);
-            }
-        }
-        assert_eq!(m.compute(a), Some(4.0));
-        assert_eq!(m.compute(b), Some(3.0));
-        assert_eq!(m.compute(c), Some(-1.0));
-        m.reset_all();
-        assert_eq!(m.compute(a), None);
-        assert_eq!(m.count(b), 0);
-    }
-
-    #[test]
-    fn nan_propagates_through_max() {
-        let mut m = MetricStore::new();
-        let s = m.register(Reduce::Max);
-        m.update(s, 1.0, 1.0);
-        m.update(s, f64::NAN, 1.0);
-        m.update(s, 5.0, 1.0);
-        assert!(m.compute(s).is_some_and(f64::is_nan));
-    }
-
-    #[test]
-    fn unknown_slot_is_reported_not_panicking() {
-        let mut m = MetricStore::new();
-        assert!(!m.update(3, 1.0, 1.0));
-        assert_eq!(m.compute(3), None);
-    }
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyMetricStore>()?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 """The checkpoint tree: how a nested checkpoint dict becomes one JSON document plus a list of
 named tensors, and back. States the type rules (what can be saved, how each type is tagged);
 does not touch files (see `_io.py`). The encoding walk itself is native
-(`_core.encode_checkpoint`, rust/src/python/checkpoint_tree.rs: it runs at every checkpoint, on
+(`_core.encode_checkpoint`, rust/src/checkpoint_tree.rs: it runs at every checkpoint, on
 the training thread) and comes back here for rare values and for every error; decoding is here.
 
 Encoding (JSON values; every non-JSON type is an object with one tag key):

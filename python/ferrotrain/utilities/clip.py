@@ -8,7 +8,7 @@ each one's memory starts and ends through torch's DLPack exchange table: one pas
 is needed. Every other gradient (on an accelerator, strided, sparse, a tensor subclass, another
 dtype) takes torch's `_foreach` path, whose norm and clip coefficient stay on the device.
 
-What it does not own: the arithmetic (`ferrotrain._core`, from `rust/src/clip.rs`).
+What it does not own: the arithmetic (`ferrotrain._core`, from `rust/core/src/clip.rs`).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use crate::checkpoint::CheckpointError;
-use crate::schedule::ScheduleError;
+use ferrotrain_core::checkpoint::CheckpointError;
+use ferrotrain_core::schedule::ScheduleError;
 
 static ERRORS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 

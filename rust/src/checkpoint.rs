@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use super::errors::IntoPyErr;
-use crate::checkpoint::{
+use crate::errors::IntoPyErr;
+use ferrotrain_core::checkpoint::{
     gate::RawBuffer, io, open_checkpoint, parallel, write_atomic, AnyLayout, AsyncWriter,
     ByteSource, CheckpointError, FileLayout,
 };

@@ -6,7 +6,7 @@
 //! DLPack "exchange API"). One of them fills a [`DlTensor`] for a tensor object with no Python
 //! call and no allocation, which is several times cheaper than reading `dtype`, `is_cpu`,
 //! `is_contiguous()`, `data_ptr()` and `numel()` through torch's Python bindings. The bindings
-//! (`python/clip.rs`) call it; this module owns only the layout and the checks, so `cargo test`
+//! (`rust/src/clip.rs`) call it; this module owns only the layout and the checks, so `cargo test`
 //! covers them without an interpreter. The layout is DLPack's stable C ABI, not libtorch's.
 
 use std::ffi::{c_int, c_void};

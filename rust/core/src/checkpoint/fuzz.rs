@@ -1,7 +1,7 @@
 //! A bounded, corpus-driven fuzz target for the checkpoint reader, run by `cargo test`.
 //!
 //! cargo-fuzz needs a nightly compiler; this target needs none. It starts from the committed seed
-//! files in `rust/fuzz-corpus/checkpoint/` (real checkpoints written by `ferrotrain.checkpoint.save`,
+//! files in `rust/core/fuzz-corpus/` (real checkpoints written by `ferrotrain.checkpoint.save`,
 //! see the folder's README), applies a reproducible stream of byte-level and header-aware mutations
 //! (flips, truncations, insertions, a forged length prefix, absurd shapes and offsets, unknown
 //! dtypes, overlapping ranges, duplicated or missing metadata), and checks after each case that the

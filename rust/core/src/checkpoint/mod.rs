@@ -1,7 +1,7 @@
 //! The checkpoint format and its I/O: a safetensors-compatible file (tensors as raw bytes, the
 //! rest of the checkpoint as JSON inside `__metadata__`, a CRC-32 per tensor), written
 //! atomically and durably, optionally on a background thread, and read back with every length,
-//! offset and checksum validated. Pure Rust: the Python layer (`python/checkpoint.rs` and
+//! offset and checksum validated. Pure Rust: the Python layer (`rust/src/checkpoint.rs` and
 //! `ferrotrain.checkpoint`) turns torch tensors into byte slices and the JSON tree into objects.
 //!
 //! - `format`: dtypes, the layout of a file to write, header serialisation and validation.

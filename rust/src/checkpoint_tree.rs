@@ -3,7 +3,7 @@
 //! Python encoder it replaces cost several hundred microseconds for a small model (one Python
 //! call per node and several attribute reads per tensor); here a node is a type check and a
 //! few bytes of JSON, and a CPU tensor is described by one C call through torch's DLPack
-//! exchange table (`crate::dlpack`).
+//! exchange table (`ferrotrain_core::dlpack`).
 //!
 //! The rules (which type gets which tag, what may be saved, how tensors are named and shared)
 //! are the ones `ferrotrain/checkpoint/_tree.py` documents and decodes. Rare values take a
@@ -16,12 +16,12 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
-use super::checkpoint::PyLayout;
-use super::errors::{IntoPyErr, Raise};
-use crate::checkpoint::tree::{JsonText, MemoryKey, TensorTable};
-use crate::checkpoint::tree_format::tag;
-use crate::checkpoint::{AnyLayout, Dtype, Layout, TensorSpec, TorchLayout};
-use crate::dlpack;
+use crate::checkpoint::PyLayout;
+use crate::errors::{IntoPyErr, Raise};
+use ferrotrain_core::checkpoint::tree::{JsonText, MemoryKey, TensorTable};
+use ferrotrain_core::checkpoint::tree_format::tag;
+use ferrotrain_core::checkpoint::{AnyLayout, Dtype, Layout, TensorSpec, TorchLayout};
+use ferrotrain_core::dlpack;
 
 /// Deeper trees are refused (a Python encoder hit its recursion limit near here too); it also
 /// bounds this walk's stack use.
@@ -585,7 +585,7 @@ fn byte_len(dtype: Dtype, shape: &[i64]) -> Option<usize> {
 /// The file dtype of a DLPack scalar type, for the types the fast path takes (complex and the
 /// float8 types go through torch, which knows their exact flavour).
 fn file_dtype(t: dlpack::DlDataType) -> Option<Dtype> {
-    crate::dtype::of_dlpack(t).map(|r| r.file)
+    ferrotrain_core::dtype::of_dlpack(t).map(|r| r.file)
 }
 
 /// Encode `checkpoint` (a dict; `_tree.flatten` checks that) with the helpers of `_tree`.
@@ -610,7 +610,7 @@ fn encode_checkpoint<'py>(
     Vec<Option<(usize, usize)>>,
 )> {
     let types = Types::from_tuple(encoding)?;
-    let describe = super::clip::exchange_api(&types.tensor);
+    let describe = crate::clip::exchange_api(&types.tensor);
     let mut walk = Walk {
         py,
         types,

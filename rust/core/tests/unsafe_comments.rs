@@ -1,5 +1,6 @@
-//! Every `unsafe` block, impl and function in the crate's sources says why it is sound: a
-//! `SAFETY:` comment (or a `# Safety` doc section for an `unsafe fn`) within the few lines above.
+//! Every `unsafe` block, impl and function in the sources of both crates (this one and the
+//! binding crate, `rust/src`) says why it is sound: a `SAFETY:` comment (or a `# Safety` doc
+//! section for an `unsafe fn`) within the few lines above.
 
 #![allow(clippy::panic)] // a test: a failure is a panic
 
@@ -22,7 +23,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_unsafe_has_a_safety_comment() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    rust_files(&here.join("src"), &mut files);
+    rust_files(&here.join("../src"), &mut files);
     assert!(!files.is_empty());
     let mut missing = Vec::new();
     let mut seen = 0;

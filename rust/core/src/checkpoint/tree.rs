@@ -1,5 +1,5 @@
 //! The pure parts of encoding a checkpoint tree (the walk over Python objects is in
-//! `python/checkpoint_tree.rs`): the JSON text of the tree, the names tensors get from their key
+//! `rust/src/checkpoint_tree.rs`): the JSON text of the tree, the names tensors get from their key
 //! paths, and the key that recognises two views of the same memory so they are stored once.
 //!
 //! The tree format itself (which tag each type gets) is `tree_format.rs`; it is documented in

@@ -1,5 +1,5 @@
 //! The checkpoint tree format: the tags that mark every non-JSON value, and the writer of each
-//! tagged value. The encoder's walk (`python/checkpoint_tree.rs`) says which Python value is
+//! tagged value. The encoder's walk (`rust/src/checkpoint_tree.rs`) says which Python value is
 //! which and calls these; the torch writer (`pickle.rs`) reads the same tags back, and
 //! `ferrotrain/checkpoint/_tree.py` documents and decodes them.
 //!
