@@ -137,7 +137,7 @@ def _log_file_bar(monkeypatch, batches):
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     clock = _Clock()
-    monkeypatch.setattr("ferrotrain.callbacks.progress._monotonic", clock)
+    monkeypatch.setattr("ferrotrain.callbacks.progress.clock.monotonic", clock)
     trainer = _FakeTrainer(num_training_batches=batches)
     bar = TQDMProgressBar()
     bar.setup(trainer, None, "fit")
