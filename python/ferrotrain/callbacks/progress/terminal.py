@@ -29,7 +29,7 @@ class Bar:
 
     __slots__ = (
         "desc", "total", "n", "file", "tty", "unicode", "position", "leave", "start", "due", "milestone",
-        "quiet_until", "_last_len", "postfix",
+        "quiet_until", "_last_len", "postfix", "mark_n", "mark_t",
     )
 
     def __init__(self, desc: str, file: TextIO, position: int, leave: bool) -> None:
@@ -48,6 +48,9 @@ class Bar:
         self.quiet_until = 0.0  # not a terminal: no 10% line before this time
         self._last_len = 0
         self.postfix = ""
+        # The batch number and clock at the last stop: the recent pace, which places the next stop.
+        self.mark_n = 0
+        self.mark_t = self.start
 
     def reset(self, total: Optional[Union[int, float]], desc: Optional[str] = None) -> None:
         if desc is not None:
@@ -58,6 +61,7 @@ class Bar:
         self.n = 0
         self.start = clock.monotonic()
         self.quiet_until = self.start + LINE_MIN_INTERVAL_S
+        self.mark_n, self.mark_t = 0, self.start
         # A terminal bar shows at the first stop; log lines wait for 10% or 30 s. Bars that vanish
         # when done (sanity check, validation inside fit) print no 10% lines.
         self.due = self.start if self.tty else self.start + LINE_INTERVAL_S

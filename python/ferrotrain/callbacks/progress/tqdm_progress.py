@@ -11,10 +11,13 @@ lines instead: one at every 10% of an epoch (but not more than one a second: a l
 gets their end lines only) or every 30 s, whichever comes first, and one at each epoch's end.
 
 Cost per step. The Trainer calls `on_train_batch_end` every step, and the whole loop has a budget of
-a few percent over raw PyTorch, so a step that does not redraw costs one integer comparison: the bar
-precomputes the next batch index worth looking at (a multiple of `refresh_rate`, or the last batch).
-At that index it reads the clock and redraws only if 0.1 s passed (10 redraws a second at most);
-metrics are read and text is formatted only when it redraws.
+a few percent over raw PyTorch, so a step between stops costs one integer comparison, whatever the
+batches and metrics: the bar precomputes the next batch number worth looking at (a stop). Stops are
+multiples of `refresh_rate` spaced by the recent pace so that about one falls in each redraw
+interval (0.1 s on a terminal; at most 1 s apart in a log), as tqdm's dynamic `miniters` does, and
+the last batch (and, in a log, every 10% mark) is always one. At a stop the bar reads the clock and
+redraws only if the interval passed; metrics are read and text is formatted only when it redraws.
+A bar of unknown length stops at every multiple of `refresh_rate`, so its final count is exact.
 
 It owns the text on stdout; what the metrics are is the Trainer's business (`progress_bar_metrics`).
 """
@@ -35,6 +38,10 @@ from ferrotrain.callbacks.progress.terminal import (
     REDRAW_INTERVAL_S,
     Bar,
 )
+
+# Stops are placed at most this far ahead at the recent pace: a loop that slows down is looked at
+# again within a second (log lines come on time even when the 30 s line is far).
+_MAX_LOOKAHEAD_S = 1.0
 
 
 class TQDMProgressBar(ProgressBar):
@@ -205,10 +212,13 @@ class TQDMProgressBar(ProgressBar):
         force = bar.force
         return min(self._refresh_rate, force), force, bar.due
 
-    def _advance(self, bar: Bar, n: int, trainer: Any, pl_module: Any, with_metrics: bool) -> Tuple[float, float, float]:
+    def _advance(
+        self, bar: Bar, n: int, trainer: Any, pl_module: Any, with_metrics: bool, now: Optional[float] = None
+    ) -> Tuple[float, float, float]:
         """The slow path, at batch number `n` when `force` was reached or `due` passed: draw (or
-        print a line), then return the new (next, force, due)."""
-        now = clock.monotonic()
+        print a line), then return the new (next, force, due). `now`: the clock, when just read."""
+        if now is None:
+            now = clock.monotonic()
         total = bar.total
         last = total is not None and n >= total
         bar.n = n
@@ -235,8 +245,22 @@ class TQDMProgressBar(ProgressBar):
         if last:
             return NEVER, NEVER, 0.0
         force = bar.force
-        nxt = (n // self._refresh_rate + 1) * self._refresh_rate
-        return min(nxt, force), force, bar.due
+        return self._next_stop(bar, n, now, force), force, bar.due
+
+    def _next_stop(self, bar: Bar, n: int, now: float, force: float) -> float:
+        """The next batch number to look at after a stop at `n`: the next multiple of
+        `refresh_rate` that the recent pace reaches when the bar is due (at most 1 s ahead),
+        never past `force`."""
+        rate = self._refresh_rate
+        stride = rate
+        if bar.total is not None and now > bar.mark_t and n > bar.mark_n:
+            ahead = min(max(bar.due - now, REDRAW_INTERVAL_S if bar.tty else 0.0), _MAX_LOOKAHEAD_S)
+            expected = (n - bar.mark_n) * ahead / (now - bar.mark_t)
+            if expected > rate:
+                stride = math.ceil(expected / rate) * rate
+        bar.mark_n, bar.mark_t = n, now
+        nxt = (n // rate) * rate + stride
+        return nxt if nxt < force else force
 
     def _refresh_train_postfix(self, trainer: Any, pl_module: Any) -> None:
         bar = self._train_bar
@@ -274,18 +298,21 @@ class TQDMProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = batch_idx + 1
-        if n < self._train_next:  # between refresh_rate stops: one comparison, nothing else
-            return
-        if n < self._train_force and clock.monotonic() < self._train_due:  # a stop, but drawn < 0.1 s ago
-            self._train_seen = n
-            nxt = n + self._refresh_rate
-            self._train_next = nxt if nxt < self._train_force else self._train_force
+        if n < self._train_next:  # between stops: one comparison, nothing else
             return
         bar = self._train_bar
         if bar is None:
             self._train_next = NEVER
             return
-        self._train_next, self._train_force, self._train_due = self._advance(bar, n, trainer, pl_module, True)
+        if n < self._train_force:
+            now = clock.monotonic()
+            if now < self._train_due:  # a stop, but drawn less than an interval ago
+                self._train_seen = n
+                self._train_next = self._next_stop(bar, n, now, self._train_force)
+                return
+        else:
+            now = None
+        self._train_next, self._train_force, self._train_due = self._advance(bar, n, trainer, pl_module, True, now)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         bar = self._train_bar
@@ -386,16 +413,19 @@ class TQDMProgressBar(ProgressBar):
         self._close_eval_bar()
 
     def _eval_step(self, n: int, trainer: Any, pl_module: Any) -> None:
-        if n < self._eval_force and clock.monotonic() < self._eval_due:
-            self._eval_seen = n
-            nxt = n + self._refresh_rate
-            self._eval_next = nxt if nxt < self._eval_force else self._eval_force
-            return
         bar = self._eval_bar
         if bar is None:
             self._eval_next = NEVER
             return
-        self._eval_next, self._eval_force, self._eval_due = self._advance(bar, n, trainer, pl_module, False)
+        if n < self._eval_force:
+            now = clock.monotonic()
+            if now < self._eval_due:
+                self._eval_seen = n
+                self._eval_next = self._next_stop(bar, n, now, self._eval_force)
+                return
+        else:
+            now = None
+        self._eval_next, self._eval_force, self._eval_due = self._advance(bar, n, trainer, pl_module, False, now)
 
     def _reset_eval_bar(self, total: Union[int, float], desc: str, dataloader_idx: int) -> None:
         bar = self._eval_bar
