@@ -137,7 +137,7 @@ def _log_file_bar(monkeypatch, batches):
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     clock = _Clock()
-    monkeypatch.setattr("ferrotrain.callbacks.progress._monotonic", clock)
+    monkeypatch.setattr("ferrotrain.callbacks.progress.clock.monotonic", clock)
     trainer = _FakeTrainer(num_training_batches=batches)
     bar = TQDMProgressBar()
     bar.setup(trainer, None, "fit")
@@ -215,7 +215,65 @@ def test_bar_redraw_stops_respect_refresh_rate_and_the_last_batch(monkeypatch):
         bar.on_train_batch_end(trainer, None, None, None, i)
         if bar._train_next != before:
             stops.append(i + 1)
-    assert stops == [10, 20, 25]
+    # The first stop is the first multiple of refresh_rate; after it the fast pace of these batches
+    # places the next one past the redraw interval, so only the last batch is left.
+    assert stops[0] == 10 and stops[-1] == 25
+    assert all(n % 10 == 0 or n == 25 for n in stops)
+
+
+class _CountingClock(_Clock):
+    """A clock the test moves, which counts how often the bar reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.now
+
+
+def _timed_terminal_bar(monkeypatch, batches, refresh_rate=1):
+    out = _Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    clock = _CountingClock()
+    monkeypatch.setattr("ferrotrain.callbacks.progress.clock.monotonic", clock)
+    trainer = _FakeTrainer(num_training_batches=batches)
+    bar = TQDMProgressBar(refresh_rate=refresh_rate)
+    bar.setup(trainer, None, "fit")
+    bar.on_train_start(trainer, None)
+    return out, clock, trainer, bar
+
+
+def test_bar_between_redraws_does_not_read_the_clock_or_the_metrics(monkeypatch):
+    # 10,000 batches of 1 ms: 10 s, so about 100 redraws (one each 0.1 s) and about as many
+    # clock reads, not one per batch.
+    out, clock, trainer, bar = _timed_terminal_bar(monkeypatch, 10_000)
+    bar.on_train_epoch_start(trainer, None)
+    before = clock.reads
+    for i in range(10_000):
+        clock.now += 0.001
+        bar.on_train_batch_end(trainer, None, None, None, i)
+    reads = clock.reads - before
+    draws = _segments(out.getvalue())
+    assert 80 <= len(draws) <= 110
+    assert reads <= 2 * len(draws) + 5  # at a redraw: the stop and the elapsed time
+    assert trainer.metric_reads == len(draws)
+
+
+def test_bar_on_a_terminal_redraws_every_tenth_of_a_second_when_batches_slow_down(monkeypatch):
+    out, clock, trainer, bar = _timed_terminal_bar(monkeypatch, 400)
+    bar.on_train_epoch_start(trainer, None)
+    shown = []
+    for i in range(400):
+        clock.now += 0.001 if i < 200 else 0.05  # fast, then 50 times slower
+        mark = len(out.getvalue())
+        bar.on_train_batch_end(trainer, None, None, None, i)
+        if len(out.getvalue()) > mark:
+            shown.append((i + 1, clock.now))
+    slow = [t for n, t in shown if n > 220]
+    assert len(slow) >= 40  # 180 batches of 50 ms: 9 s, redrawn about every 0.1 s
+    assert max(b - a for a, b in zip(slow, slow[1:])) <= 0.15 + 1e-9
 
 
 def test_validation_bar_sits_below_the_training_bar_and_vanishes(monkeypatch):

@@ -3,6 +3,10 @@ write the chart.
 
     python -m ferrotrain.bench [--workloads W1,W2,W3,W4,W5] [--repeats 3] [--tiny]
                                [--no-lightning] [--chart bench.png | --no-chart]
+    python -m ferrotrain.bench --matrix [matrix options: --repeats, --only, --outputs, --tiny, ...]
+
+`--matrix` runs the loop-overhead matrix instead (`ferrotrain.bench.matrix`: everyday
+configurations against their own raw loops, under a pseudo-terminal and redirected).
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ def write_chart(rows: List[Row], path: str) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--matrix" in argv:
+        from ferrotrain.bench import matrix
+
+        return matrix.main([a for a in argv if a != "--matrix"])
     ap = argparse.ArgumentParser(prog="python -m ferrotrain.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="W1,W2,W3,W4,W5", help="comma-separated subset of W1..W5")

@@ -1,0 +1,5 @@
+"""The clock the progress bars read (one place, so tests can move it)."""
+
+import time
+
+monotonic = time.monotonic
