@@ -28,6 +28,14 @@ if not logging.getLogger().hasHandlers():
     _logger.addHandler(logging.StreamHandler())
     _logger.propagate = False
 
+# Lightning's subpackages, reachable as attributes of the package (`pl.loggers.CSVLogger` after a
+# bare `import lightning.pytorch as pl`, which libraries written for Lightning rely on), imported on
+# first use so `import ferrotrain` stays cheap.
+_SUBPACKAGES = frozenset({
+    "accelerators", "callbacks", "cli", "core", "data", "demos", "errors", "loggers", "plugins", "profilers",
+    "serve", "strategies", "trainer", "tuner", "utilities",
+})
+
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]
 
 
@@ -37,4 +45,10 @@ def __getattr__(name: str) -> Any:
 
         globals()["Trainer"] = Trainer
         return Trainer
+    if name in _SUBPACKAGES:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
     raise AttributeError(f"module 'ferrotrain' has no attribute {name!r}")

@@ -3,9 +3,15 @@ its frame, as Lightning does, into an `AttributeDict`."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import types
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ferrotrain.utilities.rank_zero import rank_zero_warn
 
 
 class AttributeDict(dict):
@@ -26,57 +32,133 @@ class AttributeDict(dict):
         del self[item]
 
 
-def collect_init_args(frame: types.FrameType, obj: Any) -> Dict[str, Any]:
-    """The arguments of the `__init__` running in `frame`, by name (`*args`/`**kwargs` flattened)."""
-    code = frame.f_code
+def clean_namespace(hparams: Any) -> None:
+    """Drop the entries of `hparams` that cannot be pickled, warning for each (Lightning)."""
+    for k in [k for k, v in hparams.items() if not is_picklable(v)]:
+        rank_zero_warn(
+            f"Attribute '{k}' removed from hparams because it cannot be pickled. You can suppress this warning by"
+            f" setting `self.save_hyperparameters(ignore=['{k}'])`.",
+        )
+        del hparams[k]
+
+
+def parse_class_init_keys(cls: type) -> Tuple[str, Optional[str], Optional[str]]:
+    """The names `cls.__init__` gives to `self`, `*args` and `**kwargs` (None when absent)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())  # type: ignore[misc]
+    var_args = next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    var_kwargs = next((p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    return params[0].name, var_args, var_kwargs
+
+
+def _init_args_of(frame: types.FrameType) -> Tuple[Any, Dict[str, Any]]:
+    """`(self, arguments)` of the `__init__` running in `frame`, `**kwargs` flattened in; `(None, {})`
+    when the frame is not a class's `__init__` (only methods that use `super()`/`__class__` can be
+    told apart, as in Lightning)."""
     local_vars = frame.f_locals
-    n_args = code.co_argcount + code.co_kwonlyargcount
-    names = list(code.co_varnames[:n_args])
-    found: Dict[str, Any] = {}
-    for name in names:
-        if name in ("self", "__class__"):
-            continue
-        if name in local_vars and local_vars[name] is not obj:
-            found[name] = local_vars[name]
-    if code.co_flags & inspect.CO_VARKEYWORDS:
-        kw_name = code.co_varnames[n_args + (1 if code.co_flags & inspect.CO_VARARGS else 0)]
-        extra = local_vars.get(kw_name)
-        if isinstance(extra, dict):
-            found.update(extra)
-    return found
+    if "__class__" not in local_vars or frame.f_code.co_name != "__init__":
+        return None, {}
+    cls = local_vars["__class__"]
+    self_name, args_name, kwargs_name = parse_class_init_keys(cls)
+    excluded = {n for n in (self_name, args_name, kwargs_name) if n} | {"__class__", "frame", "frame_args"}
+    found = {k: local_vars[k] for k in inspect.signature(cls.__init__).parameters if k in local_vars}
+    if kwargs_name:
+        found.update(found.get(kwargs_name) or {})
+    return local_vars.get(self_name), {k: v for k, v in found.items() if k not in excluded}
+
+
+def get_init_args(frame: types.FrameType) -> Dict[str, Any]:
+    """The arguments of the `__init__` running in `frame` (Lightning's helper of this name)."""
+    return _init_args_of(frame)[1]
+
+
+def collect_init_args(
+    frame: types.FrameType, path_args: List[Dict[str, Any]], inside: bool = False, classes: Tuple[type, ...] = ()
+) -> List[Dict[str, Any]]:
+    """The arguments of each `__init__` up the call stack from `frame`, innermost first: the chain
+    of `super().__init__` calls, and an enclosing module's `__init__` when one builds another
+    (`classes` limits it to instances of those classes). Lightning's walk, step for step."""
+    while isinstance(frame.f_back, types.FrameType):
+        local_self, local_args = _init_args_of(frame)
+        if "__class__" in frame.f_locals and (not classes or isinstance(local_self, classes)):
+            path_args.append(local_args)
+            inside = True
+        elif inside:
+            break
+        frame = frame.f_back
+    return path_args
 
 
 def save_hyperparameters(
     obj: Any,
-    args: Sequence[Any],
-    ignore: Optional[Union[Sequence[str], str]],
-    frame: Optional[types.FrameType],
+    *args: Any,
+    ignore: Optional[Union[Sequence[str], str]] = None,
+    frame: Optional[types.FrameType] = None,
+    given_hparams: Optional[Dict[str, Any]] = None,
 ) -> None:
+    """What `obj.save_hyperparameters(*args, ignore=..., frame=...)` stores (see the mixin). Repeated
+    calls add to `obj.hparams`, as Lightning's do."""
+    if len(args) == 1 and not args[0]:
+        return  # an empty dict/Namespace-like: nothing to save (Lightning)
     if frame is None:
-        raise RuntimeError("save_hyperparameters() must be called from the object's __init__")
-    init_args = collect_init_args(frame, obj)
-    if isinstance(ignore, str):
-        ignore = [ignore]
-    ignored = set(ignore or ())
-    if len(args) == 1 and isinstance(args[0], (dict,)) and not isinstance(args[0], str):
-        hp: Dict[str, Any] = dict(args[0])
-    elif args:
-        hp = {}
-        for a in args:
-            if isinstance(a, str):
-                if a in init_args:
-                    hp[a] = init_args[a]
-            elif isinstance(a, dict):
-                hp.update(a)
-            else:
-                # A Namespace or similar object: take its public attributes.
-                hp.update({k: v for k, v in vars(a).items() if not k.startswith("_")})
+        current = inspect.currentframe()
+        frame = current.f_back if current is not None else None
+    if not isinstance(frame, types.FrameType):
+        raise AttributeError("There is no `frame` available while being required.")
+
+    if given_hparams is not None:
+        init_args = dict(given_hparams)
+    elif dataclasses.is_dataclass(obj):
+        init_args = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
     else:
-        hp = {k: v for k, v in init_args.items()}
-    for k in ignored:
-        hp.pop(k, None)
-    obj._hparams = AttributeDict(hp)
-    obj._hparams_initial = AttributeDict(dict(hp))
+        from ferrotrain.core.hparams import HyperparametersMixin
+
+        init_args = {}
+        for level in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+            init_args.update(level)
+
+    if ignore is None:
+        ignored: List[str] = []
+    elif isinstance(ignore, str):
+        ignored = [ignore]
+    else:
+        ignored = [k for k in ignore if isinstance(k, str)]
+    init_args = {k: v for k, v in init_args.items() if k not in ignored}
+
+    if not args:
+        hp: Any = init_args
+        obj._hparams_name = "kwargs" if hp else None
+    else:
+        objects = [a for a in args if not isinstance(a, str)]
+        if len(objects) == 1:
+            # One config object (dict, Namespace, DictConfig): it becomes the hparams, named after
+            # the `__init__` argument that passed it.
+            hp = objects[0]
+            names = [k for k, v in init_args.items() if v is hp or _equal(v, hp)]
+            obj._hparams_name = names[0] if names else None
+        else:
+            missing = [a for a in args if isinstance(a, str) and a not in init_args]
+            if missing:
+                raise KeyError(missing[0])
+            hp = {a: init_args[a] for a in args if isinstance(a, str)}
+            obj._hparams_name = "kwargs"
+
+    obj._set_hparams(hp)
+    for key in ignored:
+        obj._hparams.pop(key, None)
+    for k, v in obj._hparams.items():
+        if isinstance(v, torch.nn.Module):
+            rank_zero_warn(
+                f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing."
+                f" It is recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`."
+            )
+    obj._hparams_initial = copy.deepcopy(obj._hparams)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # tensors and arrays compare elementwise
+        return False
 
 
 # ---------------------------------------------------------------------- Lightning's attribute lookup
