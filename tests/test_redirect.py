@@ -14,7 +14,7 @@ import ferrotrain
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ferrotrain.__file__)))
 
 
-def env_without(*dirs: str) -> dict:
+def env_with(*dirs: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *dirs, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
@@ -24,8 +24,10 @@ def run(tmp_path, source: str, *args: str, redirect: bool = True, extra_path: tu
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
     prefix = [sys.executable, "-m", "ferrotrain.lightning"] if redirect else [sys.executable]
-    return subprocess.run(prefix + [str(script), *args], capture_output=True, text=True, timeout=240,
-                          env=env_without(*extra_path), cwd=tmp_path)
+    env = env_with(*extra_path)
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(prefix + [str(script), *args], capture_output=True, text=True, timeout=190,
+                          env=env, cwd=tmp_path)
 
 
 def last_json(proc: subprocess.CompletedProcess) -> dict:
@@ -113,7 +115,7 @@ def test_module_ferrotrain_lacks_is_an_import_error_naming_it(tmp_path):
 
 def test_fabric_without_lightning_is_an_import_error_naming_it(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('lightning') is None)"],
-                           capture_output=True, text=True, env=env_without(), timeout=60)
+                           capture_output=True, text=True, env=env_with(), timeout=60)
     if probe.stdout.strip() != "True":
         pytest.skip("a real lightning is installed: lightning.fabric is its own")
     proc = run(tmp_path, "import lightning.fabric\n")
@@ -161,12 +163,44 @@ def test_module_form_and_usage(tmp_path):
         "import sys, lightning.pytorch as pl, ferrotrain\nprint(__name__, pl is ferrotrain, sys.argv[1:])\n"
     )
     proc = subprocess.run([sys.executable, "-m", "ferrotrain.lightning", "-m", "mymod", "x"], capture_output=True,
-                          text=True, timeout=120, env=env_without(str(tmp_path)), cwd=tmp_path)
+                          text=True, timeout=120, env=env_with(str(tmp_path)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "__main__ True ['x']"
     proc = subprocess.run([sys.executable, "-m", "ferrotrain.lightning"], capture_output=True, text=True,
-                          timeout=60, env=env_without())
+                          timeout=60, env=env_with())
     assert proc.returncode == 2 and "usage: python -m ferrotrain.lightning" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "ferrotrain.lightning", str(tmp_path / "missing.py")],
-                          capture_output=True, text=True, timeout=60, env=env_without())
+                          capture_output=True, text=True, timeout=60, env=env_with())
     assert proc.returncode == 2 and "missing.py" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_ddp_ranks_run_under_the_redirect_too(tmp_path):
+    # The launcher starts rank 1 with the same command line, redirect included: every rank trains
+    # a `pytorch_lightning.LightningModule` that is ferrotrain's.
+    proc = run(tmp_path, """
+        import json, os, sys
+        import torch
+        import pytorch_lightning as ptl
+        import ferrotrain
+
+        class Model(ptl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.layer = torch.nn.Linear(4, 1)
+            def training_step(self, batch, batch_idx):
+                return self.layer(batch[0]).pow(2).mean()
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        data = torch.utils.data.TensorDataset(torch.randn(16, 4))
+        trainer = ptl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=2, logger=False,
+                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(Model(), torch.utils.data.DataLoader(data, batch_size=4))
+        with open(f"rank{trainer.global_rank}.json", "w") as f:
+            json.dump({"ours": ptl is ferrotrain, "world": trainer.world_size, "steps": trainer.global_step}, f)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"ours": True, "world": 2, "steps": 2}

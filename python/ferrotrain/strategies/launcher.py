@@ -47,7 +47,16 @@ def record_failure(text: str) -> None:
 
 
 def _command() -> List[str]:
-    """The command line that started this process, to run it again."""
+    """The command line that started this process, to run it again (under the Lightning redirect
+    when this process runs under it, so the other ranks import the same classes)."""
+    cmd = _started_as()
+    redirect = sys.modules.get("ferrotrain.lightning")
+    if redirect is not None and redirect.is_installed():
+        cmd = [cmd[0], "-m", "ferrotrain.lightning"] + cmd[1:]
+    return cmd
+
+
+def _started_as() -> List[str]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name not in ("__main__", None):
