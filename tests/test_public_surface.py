@@ -181,3 +181,41 @@ def test_servable_module_validator_bad_arguments_name_the_allowed_values():
         ServableModuleValidator(optimization="onnx")
     with pytest.raises(MisconfigurationException, match="server='torchserve'.*allowed: 'fastapi'"):
         ServableModuleValidator(server="torchserve")
+
+
+def _lightning_public_modules(lp):
+    """Lightning's public modules that define `__all__` (no underscore in the path; loops, demos and
+    the trainer's connectors are internals), with their names: the walk the coverage check does."""
+    import pkgutil
+    import warnings
+
+    found = {lp.__name__: list(lp.__all__)}
+    for info in pkgutil.walk_packages(lp.__path__, lp.__name__ + "."):
+        name = info.name
+        if any(part.startswith("_") for part in name.split(".")) or any(
+                skip in name for skip in (".demos", ".loops", "connectors")):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name)
+        except Exception:  # an optional dependency of Lightning's that is not installed
+            continue
+        names = [n for n in getattr(module, "__all__", []) if not n.startswith("_")]
+        if names:
+            found[name] = names
+    return found
+
+
+def test_every_lightning_public_name_exists_at_the_same_path():
+    lp = pytest.importorskip("lightning.pytorch")
+    missing = []
+    for name, names in sorted(_lightning_public_modules(lp).items()):
+        ours = "ferrotrain" + name[len(lp.__name__):]
+        try:
+            module = importlib.import_module(ours)
+        except ImportError:
+            missing.append(ours)
+            continue
+        missing += [f"{ours}.{n}" for n in names if not hasattr(module, n)]
+    assert missing == []
