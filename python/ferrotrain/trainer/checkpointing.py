@@ -234,7 +234,13 @@ def _flush_removals(trainer: Any) -> None:
     trainer._checkpoint_removals = []
     from ferrotrain.utilities.cloud_io import get_filesystem, is_remote
 
+    plugin = getattr(trainer.strategy, "checkpoint_io", None)
     for owner, path in pending:
+        if plugin is not None:
+            # The CheckpointIO that wrote the file deletes it (Lightning calls its remove_checkpoint).
+            if owner._may_remove(path):
+                plugin.remove_checkpoint(path)
+            continue
         if is_remote(path):
             fs = get_filesystem(path)
             if owner._may_remove(path) and fs.exists(path):
