@@ -166,6 +166,11 @@ def test_module_form_and_usage(tmp_path):
                           text=True, timeout=120, env=env_with(str(tmp_path)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "__main__ True ['x']"
+    proc = subprocess.run([sys.executable, "-m", "ferrotrain.lightning", "-c",
+                           "import sys, pytorch_lightning, ferrotrain; print(pytorch_lightning is ferrotrain, sys.argv)", "y"],
+                          capture_output=True, text=True, timeout=120, env=env_with())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True ['-c', 'y']"
     proc = subprocess.run([sys.executable, "-m", "ferrotrain.lightning"], capture_output=True, text=True,
                           timeout=60, env=env_with())
     assert proc.returncode == 2 and "usage: python -m ferrotrain.lightning" in proc.stderr

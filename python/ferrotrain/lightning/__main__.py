@@ -7,7 +7,7 @@ from typing import List
 
 from ferrotrain.lightning import install
 
-USAGE = "usage: python -m ferrotrain.lightning (script.py | -m module) [args ...]"
+USAGE = "usage: python -m ferrotrain.lightning (script.py | -m module | -c code) [args ...]"
 
 
 def main(argv: List[str]) -> None:
@@ -15,10 +15,15 @@ def main(argv: List[str]) -> None:
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         raise SystemExit(2 if not argv else 0)
     install()
-    if argv[0] == "-m":
+    if argv[0] in ("-m", "-c"):
         if len(argv) < 2:
             print(USAGE, file=sys.stderr)
             raise SystemExit(2)
+        if argv[0] == "-c":
+            sys.argv = ["-c"] + argv[2:]
+            sys.path[0] = ""  # as `python -c`: the current folder leads sys.path
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            return
         sys.argv = argv[1:]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         return
