@@ -283,7 +283,8 @@ def test_ctrl_c_mid_epoch_shuts_down_gracefully_and_leaves_a_resumable_checkpoin
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["returned"] and result["interrupted"]
+    assert result["exit_code"] == 1 and result["interrupted"]
+    assert result["sigint_restored"]
     assert result["on_exception"] == ["KeyboardInterrupt"]
     assert result["logger_status"] == "failed"
     assert result["metrics_rows"] >= 4  # the metrics logged before Ctrl-C were flushed

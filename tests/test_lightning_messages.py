@@ -3,6 +3,8 @@ them: the text Lightning writes must appear; ours may add words after it."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from torch.utils.data import DataLoader
 
@@ -123,20 +125,27 @@ class _RecordingStrategy(SingleDeviceStrategy):
     seen: list = []
 
     def on_exception(self, exc):
-        type(self).seen.append(type(exc).__name__)
+        # What a second Ctrl-C would do while the shutdown runs.
+        type(self).seen.append((type(exc).__name__, signal.getsignal(signal.SIGINT)))
         return super().on_exception(exc)
 
 
-def test_keyboard_interrupt_reaches_the_strategy(quiet):
+def test_keyboard_interrupt_reaches_the_strategy_then_exits_with_status_1(quiet):
     class Interrupting(BoringModel):
         def training_step(self, batch, batch_idx):
             raise KeyboardInterrupt
 
     _RecordingStrategy.seen = []
+    before = signal.getsignal(signal.SIGINT)
     trainer = L.Trainer(**quiet, strategy=_RecordingStrategy("cpu"), max_epochs=1)
-    trainer.fit(Interrupting(), DataLoader(make_dataset(16), batch_size=8))
+    # Lightning ends the program after its graceful shutdown: `sys.exit(1)`.
+    with pytest.raises(SystemExit) as info:
+        trainer.fit(Interrupting(), DataLoader(make_dataset(16), batch_size=8))
+    assert info.value.code == 1
     assert trainer.interrupted
-    assert _RecordingStrategy.seen == ["KeyboardInterrupt"]
+    # Further Ctrl-C presses are ignored during the shutdown, and work again after it.
+    assert _RecordingStrategy.seen == [("KeyboardInterrupt", signal.SIG_IGN)]
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_datamodule_str_lists_each_loader(tmp_path):

@@ -7,6 +7,7 @@ and checkpoint contents to `checkpointing`."""
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any, Dict, List, Optional, Union
 
@@ -28,6 +29,7 @@ from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimize
 from ferrotrain.trainer.plugin_args import apply_plugins
 from ferrotrain.trainer.precision import Precision
 from ferrotrain.trainer.results import Results
+from ferrotrain.trainer.signals import ignoring_sigint
 from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from ferrotrain.trainer.views import TrainerViews, _as_tensors
 from ferrotrain.utilities.apply_func import move_data_to_device
@@ -374,7 +376,8 @@ class Trainer(TrainerViews):
     # ------------------------------------------------------------------ run scaffolding
     def _run_guarded(self, fn: Any, model: LightningModule, call: Any = None) -> Any:
         """Lightning's `_call_and_handle_interrupt`: on an exception, `on_exception` hooks run,
-        loggers are finalized, and the exception reaches the user unchanged. `call` is the public
+        loggers are finalized, and the exception reaches the user unchanged; a KeyboardInterrupt
+        (Ctrl-C) shuts down the same way and then ends the program with exit status 1. `call` is the public
         call (name, arguments) that a spawning launcher (`ddp_spawn`) runs in its workers instead."""
         self.state.status = TrainerStatus.RUNNING
         try:
@@ -394,11 +397,14 @@ class Trainer(TrainerViews):
             return None
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
-            self._interrupt(exc)
-            # Lightning lets the strategy react (a launcher stops its worker processes).
-            self._strategy.on_exception(exc)
-            self._teardown()
-            return None
+            # Further Ctrl-C presses must not break the shutdown itself (Lightning ignores them).
+            with ignoring_sigint():
+                self._interrupt(exc)
+                # Lightning lets the strategy react (a launcher stops its worker processes).
+                self._strategy.on_exception(exc)
+                self._teardown()
+            # Lightning ends the program here: exit status 1, raised as `SystemExit`.
+            sys.exit(1)
         except BaseException as exc:
             self._interrupt(exc)
             self._teardown()
