@@ -24,6 +24,10 @@ import torch
 class Strategy:
     strategy_name = "base"
     launcher: Any = None
+    # Strategies that run the precision setting themselves (Lightning gives them their own
+    # precision plugin): the general rules, such as "16-mixed" on the CPU running as
+    # "bf16-mixed", do not apply; `check_precision` says what they accept.
+    runs_own_precision = False
 
     def __init__(self) -> None:
         self._root_device = torch.device("cpu")

@@ -6,6 +6,7 @@ and checkpoint contents to `checkpointing`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -26,8 +27,8 @@ from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_li
 from ferrotrain.trainer.env_defaults import defaults_from_env
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
-from ferrotrain.trainer.plugin_args import apply_plugins
-from ferrotrain.trainer.precision import Precision
+from ferrotrain.trainer.plugin_args import apply_plugins, precision_plugin_given
+from ferrotrain.trainer.precision import Precision, resolve_for_accelerator
 from ferrotrain.trainer.results import Results
 from ferrotrain.trainer.signals import ignoring_sigint
 from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
@@ -109,6 +110,10 @@ class Trainer(TrainerViews):
         self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
         self._strategy._attach(self)
         self._strategy.checkpoint_io = checkpoint_io
+        as_given = precision_plugin_given(plugins) or self._strategy.runs_own_precision
+        precision = resolve_for_accelerator(c.precision, self.accelerator_name, as_given)
+        if precision != c.precision:
+            self._config = c = dataclasses.replace(c, precision=precision)
         self._strategy.check_precision(c.precision)
         self._device = self._strategy.root_device
         self._check_sync_batchnorm()
