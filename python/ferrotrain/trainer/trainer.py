@@ -605,11 +605,14 @@ class Trainer(TrainerViews):
     def _configure_optimizers(self, model: LightningModule) -> None:
         model.__dict__["_current_fx_name"] = "configure_optimizers"
         out = model.configure_optimizers()
-        self.optimizers, self.lr_scheduler_configs = parse_configure_optimizers(out)
+        steps_itself = is_overridden(model, LightningModule, "lr_scheduler_step")
+        self.optimizers, self.lr_scheduler_configs = parse_configure_optimizers(
+            out, model.automatic_optimization, steps_itself)
         if model.automatic_optimization and len(self.optimizers) > 1:
-            raise MisconfigurationException(
-                "Training with multiple optimizers is only supported with manual optimization: set "
-                "`self.automatic_optimization = False` and call the optimizers in `training_step`"
+            raise RuntimeError(
+                "Training with multiple optimizers is only supported with manual optimization. Set "
+                "`self.automatic_optimization = False`, then access your optimizers in `training_step` with "
+                "`opt1, opt2, ... = self.optimizers()`."
             )
         model.__dict__["_current_fx_name"] = None
 
