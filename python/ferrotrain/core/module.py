@@ -305,7 +305,7 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         if self._automatic_optimization:
             raise MisconfigurationException("`manual_backward` requires `self.automatic_optimization = False`")
-        self.trainer._manual_backward(loss, *args, **kwargs)
+        self.trainer.strategy.backward(loss, None, *args, **kwargs)
 
     def clip_gradients(
         self,

@@ -932,7 +932,8 @@ class Trainer(TrainerViews):
         if module is not None and not module.automatic_optimization:
             self._schedule.count_optimizer_step()
 
-    def _manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    def _run_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """What `Strategy.backward` runs: hooks around the (scaled) backward."""
         hooks = self._hooks
         module = self.lightning_module
         module.__dict__["_current_fx_name"] = "on_before_backward"
