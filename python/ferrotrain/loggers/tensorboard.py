@@ -211,8 +211,8 @@ class TensorBoardLogger(VersionedLogger):
             input_array = getattr(model, "example_input_array", None)
         if input_array is None:
             rank_zero_warn(
-                "Could not log computational graph to TensorBoard: the `model.example_input_array` attribute"
-                " is not set and `input_array` was not given."
+                "Could not log computational graph to TensorBoard: The `model.example_input_array` attribute"
+                " is not set or `input_array` was not given."
             )
             return
         import torch

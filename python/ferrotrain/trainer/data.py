@@ -139,8 +139,10 @@ def limited_batches(loader: Any, limit: Union[int, float], name: str) -> Union[i
         return min(n, limit)
     if n == INF:
         if limit not in (0.0, 1.0):
+            prefix = name[len("limit_"):-len("_batches")] if name.startswith("limit_") else "train"
             raise MisconfigurationException(
-                f"`Trainer({name}={limit})` must be 1.0 or an int when the loader has no length"
+                f"When using an `IterableDataset`, `Trainer(limit_{prefix}_batches)` must be `1.0` or an int. An int "
+                f"specifies `num_{prefix}_batches` to use. (`Trainer({name}={limit})`: the loader has no length)"
             )
         return 0 if limit == 0.0 else INF
     return int(n * limit)

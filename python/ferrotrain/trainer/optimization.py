@@ -156,9 +156,9 @@ def parse_configure_optimizers(output: Any, automatic: bool = True,
         elif all(isinstance(o, Optimizer) for o in output) and output:
             optimizers = list(output)
         else:
-            raise MisconfigurationException(f"Unknown configuration for optimizers: {output!r}. {_CONFIG_HELP}")
+            raise MisconfigurationException(f"Unknown configuration for model optimizers: got {output!r}. {_CONFIG_HELP}")
     else:
-        raise MisconfigurationException(f"Unknown configuration for optimizers: {output!r}. {_CONFIG_HELP}")
+        raise MisconfigurationException(f"Unknown configuration for model optimizers: got {output!r}. {_CONFIG_HELP}")
     if automatic:
         schedulers = [_automatic_config(item, monitor) for item, monitor in zip(raw, monitors)]
     else:
@@ -264,22 +264,22 @@ def clip_gradients(module: Any, optimizer: Any, gradient_clip_val: Optional[floa
         gradient_clip_val = trainer_val or 0.0
     elif trainer_val is not None and trainer_val != gradient_clip_val:
         raise MisconfigurationException(
-            f"You set `Trainer(gradient_clip_val={trainer_val})` and passed "
-            f"`clip_gradients(gradient_clip_val={gradient_clip_val})`; use only one of them"
+            f"You have set `Trainer(gradient_clip_val={trainer_val!r})` and have passed "
+            f"`clip_gradients(gradient_clip_val={gradient_clip_val!r})`. Please use only one of them."
         )
     if gradient_clip_algorithm is None:
         gradient_clip_algorithm = trainer_algo or "norm"
     elif trainer_val is not None and trainer_algo != gradient_clip_algorithm.lower():
         raise MisconfigurationException(
-            f"You set `Trainer(gradient_clip_algorithm={trainer_algo!r})` and passed "
-            f"`clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r})`; use only one of them"
+            f"You have set `Trainer(gradient_clip_algorithm={trainer_algo!r})` and have passed "
+            f"`clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r}) Please use only one of them."
         )
     if not isinstance(gradient_clip_val, (int, float)) or isinstance(gradient_clip_val, bool):
-        raise ConfigTypeError(f"`gradient_clip_val` should be an int or a float, got {gradient_clip_val!r}")
+        raise ConfigTypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
     algo = gradient_clip_algorithm.lower()
     if algo not in ("norm", "value"):
         raise MisconfigurationException(
-            f"`gradient_clip_algorithm` must be 'norm' or 'value', got {gradient_clip_algorithm!r}"
+            f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
         )
     if gradient_clip_val <= 0:
         return

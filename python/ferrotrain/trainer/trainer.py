@@ -339,7 +339,8 @@ class Trainer(TrainerViews):
     def _check_model(self, model: Any, fn: str) -> None:
         if not isinstance(model, LightningModule):
             raise ConfigTypeError(
-                f"`Trainer.{fn}()` requires a `LightningModule`, got {model!r} ({type(model).__name__})"
+                f"`model` must be a `LightningModule`, got "
+                f"`{type(model).__qualname__}` (`Trainer.{fn}()` was given {model!r})"
             )
 
     def _default_ckpt_path(self, fn: str, model: Optional[LightningModule], ckpt_path: Optional[str]) -> Optional[str]:
