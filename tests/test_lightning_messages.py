@@ -270,3 +270,99 @@ def test_lightnings_message_text_leads(case, call, pattern):
                                    pytorch_callbacks=callbacks_module(lib), __name__=lib.__name__)
         with pytest.raises(Exception, match=pattern):  # noqa: PT011 - the class is Lightning's, checked elsewhere
             call(ns)
+
+
+def _warnings_of(call):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+
+
+def test_default_max_epochs_is_announced_at_fit_only_when_nothing_bounds_it(tmp_path):
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    text = "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set `max_epochs=-1`."
+    for Lib in libraries():
+        class Stop(model_class(Lib)):
+            def training_step(self, batch, batch_idx):
+                self.trainer.should_stop = True
+                return super().training_step(batch, batch_idx)
+
+        for kwargs, announced in ((dict(max_epochs=None), True), (dict(max_epochs=3), False),
+                                  (dict(max_steps=2), False), (dict(fast_dev_run=1), False)):
+            t = trainer(Lib, limit_val_batches=0, **kwargs)
+            assert text not in _warnings_of(lambda: None)
+            got = _warnings_of(lambda: t.fit(Stop(), loader(4)))
+            assert (text in got) == announced, (Lib.__name__, kwargs)
+
+
+def test_submodules_in_eval_mode_at_training_start_are_warned_about():
+    import torch
+
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    text = "Found 1 module(s) in eval mode at the start of training."
+    for Lib in libraries():
+        model = model_class(Lib)()
+        got = _warnings_of(lambda: trainer(Lib, max_epochs=1, limit_val_batches=0).fit(model, loader(4)))
+        assert not any("eval mode" in w for w in got)
+        model.frozen = torch.nn.Linear(1, 1).eval()
+        got = _warnings_of(lambda: trainer(Lib, max_epochs=1, limit_val_batches=0).fit(model, loader(4)))
+        assert any(w.startswith(text) for w in got), got
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes
+def test_a_stop_before_min_epochs_is_announced_once(caplog):
+    import logging
+
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    text = "Trainer was signaled to stop but the required `min_epochs=3` or `min_steps=None` has not been met."
+    for Lib in libraries():
+        class StopAtOnce(model_class(Lib)):
+            def training_step(self, batch, batch_idx):
+                self.trainer.should_stop = True
+                return super().training_step(batch, batch_idx)
+
+        caplog.clear()
+        t = trainer(Lib, min_epochs=3, max_epochs=10, limit_val_batches=0)
+        with caplog.at_level(logging.INFO):
+            t.fit(StopAtOnce(), loader(4))
+        assert t.current_epoch == 3  # the minimum holds
+        assert sum(text in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_fewer_batches_than_the_logging_interval_are_warned_about(tmp_path):
+    from tests.lightning_ref import csv_logger, libraries, loader, model_class, trainer
+
+    text = "The number of training batches (2) is smaller than the logging interval Trainer(log_every_n_steps=3)."
+    for Lib in libraries():
+        for kwargs, warned in ((dict(logger=csv_logger(Lib, tmp_path)), True), (dict(logger=False), False),
+                               (dict(logger=csv_logger(Lib, tmp_path), fast_dev_run=2), False)):
+            t = trainer(Lib, max_epochs=1, log_every_n_steps=3, limit_val_batches=0, **kwargs)
+            got = _warnings_of(lambda: t.fit(model_class(Lib)(), loader(4)))
+            assert any(w.startswith(text) for w in got) == warned, (Lib.__name__, kwargs, got)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_log_without_a_trainer_or_without_a_logger_warns():
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    for Lib in libraries():
+        model = model_class(Lib)()
+        got = _warnings_of(lambda: model.log("foo", 1.0))
+        assert any("`self.trainer` reference is not registered on the model yet" in w for w in got), got
+
+        class LogsToLogger(model_class(Lib)):
+            def training_step(self, batch, batch_idx):
+                self.log("foo", 1.0, logger=True)
+                return super().training_step(batch, batch_idx)
+
+        got = _warnings_of(lambda: trainer(Lib, max_epochs=1, limit_val_batches=0).fit(LogsToLogger(), loader(4)))
+        assert any(w.startswith("You called `self.log('foo', ..., logger=True)` but have no logger configured.")
+                   for w in got), got

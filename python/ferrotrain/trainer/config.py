@@ -85,6 +85,7 @@ class TrainerConfig:
     # Left to their defaults: Lightning reports these None until a fit resolves them.
     max_epochs_unset: bool
     min_epochs_unset: bool
+    min_steps_unset: bool
     min_steps: int
     max_time: Optional[datetime.timedelta]
     accelerator: str
@@ -430,6 +431,7 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
         min_epochs=min_epochs,
         max_epochs_unset=raw_max_epochs is None or raw_max_epochs is DEFAULT_MAX_EPOCHS,
         min_epochs_unset=raw_min_epochs is None or raw_min_epochs is DEFAULT_MIN_EPOCHS,
+        min_steps_unset=min_steps is None,
         min_steps=min_steps or 0,
         max_time=_check_max_time(k["max_time"]),
         accelerator=accelerator,

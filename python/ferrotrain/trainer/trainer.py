@@ -34,7 +34,7 @@ from ferrotrain.trainer.signals import ignoring_sigint
 from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from ferrotrain.trainer.views import TrainerViews, _as_tensors
 from ferrotrain.utilities.apply_func import move_data_to_device
-from ferrotrain.utilities.rank_zero import rank_zero_info
+from ferrotrain.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from ferrotrain.utilities.seed import isolate_rng
 
 DEFAULT_PREFETCH_BATCHES = 2
@@ -543,12 +543,24 @@ class Trainer(TrainerViews):
             hooks.callbacks_then_module(name, self, *args)
 
     # ------------------------------------------------------------------ fit
+    def _warn_if_max_epochs_defaulted(self) -> None:
+        """Lightning's warning, at each fit, when no limit bounds it but the default 1000 epochs."""
+        from ferrotrain.callbacks.timer import Timer
+        from ferrotrain.utilities.warnings import PossibleUserWarning
+
+        c = self._config
+        if c.max_epochs_unset and not c.fast_dev_run and c.max_epochs == 1000 and c.max_steps == -1 \
+                and not any(isinstance(cb, Timer) for cb in self.callbacks):
+            rank_zero_warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, "
+                           "set `max_epochs=-1`.", category=PossibleUserWarning)
+
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: Optional[LightningDataModule], ckpt_path: Optional[str]) -> None:
         from ferrotrain.trainer.fit_loop import FitLoop
         from ferrotrain.trainer import checkpointing
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
+        self._warn_if_max_epochs_defaulted()
         self._epoch_limits_resolved = True  # `max_epochs`/`min_epochs` now report the fit's values
         self._train_loader = None
         self.__dict__.pop("_first_epoch_iterator", None)
@@ -656,6 +668,15 @@ class Trainer(TrainerViews):
         self.num_training_batches = limited_batches(self._train_loader, limit, "limit_train_batches")
         if self.num_training_batches == 0:
             rank_zero_info("`Trainer.fit` stopped: No training batches.")
+        n, every = self.num_training_batches, self.log_every_n_steps
+        if self.loggers and n < every and not c.fast_dev_run:
+            from ferrotrain.utilities.warnings import PossibleUserWarning
+
+            # Lightning's note: no step of the epoch reaches the logging interval.
+            rank_zero_warn(
+                f"The number of training batches ({n}) is smaller than the logging interval "
+                f"Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if you want to see "
+                "logs for the training epoch.", category=PossibleUserWarning)
 
     def _prepare_loader(self, loader: Any, stage: str) -> Any:
         """The strategy's view of a loader (a DistributedSampler in front of it with DDP)."""

@@ -50,8 +50,10 @@ class TrainerViews:
         return self._config.max_steps
 
     @property
-    def min_steps(self) -> int:
-        return self._config.min_steps
+    def min_steps(self) -> Optional[int]:
+        """None when not set (Lightning's default); the fit then has no step minimum."""
+        c = self._config
+        return None if c.min_steps_unset else c.min_steps
 
     @property
     def accumulate_grad_batches(self) -> int:
