@@ -195,3 +195,36 @@ def test_negative_fast_dev_run_is_refused_with_lightnings_words():
     with pytest.raises(MisconfigurationException,
                        match="fast_dev_run=-1 is not a valid configuration. It should be >= 0"):
         L.Trainer(fast_dev_run=-1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes
+@pytest.mark.parametrize("mode, expected", [
+    ("max_size_cycle", [{"a": 0, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": 3}]),
+    ("min_size", [{"a": 0, "b": 3}, {"a": 1, "b": 4}]),
+    ("max_size", [{"a": 0, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": None}]),
+])
+@pytest.mark.parametrize("fn", ["validate", "test"])
+def test_zipped_combined_loader_in_evaluation_counts_each_iterable(tmp_path, mode, expected, fn):
+    """Validate/test run a zipping CombinedLoader's combined batches, and report, as Lightning
+    does, each iterable's own number of batches."""
+    import importlib
+
+    from tests.lightning_ref import libraries, model_class
+
+    for lib in libraries():
+        utilities = importlib.import_module("lightning.pytorch.utilities" if lib.__name__ == "lightning"
+                                            else "ferrotrain.utilities")
+        seen = []
+
+        class M(model_class(lib)):
+            def validation_step(self, batch, batch_idx):
+                seen.append(batch)
+
+            def test_step(self, batch, batch_idx):
+                seen.append(batch)
+
+        trainer = lib.Trainer(default_root_dir=tmp_path, barebones=True)
+        getattr(trainer, fn)(M(), utilities.CombinedLoader({"a": [0, 1, 2], "b": [3, 4]}, mode))
+        assert (trainer.num_val_batches if fn == "validate" else trainer.num_test_batches) == [3, 2]
+        assert seen == expected

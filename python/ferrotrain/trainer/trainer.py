@@ -22,8 +22,8 @@ from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NoMode
 from ferrotrain.trainer import config as cfg
 from ferrotrain.trainer import val_reload
 from ferrotrain.trainer.barebones import resolve_opt_outs
-from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
-                                     sequential_for_overfit)
+from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches,
+                                     reported_batch_counts, resolve_loaders, sequential_for_overfit)
 from ferrotrain.trainer.env_defaults import defaults_from_env
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
@@ -845,11 +845,12 @@ class Trainer(TrainerViews):
             )
         loaders = [self._prepare_loader(l, prefix) for l in as_loader_list(loaders, "dataloaders")]
         counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
+        reported = reported_batch_counts(loaders, counts, limit, f"limit_{prefix}_batches")
         if prefix == "val":
-            self.num_val_batches = counts
+            self.num_val_batches = reported
             self._val_loaders = loaders
         else:
-            self.num_test_batches = counts
+            self.num_test_batches = reported
             self._eval_loaders["test"] = loaders
         results = Results(training=False)
         self.state.stage = RunningStage.VALIDATING if prefix == "val" else RunningStage.TESTING
