@@ -228,3 +228,22 @@ def test_zipped_combined_loader_in_evaluation_counts_each_iterable(tmp_path, mod
         getattr(trainer, fn)(M(), utilities.CombinedLoader({"a": [0, 1, 2], "b": [3, 4]}, mode))
         assert (trainer.num_val_batches if fn == "validate" else trainer.num_test_batches) == [3, 2]
         assert seen == expected
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes
+def test_fast_dev_run_validates_even_with_limit_val_batches_zero(tmp_path):
+    """`fast_dev_run` replaces every batch limit (Lightning): limit_val_batches=0 does not stop it."""
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    for lib in libraries():
+        seen = []
+
+        class M(model_class(lib)):
+            def validation_step(self, batch, batch_idx):
+                seen.append(batch_idx)
+
+        t = trainer(lib, fast_dev_run=True, limit_val_batches=0.0, limit_test_batches=0)
+        t.fit(M(), loader(8), loader(8))
+        assert seen == [0]
+        assert (t.limit_val_batches, t.limit_test_batches) == (1, 1)

@@ -425,6 +425,16 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     reload_every = int(raw_reload)
     overfit = check_limit("overfit_batches", k["overfit_batches"])
 
+    # `overfit_batches` > 0 replaces the fit's limits; `fast_dev_run` then the others, and the
+    # fit's too without overfitting (Lightning's `_init_debugging_flags`).
+    limit_train = overfit or check_limit("limit_train_batches", k["limit_train_batches"])
+    limit_val = overfit or check_limit("limit_val_batches", k["limit_val_batches"])
+    limit_test = check_limit("limit_test_batches", k["limit_test_batches"])
+    limit_predict = check_limit("limit_predict_batches", k["limit_predict_batches"])
+    if fast_dev_run:
+        if not overfit:
+            limit_train = limit_val = fast_dev_run
+        limit_test = limit_predict = fast_dev_run
     return TrainerConfig(
         max_epochs=max_epochs,
         max_steps=max_steps,
@@ -450,11 +460,10 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
         enable_checkpointing=check_bool("enable_checkpointing", k["enable_checkpointing"]),
         default_root_dir=root,
         deterministic=deterministic if deterministic is not None else False,
-        # `overfit_batches` > 0 replaces both limits (Lightning's `_init_debugging_flags`).
-        limit_train_batches=overfit or check_limit("limit_train_batches", k["limit_train_batches"]),
-        limit_val_batches=overfit or check_limit("limit_val_batches", k["limit_val_batches"]),
-        limit_test_batches=check_limit("limit_test_batches", k["limit_test_batches"]),
-        limit_predict_batches=check_limit("limit_predict_batches", k["limit_predict_batches"]),
+        limit_train_batches=limit_train,
+        limit_val_batches=limit_val,
+        limit_test_batches=limit_test,
+        limit_predict_batches=limit_predict,
         overfit_batches=overfit,
         fast_dev_run=fast_dev_run,
         num_nodes=num_nodes,

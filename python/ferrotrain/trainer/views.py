@@ -128,23 +128,19 @@ class TrainerViews:
 
     @property
     def limit_train_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_train_batches
+        return self._config.limit_train_batches
 
     @property
     def limit_val_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_val_batches
+        return self._config.limit_val_batches
 
     @property
     def limit_test_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_test_batches
+        return self._config.limit_test_batches
 
     @property
     def limit_predict_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_predict_batches
+        return self._config.limit_predict_batches
 
     @property
     def device_ids(self) -> List[int]:
