@@ -247,3 +247,41 @@ def test_fast_dev_run_validates_even_with_limit_val_batches_zero(tmp_path):
         t.fit(M(), loader(8), loader(8))
         assert seen == [0]
         assert (t.limit_val_batches, t.limit_test_batches) == (1, 1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes (and the eval-mode warning)
+def test_a_submodule_kept_in_eval_mode_stays_there_through_every_loop(tmp_path):
+    """Evaluation puts the module in eval mode and then back to each submodule's own mode
+    (Lightning's `_ModuleMode`), so a frozen submodule in eval mode is still so when training."""
+    import torch
+
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    for lib in libraries():
+        seen = []
+
+        class M(model_class(lib)):
+            def __init__(self):
+                super().__init__()
+                self.frozen = torch.nn.Linear(1, 1).eval()
+
+            def training_step(self, batch, batch_idx):
+                seen.append(("train", self.layer.training, self.frozen.training))
+                return super().training_step(batch, batch_idx)
+
+            def validation_step(self, batch, batch_idx):
+                seen.append(("val", self.layer.training, self.frozen.training))
+
+            def predict_step(self, batch, batch_idx):
+                seen.append(("predict", self.layer.training, self.frozen.training))
+                return batch
+
+        model = M()
+        t = trainer(lib, max_epochs=1, val_check_interval=1, limit_train_batches=2, limit_val_batches=1,
+                    num_sanity_val_steps=1)
+        t.fit(model, loader(4), loader(4))
+        t.predict(model, loader(2))
+        assert seen == [("val", False, False), ("train", True, False), ("val", False, False),
+                        ("train", True, False), ("val", False, False), ("predict", False, False)]
+        assert model.layer.training and not model.frozen.training  # back after predict too
