@@ -194,7 +194,8 @@ class TensorBoardLogger(VersionedLogger):
             metrics = {"hp_metric": metrics}
 
         if metrics:
-            self.log_metrics(metrics=metrics, step=step)
+            # Positional, as Lightning calls it here (the Trainer's own calls pass keywords).
+            self.log_metrics(metrics, step)
             from torch.utils.tensorboard.summary import hparams
 
             exp, ssi, sei = hparams(flat, metrics)
