@@ -184,9 +184,15 @@ def sigint(folder: str) -> None:
     trainer = L.Trainer(max_epochs=1000, callbacks=[rec, on_exc], logger=logger, log_every_n_steps=1,
                         default_root_dir=folder, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)
-    trainer.fit(BigModel(), loader())
+    exit_code = None
+    try:
+        trainer.fit(BigModel(), loader())
+    except SystemExit as exc:  # Ctrl-C ends the program as Lightning's does, after the shutdown
+        exit_code = exc.code
     out = {
-        "returned": True,
+        "exit_code": exit_code,
+        # Ctrl-C works again after the shutdown (it was ignored while the shutdown ran).
+        "sigint_restored": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
         "interrupted": trainer.interrupted,
         "on_exception": rec.exceptions,
         "logger_status": Logger.status,

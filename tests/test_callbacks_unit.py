@@ -543,7 +543,7 @@ def test_lr_monitor_names_and_logged_values(tmp_path):
     trainer = SimpleNamespace(
         loggers=[logger],
         optimizers=[sgd, adam, adam2],
-        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler, interval="epoch", frequency=1, name=None, opt_idx=0)],
+        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler, interval="epoch", frequency=1, name=None)],
         global_step=0,
         should_stop=False,
         log_every_n_steps=1,
@@ -572,7 +572,7 @@ def test_lr_monitor_named_scheduler_and_errors():
         loggers=[object()],
         optimizers=[sgd],
         lr_scheduler_configs=[
-            SimpleNamespace(scheduler=torch.optim.lr_scheduler.StepLR(sgd, 1), interval="step", frequency=1, name="my-lr", opt_idx=0)
+            SimpleNamespace(scheduler=torch.optim.lr_scheduler.StepLR(sgd, 1), interval="step", frequency=1, name="my-lr")
         ],
     )
     monitor = LearningRateMonitor()

@@ -283,7 +283,8 @@ def test_ctrl_c_mid_epoch_shuts_down_gracefully_and_leaves_a_resumable_checkpoin
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["returned"] and result["interrupted"]
+    assert result["exit_code"] == 1 and result["interrupted"]
+    assert result["sigint_restored"]
     assert result["on_exception"] == ["KeyboardInterrupt"]
     assert result["logger_status"] == "failed"
     assert result["metrics_rows"] >= 4  # the metrics logged before Ctrl-C were flushed
@@ -310,8 +311,15 @@ class _NaNAt(BoringModel):
 def test_detect_anomaly_stops_at_the_step_with_a_non_finite_loss(value, quiet):
     model = _NaNAt(3, value)
     trainer = L.Trainer(max_epochs=1, detect_anomaly=True, **quiet)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \((nan|inf)\) at global step 3 \(epoch 0, batch 3\)"):
-        trainer.fit(model, DataLoader(make_dataset(), batch_size=8))
+    if value != value:
+        # NaN: torch's anomaly error from the backward, as Lightning users get it.
+        with pytest.warns(UserWarning, match="Error detected in MulBackward0"):
+            with pytest.raises(RuntimeError, match=r"Function 'MulBackward0' returned nan values in its 0th output"):
+                trainer.fit(model, DataLoader(make_dataset(), batch_size=8))
+    else:
+        # Infinite: torch flags no NaN; ferrotrain stops there rather than step with it.
+        with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(inf\) at global step 3 \(epoch 0, batch 3\)"):
+            trainer.fit(model, DataLoader(make_dataset(), batch_size=8))
     assert isinstance(NonFiniteLossError("x"), RuntimeError)
     assert all(torch.isfinite(p).all() for p in model.parameters())  # never stepped with it
     assert trainer.global_step == 3 and not torch.is_anomaly_enabled()

@@ -193,6 +193,20 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path):
     assert [(e.step, e.value) for e in events] == [(0, 1.0), (1, 0.5), (2, 0.25)]
 
 
+def test_tensorboard_hp_metric_reaches_a_log_metrics_override_with_its_own_parameter_names(tmp_path):
+    """Lightning passes the hp_metric placeholder positionally, so an override of `log_metrics`
+    whose parameters have other names still gets it."""
+    pytest.importorskip("tensorboard")
+    got = []
+
+    class Mine(TensorBoardLogger):
+        def log_metrics(self, values, at=None):
+            got.append((values, at))
+
+    Mine(tmp_path).log_hyperparams({"lr": 0.1})
+    assert got == [({"hp_metric": -1}, None)]
+
+
 def test_tensorboard_hparams_hp_metric_and_yaml(tmp_path):
     pytest.importorskip("tensorboard")
     logger = TensorBoardLogger(tmp_path, name="exp")

@@ -195,3 +195,93 @@ def test_negative_fast_dev_run_is_refused_with_lightnings_words():
     with pytest.raises(MisconfigurationException,
                        match="fast_dev_run=-1 is not a valid configuration. It should be >= 0"):
         L.Trainer(fast_dev_run=-1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes
+@pytest.mark.parametrize("mode, expected", [
+    ("max_size_cycle", [{"a": 0, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": 3}]),
+    ("min_size", [{"a": 0, "b": 3}, {"a": 1, "b": 4}]),
+    ("max_size", [{"a": 0, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": None}]),
+])
+@pytest.mark.parametrize("fn", ["validate", "test"])
+def test_zipped_combined_loader_in_evaluation_counts_each_iterable(tmp_path, mode, expected, fn):
+    """Validate/test run a zipping CombinedLoader's combined batches, and report, as Lightning
+    does, each iterable's own number of batches."""
+    import importlib
+
+    from tests.lightning_ref import libraries, model_class
+
+    for lib in libraries():
+        utilities = importlib.import_module("lightning.pytorch.utilities" if lib.__name__ == "lightning"
+                                            else "ferrotrain.utilities")
+        seen = []
+
+        class M(model_class(lib)):
+            def validation_step(self, batch, batch_idx):
+                seen.append(batch)
+
+            def test_step(self, batch, batch_idx):
+                seen.append(batch)
+
+        trainer = lib.Trainer(default_root_dir=tmp_path, barebones=True)
+        getattr(trainer, fn)(M(), utilities.CombinedLoader({"a": [0, 1, 2], "b": [3, 4]}, mode))
+        assert (trainer.num_val_batches if fn == "validate" else trainer.num_test_batches) == [3, 2]
+        assert seen == expected
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes
+def test_fast_dev_run_validates_even_with_limit_val_batches_zero(tmp_path):
+    """`fast_dev_run` replaces every batch limit (Lightning): limit_val_batches=0 does not stop it."""
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    for lib in libraries():
+        seen = []
+
+        class M(model_class(lib)):
+            def validation_step(self, batch, batch_idx):
+                seen.append(batch_idx)
+
+        t = trainer(lib, fast_dev_run=True, limit_val_batches=0.0, limit_test_batches=0)
+        t.fit(M(), loader(8), loader(8))
+        assert seen == [0]
+        assert (t.limit_val_batches, t.limit_test_batches) == (1, 1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny run's notes (and the eval-mode warning)
+def test_a_submodule_kept_in_eval_mode_stays_there_through_every_loop(tmp_path):
+    """Evaluation puts the module in eval mode and then back to each submodule's own mode
+    (Lightning's `_ModuleMode`), so a frozen submodule in eval mode is still so when training."""
+    import torch
+
+    from tests.lightning_ref import libraries, loader, model_class, trainer
+
+    for lib in libraries():
+        seen = []
+
+        class M(model_class(lib)):
+            def __init__(self):
+                super().__init__()
+                self.frozen = torch.nn.Linear(1, 1).eval()
+
+            def training_step(self, batch, batch_idx):
+                seen.append(("train", self.layer.training, self.frozen.training))
+                return super().training_step(batch, batch_idx)
+
+            def validation_step(self, batch, batch_idx):
+                seen.append(("val", self.layer.training, self.frozen.training))
+
+            def predict_step(self, batch, batch_idx):
+                seen.append(("predict", self.layer.training, self.frozen.training))
+                return batch
+
+        model = M()
+        t = trainer(lib, max_epochs=1, val_check_interval=1, limit_train_batches=2, limit_val_batches=1,
+                    num_sanity_val_steps=1)
+        t.fit(model, loader(4), loader(4))
+        t.predict(model, loader(2))
+        assert seen == [("val", False, False), ("train", True, False), ("val", False, False),
+                        ("train", True, False), ("val", False, False), ("predict", False, False)]
+        assert model.layer.training and not model.frozen.training  # back after predict too

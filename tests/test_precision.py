@@ -4,11 +4,16 @@ precision plugin does ("64-true", "16-true", "bf16-true": model and float inputs
 gradients is skipped under the scaler, the scaler state goes into checkpoints under
 "MixedPrecision", and legacy spellings resolve as in Lightning.
 
-With `FERROTRAIN_CROSSCHECK=1` the scenarios Lightning runs the same way also run under Lightning
-(Lightning turns "16-mixed" on the CPU into "bf16-mixed", so those are ferrotrain only)."""
+`Trainer(precision="16-mixed")` on the CPU runs as "bf16-mixed" with Lightning's warning; float16
+autocast with a CPU GradScaler is what the plugin `MixedPrecision("16-mixed", "cpu")` asks for, as in
+Lightning, and the GradScaler tests use it.
+
+With `FERROTRAIN_CROSSCHECK=1` the scenarios Lightning runs the same way also run under Lightning."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import warnings
 from typing import Any, Dict, List
 
@@ -24,6 +29,7 @@ from ferrotrain.trainer.precision import cpu_float16_amp_available
 from tests.lightning_ref import is_lightning, libraries, loader, trainer, state_of, tiny_net
 
 EPOCHS = 2
+CPU_FP16_WARNING = r"precision='16-mixed'\)` but AMP with fp16 is not supported on CPU. Using `precision='bf16-mixed'`"
 CPU_FP16_AMP = cpu_float16_amp_available()
 
 
@@ -31,7 +37,14 @@ CPU_FP16_AMP = cpu_float16_amp_available()
 _net, _state = tiny_net, state_of
 
 
+def fp16_cpu(L: Any) -> Dict[str, Any]:
+    """The Trainer argument for float16 autocast with a GradScaler on the CPU: Lightning's plugin."""
+    module = "lightning.pytorch.plugins.precision" if is_lightning(L) else "ferrotrain.plugins.precision"
+    return dict(plugins=importlib.import_module(module).MixedPrecision("16-mixed", "cpu"))
+
+
 def fit(L: Any, precision: Any, batches: int = 8, **kwargs: Any) -> Dict[str, Any]:
+    """`precision=None` leaves the argument out (for a precision plugin in `kwargs`)."""
     seen: List[Any] = []
 
     class M(L.LightningModule):
@@ -54,7 +67,9 @@ def fit(L: Any, precision: Any, batches: int = 8, **kwargs: Any) -> Dict[str, An
 
     losses: List[float] = []
     m = M()
-    t = trainer(L, max_epochs=EPOCHS, precision=precision, **kwargs)
+    if precision is not None:
+        kwargs["precision"] = precision
+    t = trainer(L, max_epochs=EPOCHS, **kwargs)
     with warnings.catch_warnings():
         if is_lightning(L):
             warnings.simplefilter("ignore")
@@ -123,29 +138,61 @@ def test_legacy_spellings_resolve_as_lightning():
         assert trainer(L, precision=64).precision == "64-true"
         assert trainer(L, precision="64").precision == "64-true"
         assert trainer(L, precision=32).precision == "32-true"
-    if CPU_FP16_AMP:
-        with pytest.warns(UserWarning, match="historical reasons"):
-            assert trainer(ferrotrain, precision=16).precision == "16-mixed"
+        # 16 is "16-mixed", which the CPU runs as "bf16-mixed".
+        with pytest.warns(UserWarning, match="historical reasons"), pytest.warns(UserWarning, match=CPU_FP16_WARNING):
+            assert trainer(L, precision=16).precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
+def test_16_mixed_on_cpu_runs_as_bf16_mixed_with_lightnings_warning(accelerator):
+    if accelerator == "auto" and torch.cuda.is_available():
+        pytest.skip("'auto' picks the GPU here")
+    want = hand(autocast=torch.bfloat16)
+    for L in libraries():
+        with pytest.warns(UserWarning, match=CPU_FP16_WARNING):
+            got = fit(L, "16-mixed", accelerator=accelerator)
+        t = got["trainer"]
+        assert t.precision == "bf16-mixed"
+        assert getattr(t.precision_plugin, "scaler", None) is None  # no GradScaler under bfloat16
+        assert set(got["seen"]) == {(torch.float32, torch.float32, torch.bfloat16)}
+        assert_close(got["state"], want["state"], rtol=0, atol=0)
+
+
+def test_mixed_precision_is_announced(caplog):
+    for L in libraries():
+        caplog.clear()
+        with caplog.at_level(logging.INFO), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(L, precision="16-mixed")
+        assert "Using bfloat16 Automatic Mixed Precision (AMP)" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            trainer(L, precision="32-true")
+        assert "Automatic Mixed Precision" not in caplog.text
 
 
 @pytest.mark.skipif(CPU_FP16_AMP, reason="this torch runs float16 autocast on the CPU")
-def test_16_mixed_on_cpu_without_torch_support_is_a_clear_error():
+def test_16_mixed_plugin_on_cpu_without_torch_support_is_a_clear_error():
     with pytest.raises(MisconfigurationException, match="bf16-mixed"):
-        trainer(ferrotrain, precision="16-mixed")
+        trainer(ferrotrain, **fp16_cpu(ferrotrain))
 
 
 needs_fp16_amp = pytest.mark.skipif(not CPU_FP16_AMP, reason="this torch has no float16 CPU autocast")
 
 
 @needs_fp16_amp
-def test_16_mixed_on_cpu_uses_a_grad_scaler_and_matches_hand_loop():
+def test_16_mixed_plugin_on_cpu_uses_a_grad_scaler_and_matches_hand_loop():
     want = hand(autocast=torch.float16, scaler=torch.amp.GradScaler("cpu"))
-    got = fit(ferrotrain, "16-mixed")
-    scaler = got["trainer"].precision_plugin.scaler
-    assert isinstance(scaler, torch.amp.GradScaler)
-    assert set(got["seen"]) == {(torch.float32, torch.float32, torch.float16)}
-    assert_close(got["state"], want["state"], rtol=0, atol=0)
-    assert got["losses"] == want["losses"]
+    for L in libraries():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a plugin is kept as given: no bf16 fallback warning
+            got = fit(L, None, **fp16_cpu(L))
+        assert got["trainer"].precision == "16-mixed"
+        scaler = got["trainer"].precision_plugin.scaler
+        assert isinstance(scaler, torch.amp.GradScaler)
+        assert set(got["seen"]) == {(torch.float32, torch.float32, torch.float16)}
+        assert_close(got["state"], want["state"], rtol=0, atol=0)
+        assert got["losses"] == want["losses"]
 
 
 class _NonFiniteOnce(ferrotrain.LightningModule):
@@ -174,7 +221,7 @@ class _NonFiniteOnce(ferrotrain.LightningModule):
 @needs_fp16_amp
 def test_16_mixed_skips_the_step_with_non_finite_gradients(tmp_path):
     m = _NonFiniteOnce()
-    t = trainer(ferrotrain, max_epochs=1, precision="16-mixed")
+    t = trainer(ferrotrain, max_epochs=1, **fp16_cpu(ferrotrain))
     t.fit(m, loader(16, batch_size=4))
     w = m.weights
     assert not torch.equal(w[0], w[1])  # finite steps move the weights
@@ -189,7 +236,7 @@ def test_16_mixed_skips_the_step_with_non_finite_gradients(tmp_path):
 @needs_fp16_amp
 def test_16_mixed_scaler_state_is_saved_and_restored(tmp_path):
     m = _NonFiniteOnce()
-    t = trainer(ferrotrain, max_epochs=1, precision="16-mixed")
+    t = trainer(ferrotrain, max_epochs=1, **fp16_cpu(ferrotrain))
     t.fit(m, loader(16, batch_size=4))
     path = tmp_path / "amp.ckpt"
     t.save_checkpoint(path)
@@ -202,7 +249,7 @@ def test_16_mixed_scaler_state_is_saved_and_restored(tmp_path):
             self.scale_at_start = self.trainer.precision_plugin.scaler.get_scale()
 
     probe = Probe()
-    t2 = trainer(ferrotrain, max_epochs=2, precision="16-mixed")
+    t2 = trainer(ferrotrain, max_epochs=2, **fp16_cpu(ferrotrain))
     t2.fit(probe, loader(16, batch_size=4), ckpt_path=path)
     assert probe.scale_at_start == 65536.0 / 2
 
@@ -290,7 +337,7 @@ def test_lbfgs_with_16_mixed_is_a_clear_error():
             return torch.optim.LBFGS(self.parameters())
 
     with pytest.raises(MisconfigurationException, match="LBFGS"):
-        trainer(ferrotrain, max_epochs=1, precision="16-mixed").fit(M(), loader(4))
+        trainer(ferrotrain, max_epochs=1, **fp16_cpu(ferrotrain)).fit(M(), loader(4))
 
 
 def _scaled_hand(clip: float = 0.0, batches: int = 8) -> Dict[str, torch.Tensor]:
@@ -326,7 +373,7 @@ def test_16_mixed_clips_the_unscaled_gradients():
             return torch.optim.SGD(self.parameters(), lr=0.05)
 
     m = M()
-    trainer(ferrotrain, max_epochs=EPOCHS, precision="16-mixed", gradient_clip_val=1e-3).fit(m, loader(8, batch_size=4))
+    trainer(ferrotrain, max_epochs=EPOCHS, **fp16_cpu(ferrotrain), gradient_clip_val=1e-3).fit(m, loader(8, batch_size=4))
     want = _scaled_hand(clip=1e-3)
     assert not torch.allclose(want["0.weight"], _scaled_hand()["0.weight"])  # the clip mattered
     assert_close(_state(m.net), want, rtol=1e-5, atol=1e-7)
@@ -352,7 +399,7 @@ def test_16_mixed_manual_optimization_steps_through_the_scaler():
             return torch.optim.SGD(self.parameters(), lr=0.05)
 
     m = M()
-    t = trainer(ferrotrain, max_epochs=EPOCHS, precision="16-mixed")
+    t = trainer(ferrotrain, max_epochs=EPOCHS, **fp16_cpu(ferrotrain))
     t.fit(m, loader(8, batch_size=4))
     assert_close(_state(m.net), _scaled_hand(), rtol=0, atol=0)
     assert t.global_step == 2 * EPOCHS

@@ -168,7 +168,13 @@ def test_max_epochs_default_follows_max_steps(tmp_path) -> None:
     for kwargs in ({}, {"max_steps": 10}, {"max_epochs": 3, "max_steps": 10}):
         t = L.Trainer(callbacks=[Peek()], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=tmp_path, **kwargs)
-        t.fit(model_class(L)(), loader(8))
+        if kwargs:
+            t.fit(model_class(L)(), loader(8))
+        else:  # Lightning says so at the fit, as a PossibleUserWarning
+            from ferrotrain.utilities.warnings import PossibleUserWarning
+
+            with pytest.warns(PossibleUserWarning, match="`max_epochs` was not set. Setting it to 1000 epochs."):
+                t.fit(model_class(L)(), loader(8))
     assert seen == [1000, -1, 3]
 
 

@@ -47,6 +47,15 @@ class BatchSizeFinder(Callback):
         if trainer.world_size > 1:
             raise MisconfigurationException("The Batch size finder is not supported with distributed strategies.")
         if stage != "fit":
+            prefix = {"validate": "val"}.get(stage, stage)
+            from ferrotrain.trainer.data import as_loader_list, resolve_loaders
+
+            loaders = resolve_loaders(prefix, None, trainer.datamodule, pl_module)
+            if loaders is not None and len(as_loader_list(loaders, f"{prefix}_dataloaders")) > 1:
+                # Lightning's check comes first: it holds whatever ferrotrain supports.
+                raise MisconfigurationException(
+                    f"The Batch size finder cannot be used with multiple {prefix} dataloaders."
+                )
             raise NotSupportedYetError(
                 f"The Batch size finder runs in `fit` only in ferrotrain (got stage={stage!r}); "
                 "`validate`, `test` and `predict` are not supported yet"

@@ -76,7 +76,8 @@ class EarlyStopping(Callback):
         super().__init__()
         if mode not in self.mode_dict:
             raise MisconfigurationException(
-                f"EarlyStopping(mode={mode!r}): `mode` can be {', '.join(repr(m) for m in self.mode_dict)}."
+                f"`mode` can be {', '.join(self.mode_dict)}, got {mode} (`EarlyStopping(mode=...)` must be one of "
+                f"{', '.join(repr(m) for m in self.mode_dict)}, got {mode!r})"
             )
         self.monitor = monitor
         self.patience = patience

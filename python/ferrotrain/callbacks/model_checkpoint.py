@@ -49,22 +49,25 @@ class ModelCheckpoint(Checkpoint):
     ) -> None:
         super().__init__()
         if mode not in ("min", "max"):
-            raise MisconfigurationException(f"`ModelCheckpoint(mode={mode!r})` must be 'min' or 'max'")
+            raise MisconfigurationException(f"`mode` can be min, max but got {mode} (`ModelCheckpoint(mode={mode!r})`)")
         if not isinstance(save_top_k, int) or isinstance(save_top_k, bool) or save_top_k < -1:
-            raise MisconfigurationException(f"`ModelCheckpoint(save_top_k={save_top_k!r})` must be an int >= -1")
+            raise MisconfigurationException(
+                f"Invalid value for save_top_k={save_top_k}. Must be >= -1 (`ModelCheckpoint(save_top_k=...)`: an int)")
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise MisconfigurationException(
-                f"`ModelCheckpoint(save_top_k={save_top_k}, monitor=None)` is not a valid configuration: "
-                "there is no quantity to rank the top k by; set `monitor` or use save_top_k in (-1, 0, 1)"
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration. No quantity for "
+                "top_k to track. Set `monitor` or use save_top_k in (-1, 0, 1)"
             )
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationException(f"`ModelCheckpoint(save_last={save_last!r})` must be None, True, False or 'link'")
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise MisconfigurationException(f"`ModelCheckpoint({name}={value!r})` must be None or an int >= 0")
+                raise MisconfigurationException(
+                    f"Invalid value for {name}={value}. Must be >= 0 (`ModelCheckpoint({name}=...)`: None or an int)")
         if sum(v is not None and v != 0 for v in (every_n_train_steps, every_n_epochs, train_time_interval)) > 1:
             raise MisconfigurationException(
-                "Combining `every_n_train_steps`, `every_n_epochs` and `train_time_interval` is not supported: set one"
+                f"Combination of parameters every_n_train_steps={every_n_train_steps}, every_n_epochs={every_n_epochs} "
+                f"and train_time_interval={train_time_interval} should be mutually exclusive."
             )
         self.monitor = monitor
         self.verbose = verbose

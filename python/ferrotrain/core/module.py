@@ -17,6 +17,7 @@ from torch import nn
 
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.utilities.apply_func import move_data_to_device
+from ferrotrain.utilities.rank_zero import rank_zero_warn
 from ferrotrain.core.hparams import HyperparametersMixin
 
 if TYPE_CHECKING:
@@ -207,6 +208,10 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         if results is None:
             if self._trainer is None:
                 # Lightning warns and ignores a log call on a module with no Trainer.
+                rank_zero_warn(
+                    "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model "
+                    "yet. This is most likely because the model hasn't been passed to the `Trainer`"
+                )
                 return
             fx = self._current_fx_name
             where = f"inside `{fx}`" if fx else "here"
@@ -222,6 +227,11 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
             )
         if metric_attribute is None and isinstance(value, nn.Module) and _is_torchmetric(value):
             self._check_metric_attribute(name, value)
+        if logger and self._trainer is not None and self._trainer.logger is None:
+            rank_zero_warn(
+                f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured. You can enable one "
+                "by doing `Trainer(logger=ALogger(...))`"
+            )
         results.log(
             self._current_fx_name, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
             add_dataloader_idx, batch_size, sync_dist,
@@ -305,7 +315,7 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         if self._automatic_optimization:
             raise MisconfigurationException("`manual_backward` requires `self.automatic_optimization = False`")
-        self.trainer._manual_backward(loss, *args, **kwargs)
+        self.trainer.strategy.backward(loss, None, *args, **kwargs)
 
     def clip_gradients(
         self,

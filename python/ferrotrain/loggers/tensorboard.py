@@ -194,7 +194,8 @@ class TensorBoardLogger(VersionedLogger):
             metrics = {"hp_metric": metrics}
 
         if metrics:
-            self.log_metrics(metrics=metrics, step=step)
+            # Positional, as Lightning calls it here (the Trainer's own calls pass keywords).
+            self.log_metrics(metrics, step)
             from torch.utils.tensorboard.summary import hparams
 
             exp, ssi, sei = hparams(flat, metrics)
@@ -211,8 +212,8 @@ class TensorBoardLogger(VersionedLogger):
             input_array = getattr(model, "example_input_array", None)
         if input_array is None:
             rank_zero_warn(
-                "Could not log computational graph to TensorBoard: the `model.example_input_array` attribute"
-                " is not set and `input_array` was not given."
+                "Could not log computational graph to TensorBoard: The `model.example_input_array` attribute"
+                " is not set or `input_array` was not given."
             )
             return
         import torch

@@ -65,6 +65,7 @@ def _require_package() -> None:
 
 class DeepSpeedStrategy(ParallelStrategy):
     strategy_name = "deepspeed"
+    runs_own_precision = True
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 class FSDPStrategy(ParallelStrategy):
     strategy_name = "fsdp"
+    runs_own_precision = True
 
     def __init__(
         self,

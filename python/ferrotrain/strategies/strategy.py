@@ -24,6 +24,10 @@ import torch
 class Strategy:
     strategy_name = "base"
     launcher: Any = None
+    # Strategies that run the precision setting themselves (Lightning gives them their own
+    # precision plugin): the general rules, such as "16-mixed" on the CPU running as
+    # "bf16-mixed", do not apply; `check_precision` says what they accept.
+    runs_own_precision = False
 
     def __init__(self) -> None:
         self._root_device = torch.device("cpu")
@@ -130,6 +134,14 @@ class Strategy:
     def prepare_for_evaluation(self, module: torch.nn.Module) -> None:
         """Called before validate/test/predict runs outside `fit` (FSDP wraps the model then)."""
 
+    def backward(self, closure_loss: torch.Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Lightning's `Strategy.backward`: the before-backward hooks, the backward itself (scaled
+        under "16-mixed", through `LightningModule.backward` when overridden, `*args`/`**kwargs`
+        passed on to it), then the after-backward hooks. `manual_backward` comes here; automatic
+        optimization does too when a strategy overrides this method."""
+        self._trainer._run_backward(closure_loss, *args, **kwargs)
+        return closure_loss
+
     def check_precision(self, precision: str) -> None:
         """Raise if this strategy cannot run with the Trainer's `precision` (called at construction)."""
 
@@ -210,3 +222,12 @@ class Strategy:
     def load_optimizer_states(self, optimizers: list, states: list, path: str) -> None:
         for opt, state in zip(optimizers, states):
             opt.load_state_dict(state)
+
+
+_BACKWARD = Strategy.backward
+
+
+def overrides_backward(strategy: Strategy) -> bool:
+    """Whether `strategy.backward` is not the one above (a subclass's, or a wrapped one): then
+    automatic optimization calls it too, instead of its inlined copy."""
+    return getattr(type(strategy).backward, "__func__", type(strategy).backward) is not _BACKWARD

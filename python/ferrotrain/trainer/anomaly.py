@@ -4,10 +4,14 @@ Owns two things, both off (and free) unless `detect_anomaly=True`:
 
 - the training loop runs inside `torch.autograd.set_detect_anomaly(True)`, as in Lightning, so a
   backward that produces NaN raises torch's error naming the operation;
-- `training_step` is wrapped once, at plan time, by a check that raises `NonFiniteLossError`
-  naming the global step, epoch and batch as soon as the returned loss is NaN or infinite (before
-  backward, so the weights are never touched by it). The check reads the loss on the host: one
-  sync per step, paid only when the option is on.
+- `training_step` is wrapped once, at plan time, by a check of the returned loss (before the
+  optimizer step, so the weights are never touched by it). A NaN loss is backpropagated at once
+  under anomaly mode, so torch raises what Lightning users see (`RuntimeError: Function
+  '...Backward0' returned nan values in its 0th output.`, after its "Error detected in"
+  warning); a non-finite loss whose backward torch does not flag (infinite, or NaN with finite
+  gradients) raises `NonFiniteLossError` naming the global step, epoch and batch, where
+  Lightning would train on. The check reads the loss on the host: one sync per step, paid only
+  when the option is on.
 
 When the option is off nothing here runs: the step calls the user's `training_step` directly.
 """
@@ -38,6 +42,8 @@ def checked_training_step(training_step: Callable[..., Any], trainer: Any) -> Ca
         loss = out.get("loss") if isinstance(out, Mapping) else out
         if isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.dtype.is_floating_point:
             value = float(loss.detach())  # sync point: only with detect_anomaly=True
+            if math.isnan(value) and loss.requires_grad:
+                loss.backward()  # torch's anomaly mode raises here, naming the operation
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"`training_step` returned a non-finite loss ({value}) at global step "

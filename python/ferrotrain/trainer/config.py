@@ -85,6 +85,7 @@ class TrainerConfig:
     # Left to their defaults: Lightning reports these None until a fit resolves them.
     max_epochs_unset: bool
     min_epochs_unset: bool
+    min_steps_unset: bool
     min_steps: int
     max_time: Optional[datetime.timedelta]
     accelerator: str
@@ -125,8 +126,10 @@ def _fail_type(name: str, value: Any, allowed: str) -> ConfigTypeError:
     return ConfigTypeError(f"`Trainer({name}=...)` must be {allowed}, got {value!r} ({_type_name(value)})")
 
 
-def _fail_value(name: str, value: Any, allowed: str) -> MisconfigurationException:
-    return MisconfigurationException(f"`Trainer({name}=...)` must be {allowed}, got {value!r}")
+def _fail_value(name: str, value: Any, allowed: str, lightning: str = "") -> MisconfigurationException:
+    """`lightning`: Lightning's own text for this error, which then leads the message."""
+    lead = f"{lightning} " if lightning else ""
+    return MisconfigurationException(f"{lead}`Trainer({name}=...)` must be {allowed}, got {value!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -137,15 +140,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> Optional[int]:
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = False, lightning: str = "") -> Optional[int]:
     allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
     if value is None and allow_none:
         return None
     if not _is_int(value):
         raise _fail_type(name, value, allowed)
     if value < minimum:
-        raise _fail_value(name, value, allowed)
+        raise _fail_value(name, value, allowed, lightning)
     return int(value)
+
+
+def _invalid_limit(name: str, value: Any) -> str:
+    """Lightning's text for a batch limit out of range."""
+    return f"You have passed invalid value {value} for {name}, it has to be in [0.0, 1.0] or an int."
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -161,11 +169,11 @@ def check_limit(name: str, value: Any) -> Union[int, float]:
         return 1.0
     if _is_int(value):
         if value < 0:
-            raise _fail_value(name, value, allowed)
+            raise _fail_value(name, value, allowed, _invalid_limit(name, value))
         return int(value)
     if isinstance(value, float):
         if not 0.0 <= value <= 1.0:
-            raise _fail_value(name, value, allowed)
+            raise _fail_value(name, value, allowed, _invalid_limit(name, value))
         return value
     raise _fail_type(name, value, allowed)
 
@@ -272,13 +280,14 @@ def _check_precision(value: Any) -> str:
 
 def _check_val_check_interval(value: Any) -> Union[int, float]:
     allowed = "a float in (0.0, 1.0] (fraction of an epoch) or an int >= 1 (number of batches)"
+    lightning = _invalid_limit("val_check_interval", value)
     if _is_int(value):
         if value < 1:
-            raise _fail_value("val_check_interval", value, allowed)
+            raise _fail_value("val_check_interval", value, allowed, lightning)
         return int(value)
     if isinstance(value, float):
         if not 0.0 < value <= 1.0:
-            raise _fail_value("val_check_interval", value, allowed)
+            raise _fail_value("val_check_interval", value, allowed, lightning)
         return value
     raise _fail_type("val_check_interval", value, allowed)
 
@@ -305,7 +314,8 @@ def _check_max_time(value: Any) -> Optional[datetime.timedelta]:
 
 def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     k = kwargs
-    max_steps = check_int("max_steps", k["max_steps"], -1)
+    max_steps = check_int("max_steps", k["max_steps"], -1, lightning=(
+        f"`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in {k['max_steps']}."))
     min_steps = check_int("min_steps", k["min_steps"], 0, allow_none=True)
 
     raw_max_epochs = k["max_epochs"]
@@ -313,7 +323,8 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
         # Lightning: 1000 epochs unless a step limit or a time limit is set.
         max_epochs = 1000 if (max_steps == -1 and k["max_time"] is None) else -1
     else:
-        max_epochs = check_int("max_epochs", raw_max_epochs, -1)
+        max_epochs = check_int("max_epochs", raw_max_epochs, -1, lightning=(
+            f"`max_epochs` must be a non-negative integer or -1. You passed in {raw_max_epochs}."))
     raw_min_epochs = k["min_epochs"]
     if raw_min_epochs is None or raw_min_epochs is DEFAULT_MIN_EPOCHS:
         min_epochs = 1 if min_steps is not None else 0
@@ -335,7 +346,9 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     clip_val = k["gradient_clip_val"]
     if clip_val is not None:
         if not _is_number(clip_val):
-            raise _fail_type("gradient_clip_val", clip_val, "None or a number >= 0")
+            raise ConfigTypeError(f"`gradient_clip_val` should be an int or a float. Got {clip_val}. "
+                                  f"`Trainer(gradient_clip_val=...)` must be None or a number >= 0, got {clip_val!r} "
+                                  f"({_type_name(clip_val)})")
         if clip_val < 0 or clip_val != clip_val:
             raise _fail_value("gradient_clip_val", clip_val, "None or a number >= 0")
         clip_val = float(clip_val)
@@ -343,7 +356,8 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     if not isinstance(algo, str):
         raise _fail_type("gradient_clip_algorithm", algo, "'norm' or 'value'")
     if algo.lower() not in CLIP_ALGORITHMS:
-        raise _fail_value("gradient_clip_algorithm", algo, "'norm' or 'value'")
+        raise _fail_value("gradient_clip_algorithm", algo, "'norm' or 'value'",
+                          f"`gradient_clip_algorithm` {algo} is invalid. Allowed algorithms: ['value', 'norm'].")
 
     raw_interval = k["val_check_interval"]
     for limit_name in ("limit_train_batches", "limit_val_batches", "limit_test_batches",
@@ -360,10 +374,13 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
             f"must be an int >= 1 or None, got {raw_every!r} ({_type_name(raw_every)})"
         )
     check_val_every_n_epoch = check_int("check_val_every_n_epoch", raw_every, 1, allow_none=True)
-    if check_val_every_n_epoch is None and isinstance(val_check_interval, float) and val_check_interval != 1.0:
+    user_float = isinstance(raw_interval, float) and raw_interval is not DEFAULT_VAL_CHECK_INTERVAL
+    if check_val_every_n_epoch is None and user_float:
+        # Lightning refuses any float here, 1.0 included: without epochs, a fraction of one is undefined.
         raise MisconfigurationException(
-            "`Trainer(val_check_interval=...)` must be an int (a number of batches) when "
-            f"`check_val_every_n_epoch=None`, got {val_check_interval!r}"
+            "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+            "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`. "
+            f"`Trainer(val_check_interval=...)` must be an int (a number of batches) then, got {raw_interval!r}"
         )
     num_sanity_val_steps = check_int("num_sanity_val_steps", k["num_sanity_val_steps"], -1)
 
@@ -408,12 +425,23 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
     reload_every = int(raw_reload)
     overfit = check_limit("overfit_batches", k["overfit_batches"])
 
+    # `overfit_batches` > 0 replaces the fit's limits; `fast_dev_run` then the others, and the
+    # fit's too without overfitting (Lightning's `_init_debugging_flags`).
+    limit_train = overfit or check_limit("limit_train_batches", k["limit_train_batches"])
+    limit_val = overfit or check_limit("limit_val_batches", k["limit_val_batches"])
+    limit_test = check_limit("limit_test_batches", k["limit_test_batches"])
+    limit_predict = check_limit("limit_predict_batches", k["limit_predict_batches"])
+    if fast_dev_run:
+        if not overfit:
+            limit_train = limit_val = fast_dev_run
+        limit_test = limit_predict = fast_dev_run
     return TrainerConfig(
         max_epochs=max_epochs,
         max_steps=max_steps,
         min_epochs=min_epochs,
         max_epochs_unset=raw_max_epochs is None or raw_max_epochs is DEFAULT_MAX_EPOCHS,
         min_epochs_unset=raw_min_epochs is None or raw_min_epochs is DEFAULT_MIN_EPOCHS,
+        min_steps_unset=min_steps is None,
         min_steps=min_steps or 0,
         max_time=_check_max_time(k["max_time"]),
         accelerator=accelerator,
@@ -432,11 +460,10 @@ def resolve(kwargs: Dict[str, Any]) -> TrainerConfig:
         enable_checkpointing=check_bool("enable_checkpointing", k["enable_checkpointing"]),
         default_root_dir=root,
         deterministic=deterministic if deterministic is not None else False,
-        # `overfit_batches` > 0 replaces both limits (Lightning's `_init_debugging_flags`).
-        limit_train_batches=overfit or check_limit("limit_train_batches", k["limit_train_batches"]),
-        limit_val_batches=overfit or check_limit("limit_val_batches", k["limit_val_batches"]),
-        limit_test_batches=check_limit("limit_test_batches", k["limit_test_batches"]),
-        limit_predict_batches=check_limit("limit_predict_batches", k["limit_predict_batches"]),
+        limit_train_batches=limit_train,
+        limit_val_batches=limit_val,
+        limit_test_batches=limit_test,
+        limit_predict_batches=limit_predict,
         overfit_batches=overfit,
         fast_dev_run=fast_dev_run,
         num_nodes=num_nodes,

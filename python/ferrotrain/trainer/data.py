@@ -139,12 +139,30 @@ def limited_batches(loader: Any, limit: Union[int, float], name: str) -> Union[i
         return min(n, limit)
     if n == INF:
         if limit not in (0.0, 1.0):
+            prefix = name[len("limit_"):-len("_batches")] if name.startswith("limit_") else "train"
             raise MisconfigurationException(
-                f"`Trainer({name}={limit})` must be 1.0 or an int when the loader has no length"
+                f"When using an `IterableDataset`, `Trainer(limit_{prefix}_batches)` must be `1.0` or an int. An int "
+                f"specifies `num_{prefix}_batches` to use. (`Trainer({name}={limit})`: the loader has no length)"
             )
         return 0 if limit == 0.0 else INF
     return int(n * limit)
 
+
+
+def reported_batch_counts(loaders: List[Any], counts: List[Union[int, float]], limit: Union[int, float],
+                          name: str) -> List[Union[int, float]]:
+    """`trainer.num_{val,test}_batches` as Lightning reports them: a `CombinedLoader` that zips
+    its iterables (every mode but "sequential") counts each iterable, limited, though the loop
+    runs the combined batches; any other loader counts as run (`counts`)."""
+    from ferrotrain.utilities.combined_loader import CombinedLoader
+
+    out: List[Union[int, float]] = []
+    for loader, count in zip(loaders, counts):
+        if isinstance(loader, CombinedLoader) and loader.mode != "sequential":
+            out += [limited_batches(it, limit, name) for it in loader.flattened]
+        else:
+            out.append(count)
+    return out
 
 class Fetcher:
     """Yields `(batch, is_last)` from a loader, at most `limit` batches.

@@ -63,7 +63,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     log_steps = not trainer.sanity_checking
 
     with _no_grad(trainer):
-        _model_mode_hook(trainer, f"on_{stage}_model_eval")
+        modes = _model_mode_hook(trainer, f"on_{stage}_model_eval")
         _call_fx(trainer, f"on_{stage}_start", hooks)
         _call_fx(trainer, f"on_{stage}_epoch_start", hooks)
         for dl_idx, (loader, n) in enumerate(zip(loaders, num_batches)):
@@ -114,7 +114,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
         trainer._on_eval_epoch_end(stage, results)
         results.reset_metrics()
         _call_fx(trainer, f"on_{stage}_end", hooks)
-        _model_mode_hook(trainer, f"on_{stage}_model_train")
+        _model_mode_hook(trainer, f"on_{stage}_model_train", modes)
     module._results = prev_results
     trainer._active_results = prev_results
     return metrics
@@ -140,15 +140,26 @@ def _call_fx(trainer: Any, name: str, hooks: Any) -> None:
         hooks.callbacks_then_module(name, trainer)
 
 
-def _model_mode_hook(trainer: Any, name: str) -> None:
-    """`on_*_model_eval`/`on_*_model_train`: the module's override, else its default inline."""
-    hooks = trainer._hooks
-    if hooks.overridden.get(name):
-        getattr(trainer.lightning_module, name)()
-    elif name.endswith("_eval"):
-        trainer.model.eval()
-    elif name.endswith("_train"):
-        trainer.model.train()
+def _model_mode_hook(trainer: Any, name: str, modes: Optional[Dict[str, bool]] = None) -> Dict[str, bool]:
+    """`on_*_model_eval`: each submodule's train/eval mode is captured, then the module's override
+    runs, else `model.eval()`. `on_*_model_train`: the override, else the captured `modes` are put
+    back, so a submodule the user keeps in eval mode stays there (Lightning's `_ModuleMode`)."""
+    module = trainer.lightning_module
+    overridden = trainer._hooks.overridden.get(name)
+    if name.endswith("_eval"):
+        captured = {n: m.training for n, m in module.named_modules()}
+        if overridden:
+            getattr(module, name)()
+        else:
+            trainer.model.eval()
+        return captured
+    if overridden:
+        getattr(module, name)()
+    elif modes:
+        for n, m in module.named_modules():
+            if n in modes:
+                m.training = modes[n]
+    return {}
 
 
 def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],
@@ -181,7 +192,7 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
     warned = False
     predict_step = trainer.strategy.step_fn(module, "predict_step")
     with _no_grad(trainer):
-        _model_mode_hook(trainer, "on_predict_model_eval")
+        modes = _model_mode_hook(trainer, "on_predict_model_eval")
         _call_fx(trainer, "on_predict_start", hooks)
         _call_fx(trainer, "on_predict_epoch_start", hooks)
         for dl_idx, (loader, n) in enumerate(zip(loaders, num_batches)):
@@ -236,4 +247,6 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
             loop._predictions = []
         loop.epoch_batch_indices = []
         _call_fx(trainer, "on_predict_end", hooks)
+        # Lightning has no `on_predict_model_train` hook: the captured modes come back.
+        _model_mode_hook(trainer, "on_predict_model_train", modes)
     return result

@@ -26,11 +26,24 @@ from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
 from ferrotrain.trainer.training_step import AutomaticStep, ManualStep, SkipBackwardStep
 from ferrotrain.trainer.views import _as_tensors
-from ferrotrain.utilities.rank_zero import rank_zero_info
+from ferrotrain.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from ferrotrain.utilities.warnings import PossibleUserWarning
 
 STEP = _core.FLAG_STEP
 LAST = _core.FLAG_LAST
 
+
+
+def _warn_if_modules_in_eval_mode(module: Any) -> None:
+    """Lightning's warning when training starts with submodules in eval mode (the fit keeps each
+    submodule's mode as the user left it, so dropout or batch norm may be off by mistake)."""
+    in_eval = sum(1 for _, m in module.named_modules() if not m.training)
+    if in_eval:
+        rank_zero_warn(
+            f"Found {in_eval} module(s) in eval mode at the start of training. This may lead to unexpected behavior "
+            "during training. If this is intentional, you can ignore this warning.",
+            category=PossibleUserWarning,
+        )
 
 class FitLoop:
     def __init__(self, trainer: Any) -> None:
@@ -96,6 +109,7 @@ class FitLoop:
         if trainer.num_training_batches == 0 or schedule.fit_done():
             self._report_limit()
             return
+        _warn_if_modules_in_eval_mode(trainer.lightning_module)
         # `on_train_start` logs into the training results; they reach the loggers with the
         # first epoch's values (Lightning), so that epoch does not reset them.
         results = trainer._train_results
@@ -106,8 +120,16 @@ class FitLoop:
         trainer._call_hooks("on_train_start")
         if stop is not None:
             stop.now()
+        min_limits_noted = False
         while not schedule.fit_done():
             self._run_epoch()
+            if schedule.should_stop and not min_limits_noted and not schedule.fit_done():
+                # Asked to stop, but `min_epochs`/`min_steps` keep it going: said once (Lightning).
+                min_limits_noted = True
+                rank_zero_info(
+                    f"Trainer was signaled to stop but the required `min_epochs={trainer.min_epochs!r}` or "
+                    f"`min_steps={trainer.min_steps!r}` has not been met. Training will continue..."
+                )
         self._report_limit()
         trainer._call_hooks("on_train_end")
 

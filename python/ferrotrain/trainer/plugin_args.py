@@ -41,3 +41,11 @@ def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
                 f"Received both `precision={flag!r}` and `plugins={precision[0]!r}`. Choose one.")
         args["precision"] = precision[0].precision
     return io[0] if io else None
+
+
+def precision_plugin_given(plugins: Any) -> bool:
+    """Whether `Trainer(plugins=...)` holds a precision plugin (which then sets the precision as is)."""
+    from ferrotrain.plugins.precision import Precision
+
+    given = plugins if isinstance(plugins, (list, tuple)) else [plugins]
+    return any(isinstance(p, Precision) for p in given)

@@ -15,10 +15,10 @@ What it owns, per setting (Lightning's plugin in brackets):
   Its state is what the checkpoint keeps under "MixedPrecision".
 
 Device checks happen here, when the Trainer is built: a setting this torch build or device
-cannot run is a `MisconfigurationException` saying why. Lightning turns "16-mixed" on the CPU
-into "bf16-mixed" with a warning, because older torch had no float16 CPU autocast; when this
-torch has float16 CPU autocast and a CPU GradScaler, ferrotrain runs "16-mixed" on the CPU as
-asked, and raises the clear error otherwise.
+cannot run is a `MisconfigurationException` saying why. `Trainer(precision="16-mixed")` on the
+CPU runs as "bf16-mixed" with Lightning's warning (`resolve_for_accelerator`); float16 autocast
+with a CPU GradScaler runs only when asked for with the plugin, `MixedPrecision("16-mixed",
+"cpu")`, as in Lightning (and is a clear error on a torch build without it).
 
 It does not own the loops: `training_step.py` and `trainer.py` call `step_context`,
 `optimizer_step` and `backward_loss`; `checkpointing.py` calls `state_dict`/`load_state_dict`.
@@ -35,6 +35,7 @@ import torch
 
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.utilities.apply_func import map_tensors
+from ferrotrain.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 _TRUE_DTYPES = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}
 _MIXED_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -52,6 +53,23 @@ def cpu_float16_amp_available() -> bool:
         return bool(enabled and scaler.is_enabled())
     except (AttributeError, RuntimeError, TypeError, ValueError):
         return False
+
+
+def resolve_for_accelerator(precision: str, accelerator: str, as_given: bool) -> str:
+    """The precision a Trainer runs: "16-mixed" on the CPU becomes "bf16-mixed", with Lightning's
+    warning, unless it is to be kept `as_given` (a precision plugin set it, or the strategy runs
+    its own precision: Lightning keeps both). Mixed precision is announced as Lightning does."""
+    if as_given:
+        return precision
+    if precision == "16-mixed" and accelerator == "cpu":
+        rank_zero_warn(
+            "You passed `Trainer(accelerator='cpu', precision='16-mixed')` but AMP with fp16 is not supported on "
+            "CPU. Using `precision='bf16-mixed'` instead."
+        )
+        precision = "bf16-mixed"
+    if precision in _MIXED_DTYPES:
+        rank_zero_info(f"Using {'16bit' if precision == '16-mixed' else 'bfloat16'} Automatic Mixed Precision (AMP)")
+    return precision
 
 
 def convert_floats(data: Any, dtype: torch.dtype) -> Any:

@@ -58,6 +58,18 @@ for _fx in ("validation_step", "on_validation_batch_start", "on_validation_batch
     FX_DEFAULTS[_fx] = (False, True) + _EVAL
 
 
+
+def _refused_value(name: str, value: Any) -> MisconfigurationException:
+    """Lightning's error for a `self.log` value that is not a number, a tensor or a Metric."""
+    if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+        why = "nested dictionaries cannot be logged"
+    else:
+        why = f"`{type(value).__name__}` values cannot be logged"
+    return MisconfigurationException(
+        f"`self.log({name}, {value})` was called, but {why} (allowed: a number, a scalar torch.Tensor, or a "
+        "torchmetrics Metric)"
+    )
+
 class _Entry:
     __slots__ = ("fx", "name", "options", "on_step", "on_epoch", "prog_bar", "logger", "reduce",
                  "slot", "dl_idx", "src_dl", "key", "step_key", "epoch_key", "device_acc", "device_weight", "device_last",
@@ -185,7 +197,8 @@ class Results:
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 raise MisconfigurationException(
-                    f"`self.log({entry.name!r}, value)` needs a scalar (one-element) tensor, got shape {tuple(value.shape)}"
+                    f"`self.log({entry.name}, {value})` was called, but the tensor must have a single element. You "
+                    f"can try doing `self.log({entry.name}, {value}.mean())` (got shape {tuple(value.shape)})"
                 )
             if value.is_cpu:
                 code = _DTYPE_CODES.get(value.dtype)
@@ -207,10 +220,7 @@ class Results:
                 step = compute()  # only `update()` was called: its running value
             self._update(entry, step, weight)
             return
-        raise MisconfigurationException(
-            f"`self.log({entry.name!r}, value)` was called with a value of type {type(value).__name__}; "
-            "allowed: a number, a scalar torch.Tensor, or a torchmetrics Metric"
-        )
+        raise _refused_value(entry.name, value)
 
     def _update_on_device(self, entry: _Entry, value: torch.Tensor, weight: float) -> None:
         # Accumulate on the device: no host copy until the metrics are flushed.

@@ -10,17 +10,35 @@ Signals handled (Lightning 2.6's `_SignalConnector` semantics):
 - SIGTERM: request a stop after the current step.
 - the SLURM requeue signal (SIGUSR1 by default) under SLURM: request a stop; when auto-requeue
   is on, `requeue_job` asks SLURM to requeue the job after the checkpoint is written.
-SIGINT stays Python's KeyboardInterrupt, handled by the Trainer's graceful-shutdown path.
+SIGINT stays Python's KeyboardInterrupt, handled by the Trainer's graceful-shutdown path, which
+ignores further SIGINTs while it runs (`ignoring_sigint`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+
+
+@contextlib.contextmanager
+def ignoring_sigint() -> Iterator[None]:
+    """SIGINT ignored for the block: the Ctrl-C shutdown runs to its end however often the user
+    presses Ctrl-C again (Lightning ignores SIGINT there). Lightning leaves it ignored for the rest
+    of the process; the handler is put back here so that a notebook or a test session that
+    catches the `SystemExit` still gets Ctrl-C, and the processes it starts do too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may change signal handlers
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 class SIGTERMException(SystemExit):

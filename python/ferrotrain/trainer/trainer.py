@@ -6,7 +6,9 @@ and checkpoint contents to `checkpointing`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 import warnings
 from typing import Any, Dict, List, Optional, Union
 
@@ -20,18 +22,19 @@ from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NoMode
 from ferrotrain.trainer import config as cfg
 from ferrotrain.trainer import val_reload
 from ferrotrain.trainer.barebones import resolve_opt_outs
-from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches, resolve_loaders,
-                                     sequential_for_overfit)
+from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_list, limited_batches,
+                                     reported_batch_counts, resolve_loaders, sequential_for_overfit)
 from ferrotrain.trainer.env_defaults import defaults_from_env
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
-from ferrotrain.trainer.plugin_args import apply_plugins
-from ferrotrain.trainer.precision import Precision
+from ferrotrain.trainer.plugin_args import apply_plugins, precision_plugin_given
+from ferrotrain.trainer.precision import Precision, resolve_for_accelerator
 from ferrotrain.trainer.results import Results
+from ferrotrain.trainer.signals import ignoring_sigint
 from ferrotrain.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from ferrotrain.trainer.views import TrainerViews, _as_tensors
 from ferrotrain.utilities.apply_func import move_data_to_device
-from ferrotrain.utilities.rank_zero import rank_zero_info
+from ferrotrain.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from ferrotrain.utilities.seed import isolate_rng
 
 DEFAULT_PREFETCH_BATCHES = 2
@@ -107,6 +110,10 @@ class Trainer(TrainerViews):
         self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
         self._strategy._attach(self)
         self._strategy.checkpoint_io = checkpoint_io
+        as_given = precision_plugin_given(plugins) or self._strategy.runs_own_precision
+        precision = resolve_for_accelerator(c.precision, self.accelerator_name, as_given)
+        if precision != c.precision:
+            self._config = c = dataclasses.replace(c, precision=precision)
         self._strategy.check_precision(c.precision)
         self._device = self._strategy.root_device
         self._check_sync_batchnorm()
@@ -332,7 +339,8 @@ class Trainer(TrainerViews):
     def _check_model(self, model: Any, fn: str) -> None:
         if not isinstance(model, LightningModule):
             raise ConfigTypeError(
-                f"`Trainer.{fn}()` requires a `LightningModule`, got {model!r} ({type(model).__name__})"
+                f"`model` must be a `LightningModule`, got "
+                f"`{type(model).__qualname__}` (`Trainer.{fn}()` was given {model!r})"
             )
 
     def _default_ckpt_path(self, fn: str, model: Optional[LightningModule], ckpt_path: Optional[str]) -> Optional[str]:
@@ -374,7 +382,8 @@ class Trainer(TrainerViews):
     # ------------------------------------------------------------------ run scaffolding
     def _run_guarded(self, fn: Any, model: LightningModule, call: Any = None) -> Any:
         """Lightning's `_call_and_handle_interrupt`: on an exception, `on_exception` hooks run,
-        loggers are finalized, and the exception reaches the user unchanged. `call` is the public
+        loggers are finalized, and the exception reaches the user unchanged; a KeyboardInterrupt
+        (Ctrl-C) shuts down the same way and then ends the program with exit status 1. `call` is the public
         call (name, arguments) that a spawning launcher (`ddp_spawn`) runs in its workers instead."""
         self.state.status = TrainerStatus.RUNNING
         try:
@@ -394,11 +403,14 @@ class Trainer(TrainerViews):
             return None
         except KeyboardInterrupt as exc:
             rank_zero_info("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
-            self._interrupt(exc)
-            # Lightning lets the strategy react (a launcher stops its worker processes).
-            self._strategy.on_exception(exc)
-            self._teardown()
-            return None
+            # Further Ctrl-C presses must not break the shutdown itself (Lightning ignores them).
+            with ignoring_sigint():
+                self._interrupt(exc)
+                # Lightning lets the strategy react (a launcher stops its worker processes).
+                self._strategy.on_exception(exc)
+                self._teardown()
+            # Lightning ends the program here: exit status 1, raised as `SystemExit`.
+            sys.exit(1)
         except BaseException as exc:
             self._interrupt(exc)
             self._teardown()
@@ -531,12 +543,24 @@ class Trainer(TrainerViews):
             hooks.callbacks_then_module(name, self, *args)
 
     # ------------------------------------------------------------------ fit
+    def _warn_if_max_epochs_defaulted(self) -> None:
+        """Lightning's warning, at each fit, when no limit bounds it but the default 1000 epochs."""
+        from ferrotrain.callbacks.timer import Timer
+        from ferrotrain.utilities.warnings import PossibleUserWarning
+
+        c = self._config
+        if c.max_epochs_unset and not c.fast_dev_run and c.max_epochs == 1000 and c.max_steps == -1 \
+                and not any(isinstance(cb, Timer) for cb in self.callbacks):
+            rank_zero_warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, "
+                           "set `max_epochs=-1`.", category=PossibleUserWarning)
+
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: Optional[LightningDataModule], ckpt_path: Optional[str]) -> None:
         from ferrotrain.trainer.fit_loop import FitLoop
         from ferrotrain.trainer import checkpointing
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
+        self._warn_if_max_epochs_defaulted()
         self._epoch_limits_resolved = True  # `max_epochs`/`min_epochs` now report the fit's values
         self._train_loader = None
         self.__dict__.pop("_first_epoch_iterator", None)
@@ -594,11 +618,14 @@ class Trainer(TrainerViews):
     def _configure_optimizers(self, model: LightningModule) -> None:
         model.__dict__["_current_fx_name"] = "configure_optimizers"
         out = model.configure_optimizers()
-        self.optimizers, self.lr_scheduler_configs = parse_configure_optimizers(out)
+        steps_itself = is_overridden(model, LightningModule, "lr_scheduler_step")
+        self.optimizers, self.lr_scheduler_configs = parse_configure_optimizers(
+            out, model.automatic_optimization, steps_itself)
         if model.automatic_optimization and len(self.optimizers) > 1:
-            raise MisconfigurationException(
-                "Training with multiple optimizers is only supported with manual optimization: set "
-                "`self.automatic_optimization = False` and call the optimizers in `training_step`"
+            raise RuntimeError(
+                "Training with multiple optimizers is only supported with manual optimization. Set "
+                "`self.automatic_optimization = False`, then access your optimizers in `training_step` with "
+                "`opt1, opt2, ... = self.optimizers()`."
             )
         model.__dict__["_current_fx_name"] = None
 
@@ -641,6 +668,15 @@ class Trainer(TrainerViews):
         self.num_training_batches = limited_batches(self._train_loader, limit, "limit_train_batches")
         if self.num_training_batches == 0:
             rank_zero_info("`Trainer.fit` stopped: No training batches.")
+        n, every = self.num_training_batches, self.log_every_n_steps
+        if self.loggers and n < every and not c.fast_dev_run:
+            from ferrotrain.utilities.warnings import PossibleUserWarning
+
+            # Lightning's note: no step of the epoch reaches the logging interval.
+            rank_zero_warn(
+                f"The number of training batches ({n}) is smaller than the logging interval "
+                f"Trainer(log_every_n_steps={every}). Set a lower value for log_every_n_steps if you want to see "
+                "logs for the training epoch.", category=PossibleUserWarning)
 
     def _prepare_loader(self, loader: Any, stage: str) -> Any:
         """The strategy's view of a loader (a DistributedSampler in front of it with DDP)."""
@@ -809,11 +845,12 @@ class Trainer(TrainerViews):
             )
         loaders = [self._prepare_loader(l, prefix) for l in as_loader_list(loaders, "dataloaders")]
         counts = [limited_batches(l, limit, f"limit_{prefix}_batches") for l in loaders]
+        reported = reported_batch_counts(loaders, counts, limit, f"limit_{prefix}_batches")
         if prefix == "val":
-            self.num_val_batches = counts
+            self.num_val_batches = reported
             self._val_loaders = loaders
         else:
-            self.num_test_batches = counts
+            self.num_test_batches = reported
             self._eval_loaders["test"] = loaders
         results = Results(training=False)
         self.state.stage = RunningStage.VALIDATING if prefix == "val" else RunningStage.TESTING
@@ -918,7 +955,8 @@ class Trainer(TrainerViews):
         if module is not None and not module.automatic_optimization:
             self._schedule.count_optimizer_step()
 
-    def _manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    def _run_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """What `Strategy.backward` runs: hooks around the (scaled) backward."""
         hooks = self._hooks
         module = self.lightning_module
         module.__dict__["_current_fx_name"] = "on_before_backward"

@@ -20,6 +20,7 @@ import torch.optim.optimizer as _torch_optimizer
 
 from ferrotrain import _core
 from ferrotrain.errors import MisconfigurationException
+from ferrotrain.strategies.strategy import overrides_backward
 from ferrotrain.trainer.optimization import LightningOptimizer, clip_gradients
 from ferrotrain.trainer.step_signature import takes_batch_idx, without_batch_idx
 
@@ -138,6 +139,8 @@ class AutomaticStep:
         self.count_step = trainer._schedule.count_optimizer_step
         # Batches that do not step skip the gradient all-reduce when the strategy can (DDP `no_sync`).
         self._no_sync = trainer.strategy.no_sync()
+        # A strategy with its own `backward` gets every backward call (as in Lightning).
+        self._strategy_backward = trainer.strategy.backward if overrides_backward(trainer.strategy) else None
         self._parts_timed = False
         self._select_closures()
         self._step_pre_hooks = getattr(self.optimizer, "_optimizer_step_pre_hooks", None)
@@ -167,6 +170,7 @@ class AutomaticStep:
             and self.scaler is None
             and self._accumulate == 1
             and self._no_sync is None
+            and self._strategy_backward is None
             and not (self.ov_zero or self.ov_backward or self.ov_clip or self.clip_val)
             and not (self.cb_zero or self.cb_bb or self.cb_ab or self.cb_bos)
             and self.m_zero is None and self.m_bb is None and self.m_ab is None and self.m_bos is None
@@ -258,6 +262,9 @@ class AutomaticStep:
             opt.zero_grad()
 
     def _backward(self, loss: torch.Tensor) -> None:
+        if self._strategy_backward is not None:
+            self._strategy_backward(loss, self.optimizer)
+            return
         trainer, module = self.trainer, self.module
         if self.cb_bb or self.m_bb is not None:
             self.fx["_current_fx_name"] = "on_before_backward"

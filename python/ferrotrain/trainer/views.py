@@ -50,8 +50,10 @@ class TrainerViews:
         return self._config.max_steps
 
     @property
-    def min_steps(self) -> int:
-        return self._config.min_steps
+    def min_steps(self) -> Optional[int]:
+        """None when not set (Lightning's default); the fit then has no step minimum."""
+        c = self._config
+        return None if c.min_steps_unset else c.min_steps
 
     @property
     def accumulate_grad_batches(self) -> int:
@@ -126,23 +128,19 @@ class TrainerViews:
 
     @property
     def limit_train_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_train_batches
+        return self._config.limit_train_batches
 
     @property
     def limit_val_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_val_batches
+        return self._config.limit_val_batches
 
     @property
     def limit_test_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_test_batches
+        return self._config.limit_test_batches
 
     @property
     def limit_predict_batches(self) -> Union[int, float]:
-        c = self._config
-        return c.fast_dev_run if c.fast_dev_run else c.limit_predict_batches
+        return self._config.limit_predict_batches
 
     @property
     def device_ids(self) -> List[int]:
