@@ -56,13 +56,14 @@ def test_lightning_names_are_ferrotrain_objects(tmp_path):
                      L.LightningDataModule is ferrotrain.LightningDataModule, L.Callback is ferrotrain.Callback,
                      L.seed_everything is ferrotrain.seed_everything],
             "mixin": HyperparametersMixin is ferrotrain.core.hparams.HyperparametersMixin,
+            "attribute": L.pytorch is ferrotrain and L.pytorch.loggers is ferrotrain.loggers,
             "spec": ferrotrain.callbacks.__spec__.name,
             "argv": sys.argv[1:], "name": __name__,
         }))
     """, "--lr", "0.1")
     got = last_json(proc)
     assert got == {"pl": True, "ptl": True, "callbacks": True, "checkpoint": True, "csv": True, "tqdm": True,
-                   "root": [True] * 5, "mixin": True, "spec": "ferrotrain.callbacks",
+                   "root": [True] * 5, "mixin": True, "attribute": True, "spec": "ferrotrain.callbacks",
                    "argv": ["--lr", "0.1"], "name": "__main__"}
 
 

@@ -42,6 +42,9 @@ def fill(module: types.ModuleType) -> None:
             value = getattr(importlib.import_module(_FROM_FERROTRAIN[name]), name)
         elif name == "Fabric":
             value = _fabric(name)
+        elif name == "pytorch":
+            # `import lightning` alone makes `lightning.pytorch` reachable in Lightning too.
+            value = importlib.import_module("lightning.pytorch")
         else:
             raise AttributeError(f"module 'lightning' has no attribute {name!r}")
         setattr(module, name, value)
