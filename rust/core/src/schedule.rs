@@ -200,6 +200,7 @@ impl Schedule {
         })
     }
 
+    #[inline]
     pub fn config(&self) -> &ScheduleConfig {
         &self.cfg
     }
@@ -265,11 +266,13 @@ impl Schedule {
         Ok(())
     }
 
+    #[inline]
     pub fn max_steps_reached(&self) -> bool {
         matches!(self.cfg.max_steps, Some(m) if self.progress.global_step >= m)
     }
 
     /// Lightning's `_can_stop_early`: `should_stop` only ends the fit once the minimums are met.
+    #[inline]
     pub fn can_stop_early(&self) -> bool {
         self.progress.epochs_processed >= self.cfg.min_epochs
             && self.progress.global_step >= self.cfg.min_steps
@@ -321,6 +324,7 @@ impl Schedule {
     }
 
     /// Checked before each batch (Lightning's `_TrainingEpochLoop.done`).
+    #[inline]
     pub fn epoch_done(&self) -> bool {
         if self.max_steps_reached() || self.num_ready_batches_reached() {
             return true;
@@ -355,6 +359,7 @@ impl Schedule {
 
     /// A batch starts. `is_last` comes from the data side (length or look-ahead); the loader's
     /// length, when known, also marks the last batch.
+    #[inline]
     pub fn begin_batch(&mut self, is_last: bool) -> Result<BatchPlan, ScheduleError> {
         if !matches!(self.phase, Phase::InEpoch) {
             return Err(ScheduleError::OutOfOrder("begin_batch outside an epoch"));
@@ -421,6 +426,7 @@ impl Schedule {
     }
 
     /// The batch's step and `on_train_batch_end` are done; say what follows.
+    #[inline]
     pub fn end_batch(&mut self) -> Result<BatchOutcome, ScheduleError> {
         let Phase::InBatch(plan) = self.phase else {
             return Err(ScheduleError::OutOfOrder("end_batch without begin_batch"));
