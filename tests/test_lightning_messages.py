@@ -115,10 +115,12 @@ def test_best_without_model_checkpoint_names_it(quiet):
         trainer.validate(BoringModel(), DataLoader(make_dataset(8), batch_size=8), ckpt_path="best")
 
 
-def test_freeze_returns_the_module():
+def test_freeze_and_unfreeze_return_the_module():
     model = BoringModel()
     assert model.freeze() is model
     assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.unfreeze() is model
+    assert model.training and all(p.requires_grad for p in model.parameters())
 
 
 class _RecordingStrategy(SingleDeviceStrategy):

@@ -207,6 +207,15 @@ def test_tensorboard_hp_metric_reaches_a_log_metrics_override_with_its_own_param
     assert got == [({"hp_metric": -1}, None)]
 
 
+def test_tensorboard_graph_of_an_untraceable_input_is_lightnings_warning(tmp_path):
+    pytest.importorskip("tensorboard")
+    import torch
+
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    with pytest.warns(UserWarning, match="Could not log computational graph to TensorBoard: .* can't be traced by TensorBoard"):
+        logger.log_graph(torch.nn.Linear(1, 1), {"x": torch.zeros(1)})
+
+
 def test_tensorboard_hparams_hp_metric_and_yaml(tmp_path):
     pytest.importorskip("tensorboard")
     logger = TensorBoardLogger(tmp_path, name="exp")

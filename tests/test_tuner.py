@@ -126,12 +126,12 @@ def test_lr_find_attribute_errors():
         # `trainer.callbacks` (ferrotrain removes it), so a second call would fail differently.
         for kwargs in ({}, {"attr_name": "my_lr"}):
             with pytest.raises(AttributeError) as err:
-                _tuner(L)(L.Trainer(**QUIET)).lr_find(model, _train_loader(), **kwargs)
+                _tuner(L)(L.Trainer(**QUIET, max_epochs=1)).lr_find(model, _train_loader(), **kwargs)
             errors.append(str(err.value))
         for kwargs, exc in (({"method": "test"}, misconfiguration(L)), ({"dataloaders": _val_loader()}, misconfiguration(L)),
                             ({"mode": "cubic"}, ValueError)):
             with pytest.raises(exc) as err:
-                _tuner(L)(L.Trainer(**QUIET)).lr_find(model, _train_loader(), **kwargs)
+                _tuner(L)(L.Trainer(**QUIET, max_epochs=1)).lr_find(model, _train_loader(), **kwargs)
             errors.append(str(err.value))
         return errors
 
@@ -326,10 +326,10 @@ def test_batch_size_finder_callback_and_errors(tmp_path):
         out = [cb.optimal_batch_size, model.batch_size, model.sizes, os.listdir(tmp_path)]
         errors = []
         with pytest.raises(misconfiguration(L)) as err:
-            L.Trainer(**{**QUIET, "callbacks": [cbs.BatchSizeFinder()]}).fit(_sized_model(L, 10), _train_loader())
+            L.Trainer(**{**QUIET, "max_epochs": 1, "callbacks": [cbs.BatchSizeFinder()]}).fit(_sized_model(L, 10), _train_loader())
         errors.append(str(err.value))
         with pytest.raises(misconfiguration(L)) as err:
-            L.Trainer(**{**QUIET, "callbacks": [cbs.BatchSizeFinder(batch_arg_name="bs")]}).fit(_sized_model(L, 10))
+            L.Trainer(**{**QUIET, "max_epochs": 1, "callbacks": [cbs.BatchSizeFinder(batch_arg_name="bs")]}).fit(_sized_model(L, 10))
         errors.append(str(err.value))
         with pytest.raises(ValueError) as err:
             cbs.BatchSizeFinder(mode="linear")
@@ -338,7 +338,7 @@ def test_batch_size_finder_callback_and_errors(tmp_path):
             _tuner(L)(L.Trainer(**QUIET)).scale_batch_size(_sized_model(L, 10), method="tune")
         errors.append(str(err.value))
         with pytest.raises(ValueError) as err:
-            _tuner(L)(L.Trainer(**{**QUIET, "callbacks": [cbs.BatchSizeFinder()]})).scale_batch_size(_sized_model(L, 10))
+            _tuner(L)(L.Trainer(**{**QUIET, "max_epochs": 1, "callbacks": [cbs.BatchSizeFinder()]})).scale_batch_size(_sized_model(L, 10))
         errors.append(str(err.value))
         return out, errors
 

@@ -416,10 +416,12 @@ class LightningModule(HyperparametersMixin, _DataHooks, nn.Module):
         self.eval()
         return self
 
-    def unfreeze(self) -> None:
+    def unfreeze(self) -> "LightningModule":
+        """Gradients and train mode back on; returns the module, as `freeze` does (Lightning's)."""
         for p in self.parameters():
             p.requires_grad = True
         self.train()
+        return self
 
     # ------------------------------------------------------------------ steps
     def forward(self, *args: Any, **kwargs: Any) -> Any:

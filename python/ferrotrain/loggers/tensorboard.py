@@ -220,8 +220,9 @@ class TensorBoardLogger(VersionedLogger):
 
         if not isinstance(input_array, (torch.Tensor, tuple)):
             rank_zero_warn(
-                "Could not log computational graph to TensorBoard: the input has type"
-                f" {type(input_array).__name__}; give a tensor or a tuple of the positional arguments of `forward()`."
+                "Could not log computational graph to TensorBoard: The `input_array` or `model.example_input_array`"
+                f" has type {type(input_array)} which can't be traced by TensorBoard. Make the input array a tuple"
+                " representing the positional arguments to the model's `forward()` implementation."
             )
             return
         self.experiment.add_graph(model, input_array)
