@@ -18,9 +18,6 @@ from torch.utils.data import DataLoader
 
 from tests.lightning_ref import QUIET, check, libraries, dataset, is_lightning, misconfiguration, round_floats, state_of
 
-# The tuner's trial fits run without `max_epochs`, and Lightning warns about that default there too.
-pytestmark = pytest.mark.filterwarnings("ignore:`max_epochs` was not set:UserWarning")
-
 
 def _tuner(L: Any) -> Any:
     return importlib.import_module("lightning.pytorch.tuner" if is_lightning(L) else "ferrotrain.tuner").Tuner
