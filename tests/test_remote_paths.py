@@ -118,3 +118,72 @@ def test_missing_remote_checkpoint_is_not_found(mem_root, loaders, quiet):
     train, _ = loaders
     with pytest.raises(CheckpointNotFoundError, match="memory://"):
         L.Trainer(**quiet, max_epochs=1).fit(BoringModel(), train, ckpt_path=f"{mem_root}/absent.ckpt")
+
+
+def _event_scalars(fs, log_dir):
+    """{tag: [(step, value)]} of the event files in `log_dir`, read with tensorboard's own loader
+    (through its gfile layer, which reads fsspec URLs)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    scalars = {}
+    for path in fs.ls(log_dir, detail=False):
+        if "tfevents" not in path:
+            continue
+        for event in EventFileLoader(f"memory://{path.lstrip('/')}").Load():
+            for value in event.summary.value:
+                if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+                    import tensorboard.util.tensor_util as tensor_util
+
+                    scalars.setdefault(value.tag, []).append((event.step, float(tensor_util.make_ndarray(value.tensor))))
+                elif value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_logger_writes_event_file_into_memory_fs(mem_root, loaders, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from ferrotrain.loggers import TensorBoardLogger
+
+    monkeypatch.chdir(tmp_path)
+    train, val = loaders
+    logger = TensorBoardLogger(save_dir=mem_root, name="tb")
+    trainer = _trainer(mem_root, max_epochs=2, logger=logger, log_every_n_steps=4, enable_checkpointing=False)
+    trainer.fit(BoringModel(), train, val)
+    fs = get_filesystem(mem_root)
+    assert logger.log_dir == f"{mem_root}/tb/version_0"
+    scalars = _event_scalars(fs, logger.log_dir)
+    assert [step for step, _ in scalars["train_loss"]] == [3, 7, 11, 15]
+    assert len(scalars["val_loss"]) == 2
+    assert fs.isfile(f"{logger.log_dir}/hparams.yaml")
+    assert TensorBoardLogger(save_dir=mem_root, name="tb").version == 1
+    assert not (tmp_path / "memory:").exists()
+
+
+def test_default_logger_under_memory_root_dir_is_tensorboard_there(mem_root, loaders, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    train, _ = loaders
+    trainer = _trainer(mem_root, max_epochs=1, log_every_n_steps=2, enable_checkpointing=False)
+    trainer.fit(BoringModel(), train)
+    assert type(trainer.logger).__name__ == "TensorBoardLogger"
+    assert "train_loss" in _event_scalars(get_filesystem(mem_root), f"{mem_root}/lightning_logs/version_0")
+    assert not (tmp_path / "memory:").exists()
+
+
+@pytest.mark.parametrize("where", ["dirpath", "default_root_dir"])
+def test_save_last_link_on_remote_dirpath_is_refused_as_lightning_does(mem_root, loaders, quiet, where):
+    # fsspec has no symbolic links; Lightning raises this ValueError in `setup`, before any training
+    from ferrotrain.callbacks import ModelCheckpoint
+
+    train, _ = loaders
+    if where == "dirpath":
+        cb = ModelCheckpoint(dirpath=f"{mem_root}/ckpts", save_last="link")
+        trainer = L.Trainer(**{**quiet, "enable_checkpointing": True}, max_epochs=1, callbacks=[cb])
+    else:
+        cb = ModelCheckpoint(save_last="link")
+        trainer = _trainer(mem_root, max_epochs=1, logger=CSVLogger(mem_root), callbacks=[cb])
+    model = BoringModel()
+    with pytest.raises(ValueError, match=r"save_last='link'\)` is only supported for local file paths.*memory://"):
+        trainer.fit(model, train)
+    assert trainer.global_step == 0
+    assert not get_filesystem(mem_root).exists(f"{mem_root}/ckpts")

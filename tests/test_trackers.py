@@ -76,6 +76,42 @@ def test_mlflow_save_dir_default_uri_and_prefix(tmp_path):
     assert run.info.status == "FAILED"
 
 
+def test_mlflow_queued_metrics_are_stored_before_the_client_is_used(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    logger = MLFlowLogger(tracking_uri=uri)
+    for step in range(5):
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    _ = logger.experiment  # what the caller does with the client comes after the queued metrics
+    history = mlflow.tracking.MlflowClient(uri).get_metric_history(logger.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(s, 1.0 / (s + 1)) for s in range(5)]
+    logger.finalize("success")
+
+
+def test_mlflow_synchronous_stores_each_call_at_once(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    logger = MLFlowLogger(tracking_uri=uri, synchronous=True)
+    logger.log_metrics({"loss": 0.5}, step=1)
+    run_id = logger._run_id  # not `run_id`/`experiment`, which would send queued metrics first
+    assert [m.value for m in mlflow.tracking.MlflowClient(uri).get_metric_history(run_id, "loss")] == [0.5]
+    logger.finalize("success")
+
+
+def test_mlflow_rejected_metric_is_raised_and_the_others_are_stored(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    logger = MLFlowLogger(tracking_uri=uri)
+    logger.log_metrics({"ok": 1.0}, step=0)
+    logger.log_metrics({"x" * 300: 1.0}, step=1)  # longer than mlflow's 250-character names
+    logger.log_metrics({"ok": 2.0}, step=2)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="maximum length"):
+        logger.finalize("success")
+    client = mlflow.tracking.MlflowClient(uri)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "ok")] == [(0, 1.0), (2, 2.0)]
+
+
 def test_mlflow_rejects_bad_log_model():
     pytest.importorskip("mlflow")
     with pytest.raises(ValueError, match="log_model"):
@@ -164,6 +200,8 @@ trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=2, enable_pro
                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=sys.argv[1])
 trainer.fit(Model(), data)
 run_id = logger.version
+logger.log_metrics({"after_fit": 1.0}, step=100)  # queued ...
+logger.experiment.log({"direct": 2.0, "trainer/global_step": 101})  # ... and logged before this
 wandb.finish()
 run_dir, = glob.glob(os.path.join(sys.argv[1], "wandb", f"offline-run-*-{run_id}"))
 print(json.dumps({"name": logger.name, "run_dir": run_dir, "id": run_id}))
@@ -179,8 +217,9 @@ print(json.dumps({"name": logger.name, "run_dir": run_dir, "id": run_id}))
     config = {u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update}
     assert config["lr"] == 0.1
     history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item} for r in records if r.HasField("history")]
-    assert [h["trainer/global_step"] for h in history] == [1, 3, 5, 7, 9, 11, 13, 15]
-    assert all(isinstance(h["train_loss"], float) for h in history)
+    assert [h["trainer/global_step"] for h in history] == [1, 3, 5, 7, 9, 11, 13, 15, 100, 101]
+    assert all(isinstance(h["train_loss"], float) for h in history[:-2])
+    assert "after_fit" in history[-2] and "direct" in history[-1]
 
 
 def test_wandb_rejects_offline_checkpoint_upload():
@@ -220,3 +259,62 @@ print(logger.version)
     losses = [m["payload"]["metric"] for m in messages
               if m["type"] == "metric_msg" and m["payload"]["metric"]["metricName"] == "train_loss"]
     assert [(m["step"], m["epoch"]) for m in losses] == [(1, 0), (3, 0), (5, 0), (7, 0), (9, 1), (11, 1), (13, 1), (15, 1)]
+
+
+# --- BackgroundSender (the thread MLFlowLogger and WandbLogger send from) ---------------------------
+
+
+def test_sender_sends_in_order_from_its_own_thread_and_flush_waits():
+    import threading
+
+    from ferrotrain.loggers._sender import BackgroundSender
+
+    sent, threads = [], set()
+
+    def send(batch):
+        threads.add(threading.current_thread().name)
+        sent.extend(batch)
+
+    sender = BackgroundSender(send, name="test-sender", linger_s=0.05)
+    for i in range(500):
+        sender.put(i)
+    sender.flush()
+    assert sent == list(range(500)) and sender.pending == 0
+    assert threads == {"test-sender"}
+    sender.put(500)
+    sender.close()
+    assert sent == list(range(501))
+    with pytest.raises(RuntimeError, match="after close"):
+        sender.put(501)
+
+
+def test_sender_raises_a_failed_send_at_flush_and_goes_on():
+    from ferrotrain.loggers._sender import BackgroundSender
+
+    sent = []
+
+    def send(batch):
+        if "bad" in batch:
+            raise ValueError("rejected: bad")
+        sent.extend(batch)
+
+    sender = BackgroundSender(send, name="test-sender", max_batch=1)
+    for record in ("a", "bad", "b"):
+        sender.put(record)
+    with pytest.raises(ValueError, match="rejected: bad"):
+        sender.flush()
+    sender.put("c")
+    sender.close()  # the error was raised once; later records are sent
+    assert sent == ["a", "b", "c"]
+
+
+def test_sender_lingers_to_send_records_together():
+    from ferrotrain.loggers._sender import BackgroundSender
+
+    batches = []
+    sender = BackgroundSender(batches.append, name="test-sender", linger_s=5.0)
+    for i in range(10):
+        sender.put(i)
+    sender.flush()  # cuts the linger short
+    assert sum(batches, []) == list(range(10)) and len(batches) < 10
+    sender.close()

@@ -18,7 +18,7 @@ import torch
 
 from ferrotrain.callbacks.checkpoint import Checkpoint
 from ferrotrain.errors import MisconfigurationException
-from ferrotrain.utilities.cloud_io import path_exists, resolve_dir
+from ferrotrain.utilities.cloud_io import is_remote, path_exists, resolve_dir
 from ferrotrain.utilities.rank_zero import rank_zero_info
 
 
@@ -111,6 +111,12 @@ class ModelCheckpoint(Checkpoint):
             strategy = getattr(trainer, "strategy", None)
             resolved = self._resolve_dir(trainer)
             self.dirpath = strategy.broadcast(resolved) if strategy is not None else resolved
+        if self.save_last == "link" and is_remote(self.dirpath):
+            # fsspec file systems have no symbolic links: Lightning refuses the setting here too
+            raise ValueError(
+                f"`ModelCheckpoint(save_last='link')` is only supported for local file paths, got "
+                f"`dirpath={self.dirpath}`. Use `save_last=True` to write `last.ckpt` as a full checkpoint."
+            )
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         import time

@@ -2,8 +2,11 @@
 per-step run metrics, checkpoints as run artifacts when `log_model` is set. The `mlflow` client
 (`mlflow-skinny` is enough) is imported when the logger is constructed.
 
-Metrics reach it only at the Trainer's logging interval, batched into one `log_batch` call;
-`synchronous=False` lets mlflow send them from its own thread."""
+Metrics reach it only at the Trainer's logging interval. On the training thread a logging step
+only queues them: a background thread (`BackgroundSender`) sends what piled up in one `log_batch`
+call (a file store reads the run's metadata on every call), and `finalize` (or any use of
+`experiment`) flushes the queue first. `synchronous=True` sends each call at once instead, as
+mlflow's own option says; `synchronous=False` is passed on to mlflow."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 from ferrotrain.loggers._client import import_client
+from ferrotrain.loggers._sender import BackgroundSender
 from ferrotrain.loggers.logger import Logger, rank_zero_experiment
 from ferrotrain.loggers.utilities import _add_prefix, _convert_params, _flatten_dict
 from ferrotrain.utilities.rank_zero import rank_zero_only, rank_zero_warn
@@ -22,6 +26,8 @@ from ferrotrain.utilities.rank_zero import rank_zero_only, rank_zero_warn
 _LOCAL_FILE_URI_PREFIX = "file:"
 _PARAM_VALUE_LIMIT = 250  # mlflow rejects longer param values
 _BATCH_LIMIT = 100  # mlflow's most params per log_batch call
+_METRIC_BATCH_LIMIT = 1000  # mlflow's most metrics per log_batch call
+_SEND_LINGER_S = 0.5  # how long queued metrics wait for more to share their log_batch call
 _RUN_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
 
 
@@ -62,12 +68,18 @@ class MLFlowLogger(Logger):
         self._log_batch_kwargs = {} if synchronous is None else {"synchronous": synchronous}
         self._checkpoint_path_prefix = checkpoint_path_prefix
         self._initialized = False
+        self._synchronous = synchronous
+        self._sender: Optional[BackgroundSender] = None
+        self._clean_keys: Dict[str, str] = {}  # metric name -> the name mlflow accepts
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        """The `mlflow.MlflowClient`; the experiment and run are created on first use."""
+        """The `mlflow.MlflowClient`; the experiment and run are created on first use. Metrics
+        still queued are sent first, so what the caller does with the client comes after them."""
         if self._initialized:
+            if self._sender is not None and self._sender.pending:
+                self._sender.flush()
             return self._mlflow_client
         mlflow = self._mlflow
         self._mlflow_client = mlflow.tracking.MlflowClient(self._tracking_uri)
@@ -114,30 +126,75 @@ class MLFlowLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        from mlflow.entities import Metric
-
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         now_ms = int(time.time() * 1000)
-        entries: List[Any] = []
+        values: List[Any] = []
         for key, value in metrics.items():
             if isinstance(value, str):
                 rank_zero_warn(f"MLFlowLogger: discarding metric with string value {key}={value}.")
                 continue
-            clean = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)
+            values.append((self._clean_key(key), float(value)))
+        if not values:
+            return
+        if not self._initialized:
+            _ = self.experiment  # the run is created here, so that its errors reach the caller
+        record = (now_ms, step or 0, values)
+        if self._synchronous:
+            self._send_metrics([record])
+            return
+        if self._sender is None:
+            self._sender = BackgroundSender(self._send_metrics, name="MLFlowLogger-sender",
+                                            max_batch=_METRIC_BATCH_LIMIT, linger_s=_SEND_LINGER_S)
+        self._sender.put(record)
+
+    def _clean_key(self, key: str) -> str:
+        clean = self._clean_keys.get(key)
+        if clean is None:
+            clean = self._clean_keys[key] = re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)
             if clean != key:
                 rank_zero_warn(f"MLFlowLogger: metric name {key!r} has characters mlflow rejects; logged as {clean!r}.")
-            entries.append(Metric(key=clean, value=float(value), timestamp=now_ms, step=step or 0))
-        if entries:
-            self.experiment.log_batch(run_id=self.run_id, metrics=entries, **self._log_batch_kwargs)
+        return clean
+
+    def _send_metrics(self, records: List[Any]) -> None:
+        """The queued `(time, step, values)` records in one `log_batch` call. mlflow rejects a
+        batch whole, so when it does, each record goes on its own: the records a `log_metrics`
+        call at a time would have stored are stored, and the first rejection is raised."""
+        try:
+            self._log_batch(records)
+        except Exception:
+            if len(records) == 1:
+                raise
+            first_error: Optional[BaseException] = None
+            for record in records:
+                try:
+                    self._log_batch([record])
+                except Exception as err:
+                    first_error = first_error or err
+            if first_error is not None:
+                raise first_error
+
+    def _log_batch(self, records: List[Any]) -> None:
+        from mlflow.entities import Metric
+
+        entries = [Metric(key=key, value=value, timestamp=now_ms, step=step)
+                   for now_ms, step, values in records for key, value in values]
+        for start in range(0, len(entries), _METRIC_BATCH_LIMIT):
+            self._mlflow_client.log_batch(run_id=self._run_id, metrics=entries[start:start + _METRIC_BATCH_LIMIT],
+                                          **self._log_batch_kwargs)
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         if not self._initialized:
             return
-        if self._checkpoint_callback is not None:
-            self._scan_and_log_checkpoints(self._checkpoint_callback)
-        if self.experiment.get_run(self.run_id):
-            self.experiment.set_terminated(self.run_id, _RUN_STATUS.get(status, status))
+        try:
+            if self._sender is not None:
+                self._sender.close()  # every queued metric is in the store before the run ends
+        finally:
+            self._sender = None
+            if self._checkpoint_callback is not None:
+                self._scan_and_log_checkpoints(self._checkpoint_callback)
+            if self.experiment.get_run(self.run_id):
+                self.experiment.set_terminated(self.run_id, _RUN_STATUS.get(status, status))
 
     @property
     def save_dir(self) -> Optional[str]:
@@ -181,6 +238,7 @@ class MLFlowLogger(Logger):
         state = self.__dict__.copy()
         state.pop("_mlflow", None)
         state.pop("_mlflow_client", None)
+        state["_sender"] = None  # a copy sends through its own thread
         state["_initialized"] = False
         return state
 

@@ -11,6 +11,11 @@ classes, into the same file through the same thread. `SummaryWriter` options oth
 `max_queue`, `flush_secs` and `filename_suffix` (e.g. `purge_step`) switch back to tensorboard's own
 Python writer.
 
+A remote `save_dir` (`memory://`, `s3://`, ... any fsspec URL) is written by tensorboard's own
+writer too: the native file is a local file, while tensorboard opens its event files through its
+`gfile` layer, which hands any protocol fsspec knows to fsspec (as Lightning's logger relies on).
+The folders and `hparams.yaml` go through fsspec likewise.
+
 `tensorboard` is an optional dependency: it is looked up (not imported) when the logger is created,
 and imported only when `experiment` is first used, so `import ferrotrain` stays fast; logging
 scalars alone never imports it.
@@ -34,6 +39,7 @@ from ferrotrain.loggers.utilities import (
     _sanitize_params,
     save_hparams_to_yaml,
 )
+from ferrotrain.utilities.cloud_io import get_filesystem, is_remote
 from ferrotrain.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 _MISSING_TENSORBOARD = (
@@ -96,7 +102,8 @@ class TensorBoardLogger(VersionedLogger):
         # The native event file (`_core.EventFileWriter`), created on first use; None when the
         # options need tensorboard's own writer.
         self._events: Any = None
-        self._native = set(kwargs) <= _NATIVE_OPTIONS
+        self._remote = is_remote(self._save_dir)
+        self._native = not self._remote and set(kwargs) <= _NATIVE_OPTIONS
         self.hparams: Dict[str, Any] = {}
         self._hparams_file_written = False
 
@@ -122,7 +129,10 @@ class TensorBoardLogger(VersionedLogger):
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - the import check
         except ImportError as err:
             raise ModuleNotFoundError(_MISSING_TENSORBOARD, name="tensorboard") from err
-        os.makedirs(self.root_dir, exist_ok=True)
+        if self._remote:
+            get_filesystem(self.root_dir).makedirs(self.root_dir, exist_ok=True)
+        else:
+            os.makedirs(self.root_dir, exist_ok=True)
         if self._native:
             self._experiment = _native_summary_writer_class()(self._event_file, log_dir=self.log_dir, **self._kwargs)
         else:
@@ -237,8 +247,9 @@ class TensorBoardLogger(VersionedLogger):
             return
         log_dir = self.log_dir
         hparams_file = os.path.join(log_dir, self.NAME_HPARAMS_FILE)
-        if os.path.isdir(log_dir):
-            if not os.path.isfile(hparams_file):
+        fs = get_filesystem(log_dir) if self._remote else os.path
+        if fs.isdir(log_dir):
+            if not fs.isfile(hparams_file):
                 save_hparams_to_yaml(hparams_file, self.hparams)
             self._hparams_file_written = True
 

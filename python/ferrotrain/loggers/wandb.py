@@ -2,8 +2,10 @@
 with `trainer/global_step` as their step metric, checkpoints as `model` artifacts when `log_model`
 is set. The `wandb` client is imported when the logger is constructed; the run starts on first use.
 
-`wandb.log` only queues the record for W&B's own service process, so the training thread never
-waits on disk or network."""
+`wandb.log` hands each record to W&B's service process over a socket and waits for the hand-off;
+a logging step on the training thread only queues the record, and a background thread
+(`BackgroundSender`) makes the `log` calls. `finalize` (or any use of `experiment`) waits until
+the queue is empty, so `wandb.finish()` after `fit` finds every record."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from argparse import Namespace
 from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 from ferrotrain.loggers._client import import_client
+from ferrotrain.loggers._sender import BackgroundSender
 from ferrotrain.loggers.logger import Logger, rank_zero_experiment
 from ferrotrain.loggers.utilities import _add_prefix, _convert_params
 from ferrotrain.utilities.rank_zero import rank_zero_only
@@ -58,6 +61,7 @@ class WandbLogger(Logger):
         self._checkpoint_callback: Any = None
         self._checkpoint_name = checkpoint_name
         self._add_file_policy = add_file_policy
+        self._sender: Optional[BackgroundSender] = None
         # `save_dir` wins over `dir` (the name wandb.init uses), as in Lightning
         chosen = save_dir or dir
         save_dir = os.fspath(chosen) if chosen else "."
@@ -76,7 +80,10 @@ class WandbLogger(Logger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        """The `wandb` run (started on first use, or the one already running in this process)."""
+        """The `wandb` run (started on first use, or the one already running in this process).
+        Records still queued are logged first, so what the caller logs comes after them."""
+        if self._sender is not None and self._sender.pending:
+            self._sender.flush()
         if self._experiment is None:
             wandb = self._wandb
             if wandb.run is not None:
@@ -99,7 +106,20 @@ class WandbLogger(Logger):
         metrics = dict(_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR))
         if step is not None:
             metrics[_STEP_METRIC] = step
-        self.experiment.log(metrics)
+        if self._experiment is None:
+            _ = self.experiment  # the run starts here, so that its errors reach the caller
+        if self._sender is None:
+            self._sender = BackgroundSender(self._send_records, name="WandbLogger-sender")
+        self._sender.put(metrics)
+
+    def _send_records(self, records: List[Dict[str, Any]]) -> None:
+        for record in records:
+            self._experiment.log(record)
+
+    def _flush(self) -> None:
+        if self._sender is not None:
+            sender, self._sender = self._sender, None
+            sender.close()
 
     @property
     def save_dir(self) -> Optional[str]:
@@ -121,6 +141,7 @@ class WandbLogger(Logger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
+        self._flush()  # every queued record reaches W&B, whatever the status
         if status != "success":
             return  # as Lightning: no checkpoint upload for a failed run
         if self._checkpoint_callback is not None and self._experiment is not None:
@@ -150,6 +171,7 @@ class WandbLogger(Logger):
             state["_id"] = getattr(self._experiment, "id", None)
             state["_wandb_init"] = {**self._wandb_init, "id": state["_id"]}
         state["_experiment"] = None
+        state["_sender"] = None  # a copy logs through its own thread
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
