@@ -386,3 +386,23 @@ def test_resuming_from_a_checkpoint_copied_during_the_next_step_is_exact(tmp_pat
         resumed, _wide_loader(), ckpt_path=str(tmp_path / "ckpts" / "epoch=0-step=4.ckpt"))
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_second_run_keeps_the_first_runs_last_checkpoint_and_writes_last_v1(tmp_path) -> None:
+    for _ in range(2):
+        cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=0, save_last=True)
+        _trainer(tmp_path, max_epochs=2, callbacks=[cb]).fit(BoringModel(), DataLoader(make_dataset(8), batch_size=4))
+    assert sorted(os.listdir(tmp_path / "ckpts")) == ["last-v1.ckpt", "last.ckpt"]
+    assert os.path.basename(cb.last_model_path) == "last-v1.ckpt"
+
+
+def test_to_yaml_writes_the_top_k_paths_and_scores(tmp_path) -> None:
+    import yaml
+
+    cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="val_loss", save_top_k=2)
+    train, val = _loaders()
+    _trainer(tmp_path, max_epochs=3, callbacks=[cb]).fit(NoisyModel(), train, val)
+    cb.to_yaml()
+    with open(tmp_path / "ckpts" / "best_k_models.yaml") as f:
+        saved = yaml.safe_load(f)
+    assert saved == {k: float(v) for k, v in cb.best_k_models.items()} and len(saved) == 2
