@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import signal
 import struct
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -696,6 +698,47 @@ def test_async_snapshot_is_taken_before_submit_returns(tmp_path):
         ckpt["step"] = 99
         del ckpt
     assert_same(expected, load(tmp_path / "a.ckpt"))
+
+
+def test_async_deferred_tensors_are_copied_after_submit_returns_and_hold_their_values(tmp_path):
+    weights = torch.randn(3 << 20)  # 12 MiB: above the size under which nothing is deferred
+    buffer = torch.randn(10)  # not deferred: copied before submit returns
+    expected = {"w": weights.clone(), "b": buffer.clone(), "step": 3}
+    path = tmp_path / "a.ckpt"
+    with AsyncCheckpointWriter() as writer:
+        writer.submit(path, {"w": weights, "b": buffer, "step": 3}, defer=[weights])
+        assert writer.snapshot_pending
+        buffer.add_(1.0)  # a tensor not deferred may change at once
+        writer.finish_snapshot()
+        assert not writer.snapshot_pending
+        weights.mul_(-1)  # ... and a deferred one once the snapshot is finished
+    assert_same(expected, load(path))
+
+
+def test_async_a_deferred_tensor_changed_during_its_copy_is_a_warning_and_the_file_is_whole(tmp_path):
+    path = tmp_path / "a.ckpt"
+    save(path, {"step": 0})
+    weights = torch.zeros(64 << 20, dtype=torch.uint8)
+    writer = AsyncCheckpointWriter()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(20):  # the change must land while the copy runs: it does within a few tries
+            weights.zero_()
+            writer.submit(path, {"w": weights, "step": 1}, defer=[weights])
+            weights.fill_(7)
+            writer.wait()
+            if seen:
+                break
+    assert len(seen) == 1 and re.search(r"'w' of checkpoint .*a\.ckpt' was modified in place", str(seen[0].message))
+    got = load(path)
+    assert got["step"] == 1
+    # Written again from the tensor as it is now: one value throughout, never a mix.
+    assert torch.equal(got["w"], torch.full_like(weights, 7))
+    # From then on this writer copies everything before submit returns.
+    writer.submit(path, {"w": weights, "step": 2}, defer=[weights])
+    assert not writer.snapshot_pending
+    writer.close()
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt"]
 
 
 def test_async_writes_in_order_and_reuses_its_buffer(tmp_path):

@@ -210,7 +210,9 @@ def test_top_k_bookkeeping_survives_a_resume(tmp_path) -> None:
     first = run("resumed", 3)
     assert _ckpts(first.dirpath) == ["epoch=1.ckpt", "epoch=2.ckpt"]
     resumed = run("resumed", 6, ckpt_path=os.path.join(first.dirpath, "epoch=2.ckpt"))
-    assert _ckpts(resumed.dirpath) == _ckpts(full.dirpath) == ["epoch=3.ckpt", "epoch=4.ckpt"]
+    assert _ckpts(full.dirpath) == ["epoch=3.ckpt", "epoch=4.ckpt"]
+    # The checkpoint the run resumed from is never deleted by top-k, as in Lightning.
+    assert _ckpts(resumed.dirpath) == ["epoch=2.ckpt", "epoch=3.ckpt", "epoch=4.ckpt"]
     rel = lambda cb: {os.path.basename(k): float(v) for k, v in cb.best_k_models.items()}  # noqa: E731
     assert rel(resumed) == rel(full) == {"epoch=3.ckpt": 1.0, "epoch=4.ckpt": 2.0}
     assert os.path.basename(resumed.best_model_path) == "epoch=3.ckpt"

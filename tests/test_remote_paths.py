@@ -10,6 +10,7 @@ import uuid
 
 import fsspec
 import pytest
+import torch
 
 import ferrotrain as L
 from ferrotrain.loggers import CSVLogger
@@ -187,3 +188,35 @@ def test_save_last_link_on_remote_dirpath_is_refused_as_lightning_does(mem_root,
         trainer.fit(model, train)
     assert trainer.global_step == 0
     assert not get_filesystem(mem_root).exists(f"{mem_root}/ckpts")
+
+
+def test_load_from_checkpoint_reads_an_http_url(tmp_path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    import ferrotrain as L
+    from ferrotrain.errors import CheckpointNotFoundError
+    from torch.utils.data import DataLoader
+
+    from tests.conftest import make_dataset
+
+    model = BoringModel()
+    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model, DataLoader(make_dataset(8), batch_size=4))
+    trainer.save_checkpoint(tmp_path / "served.ckpt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None  # quiet
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        loaded = BoringModel.load_from_checkpoint(f"{base}/served.ckpt")
+        for a, b in zip(model.parameters(), loaded.parameters()):
+            assert torch.equal(a, b)
+        with pytest.raises(CheckpointNotFoundError, match="missing.ckpt"):
+            BoringModel.load_from_checkpoint(f"{base}/missing.ckpt")
+    finally:
+        server.shutdown()
+        server.server_close()

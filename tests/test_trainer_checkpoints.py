@@ -317,3 +317,92 @@ def test_newest_checkpoint_fallback_orders_same_tick_files_by_step(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"x")
     os.utime(tmp_path / "last.ckpt", ns=(10**9, 10**9))  # older, but a `last` file wins
     assert os.path.basename(_latest_in(str(tmp_path), "last")) == "last.ckpt"
+
+
+class _WideModel(L.LightningModule):
+    """Weights and Adam states large enough (12 MiB) that ModelCheckpoint's copy of them runs
+    in the background, during the next forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(1024, 1024)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def _wide_loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 1024, generator=g)), batch_size=4)
+
+
+class _RecordAtEpochEnd(L.Callback):
+    """What ModelCheckpoint saves right after (it runs last): the weights and Adam's moments."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        moments = [opt.state[p]["exp_avg"].clone() for p in pl_module.parameters()]
+        self.seen.append(({k: v.clone() for k, v in pl_module.state_dict().items()}, moments))
+
+
+def test_checkpoints_copied_during_the_next_step_hold_the_state_at_the_save(tmp_path) -> None:
+    torch.manual_seed(0)
+    record = _RecordAtEpochEnd()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1)
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[record, ckpt])
+    model = _WideModel()
+    trainer.fit(model, _wide_loader())
+    for epoch, (weights, moments) in enumerate(record.seen):
+        saved = torch.load(tmp_path / "ckpts" / f"epoch={epoch}-step={4 * (epoch + 1)}.ckpt")
+        assert saved["state_dict"].keys() == weights.keys()
+        for k in weights:
+            assert torch.equal(saved["state_dict"][k], weights[k]), (epoch, k)
+        for i, m in enumerate(moments):
+            assert torch.equal(saved["optimizer_states"][0]["state"][i]["exp_avg"], m), (epoch, i)
+    # Training itself is unchanged by the background copies: the same weights as without checkpoints.
+    torch.manual_seed(0)
+    plain = _WideModel()
+    _trainer(tmp_path / "plain", max_epochs=3, enable_checkpointing=False).fit(plain, _wide_loader())
+    for a, b in zip(model.parameters(), plain.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resuming_from_a_checkpoint_copied_during_the_next_step_is_exact(tmp_path) -> None:
+    torch.manual_seed(0)
+    straight = _WideModel()
+    _trainer(tmp_path / "a", max_epochs=3, enable_checkpointing=False).fit(straight, _wide_loader())
+    torch.manual_seed(0)
+    first = _WideModel()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1)
+    _trainer(tmp_path / "b", max_epochs=2, callbacks=[ckpt]).fit(first, _wide_loader())
+    resumed = _WideModel()
+    _trainer(tmp_path / "c", max_epochs=3, enable_checkpointing=False).fit(
+        resumed, _wide_loader(), ckpt_path=str(tmp_path / "ckpts" / "epoch=0-step=4.ckpt"))
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_second_run_keeps_the_first_runs_last_checkpoint_and_writes_last_v1(tmp_path) -> None:
+    for _ in range(2):
+        cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=0, save_last=True)
+        _trainer(tmp_path, max_epochs=2, callbacks=[cb]).fit(BoringModel(), DataLoader(make_dataset(8), batch_size=4))
+    assert sorted(os.listdir(tmp_path / "ckpts")) == ["last-v1.ckpt", "last.ckpt"]
+    assert os.path.basename(cb.last_model_path) == "last-v1.ckpt"
+
+
+def test_to_yaml_writes_the_top_k_paths_and_scores(tmp_path) -> None:
+    import yaml
+
+    cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="val_loss", save_top_k=2)
+    train, val = _loaders()
+    _trainer(tmp_path, max_epochs=3, callbacks=[cb]).fit(NoisyModel(), train, val)
+    cb.to_yaml()
+    with open(tmp_path / "ckpts" / "best_k_models.yaml") as f:
+        saved = yaml.safe_load(f)
+    assert saved == {k: float(v) for k, v in cb.best_k_models.items()} and len(saved) == 2

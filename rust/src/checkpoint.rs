@@ -229,7 +229,25 @@ impl PyAsyncWriter {
         self.inner.in_flight()
     }
 
+    /// True while a write submitted with `hold=True` waits for `commit` or `discard`.
+    #[getter]
+    fn held(&self) -> bool {
+        self.inner.held()
+    }
+
+    /// Let the held write finish (header, fsync, rename into place).
+    fn commit(&mut self) {
+        self.inner.commit();
+    }
+
+    /// Drop the held write: its temporary file goes, the target is left as it was, and the next
+    /// `wait` raises that error.
+    fn discard(&mut self) {
+        self.inner.discard();
+    }
+
     /// Block (GIL released) until the write in flight is durable; raise its error if it failed.
+    /// A held write is committed first.
     fn wait(&mut self, py: Python<'_>) -> PyResult<()> {
         let inner = &mut self.inner;
         let result = py.detach(|| inner.wait());
@@ -241,9 +259,10 @@ impl PyAsyncWriter {
     /// offset)` into `buffer` (address `buffer_ptr`, `buffer_len` bytes) in parallel while the
     /// background thread already writes the pieces copied so far to `path`; return once the copy
     /// is complete (the write goes on). The files `remove` are deleted by the background thread
-    /// before it writes (the checkpoint that replaces them is durable: awaited first).
+    /// before it writes (the checkpoint that replaces them is durable: awaited first). With
+    /// `hold`, the file is not completed nor renamed into place until `commit` (or `wait`).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (path, layout, buffer, buffer_ptr, buffer_len, copies, remove = Vec::new()))]
+    #[pyo3(signature = (path, layout, buffer, buffer_ptr, buffer_len, copies, remove = Vec::new(), hold = false))]
     fn submit(
         &mut self,
         py: Python<'_>,
@@ -254,6 +273,7 @@ impl PyAsyncWriter {
         buffer_len: usize,
         copies: Vec<(usize, usize, u64)>,
         remove: Vec<PathBuf>,
+        hold: bool,
     ) -> PyResult<()> {
         self.wait(py)?;
         let layout = layout.inner.clone();
@@ -278,7 +298,7 @@ impl PyAsyncWriter {
                 .map(|&(p, n, off)| (unsafe { bytes_at(p, n) }, off))
                 .collect();
             // The copy overlaps with the write it feeds; it is complete when this returns.
-            inner.submit_removing(
+            inner.submit_held(
                 path,
                 layout,
                 Box::new(ForeignBuffer {
@@ -287,6 +307,7 @@ impl PyAsyncWriter {
                 }),
                 &srcs,
                 remove,
+                hold,
             )
         })
         .map_err(|e| e.into_py_err(py))?;

@@ -294,6 +294,17 @@ class ModelCheckpoint(Checkpoint):
         if self.verbose:
             rank_zero_info(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} reached {float(current):.5f}; saved {path!r}")
 
+    def to_yaml(self, filepath: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
+        """Write `best_k_models` ({checkpoint path: score}) as YAML to `filepath` (default:
+        `best_k_models.yaml` in `dirpath`), as Lightning's does."""
+        from ferrotrain.loggers.utilities import save_hparams_to_yaml
+
+        if filepath is None:
+            if not self.dirpath:
+                raise MisconfigurationException("`ModelCheckpoint.to_yaml()` needs a `filepath` when `dirpath` is not set yet")
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        save_hparams_to_yaml(os.fspath(filepath), {k: float(v) for k, v in self.best_k_models.items()})
+
     def _rank_key(self, path: str) -> float:
         v = float(self.best_k_models[path])
         return v if self.mode == "min" else -v
@@ -307,6 +318,12 @@ class ModelCheckpoint(Checkpoint):
     def _save_last(self, trainer: Any, metrics: Dict[str, torch.Tensor]) -> None:
         name = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
         path = os.path.join(self.dirpath or "", name)
+        if self._enable_version_counter:
+            # A `last.ckpt` this callback did not write (an earlier run's) is kept: `last-v1.ckpt`.
+            version = self.STARTING_VERSION
+            while path != self.last_model_path and path_exists(path):
+                path = os.path.join(self.dirpath or "", self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST, ver=version))
+                version += 1
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             tmp = path + ".tmp-link"
             if os.path.lexists(tmp):
@@ -340,6 +357,9 @@ class ModelCheckpoint(Checkpoint):
 
         if not getattr(trainer, "is_global_zero", True):
             return  # files belong to rank zero
+        resumed = getattr(trainer, "ckpt_path", None)
+        if resumed and os.path.abspath(os.fspath(resumed)) == os.path.abspath(path):
+            return  # the checkpoint this run resumed from stays, as in Lightning
         # Deleted only once the checkpoint replacing it is durable, without blocking the loop.
         checkpointing.remove_when_durable(trainer, self, path)
 

@@ -178,6 +178,9 @@ class StochasticWeightAveraging(Callback):
             self.reset_momenta()
         elif trainer.current_epoch - 1 == self.swa_end or self._max_epochs == -1:
             if self._average_model is not None:
+                from ferrotrain.trainer import checkpointing
+
+                checkpointing.finish_snapshot(trainer)  # a checkpoint still copying the weights finishes first
                 self.transfer_weights(self._average_model, pl_module)
 
     @staticmethod

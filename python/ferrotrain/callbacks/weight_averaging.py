@@ -68,16 +68,26 @@ class WeightAveraging(Callback):
             self._average_model.update_parameters(pl_module)
             self._latest_update_epoch = trainer.current_epoch
 
+    # The weights are overwritten in place below: a checkpoint still copying them finishes first.
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        from ferrotrain.trainer import checkpointing
+
+        checkpointing.finish_snapshot(trainer)
         self._copy_average_to_current(pl_module)
 
     # Validation sees the averaged weights: swapped in and back out around it.
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self._average_model is not None:
+            from ferrotrain.trainer import checkpointing
+
+            checkpointing.finish_snapshot(trainer)
             self._swap_models(pl_module)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._average_model is not None:
+            from ferrotrain.trainer import checkpointing
+
+            checkpointing.finish_snapshot(trainer)
             self._swap_models(pl_module)
 
     def state_dict(self) -> Dict[str, Any]:

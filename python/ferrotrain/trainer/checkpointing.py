@@ -190,17 +190,85 @@ def write(trainer: Any, path: str, ckpt: Dict[str, Any], sync: bool) -> None:
         if folders:
             trainer._checkpoint_removals = folders
             _flush_removals(trainer)
+        defer = _until_next_step(trainer)
         try:
-            writer.submit(path, ckpt, remove=[p for owner, p in files if owner._may_remove(p)])
+            writer.submit(path, ckpt, remove=[p for owner, p in files if owner._may_remove(p)], defer=defer)
         except BaseException:
             # Not taken (an unsavable value, a previous failure): the files stay queued.
             trainer.__dict__.setdefault("_checkpoint_removals", [])[:0] = files
             raise
+        if writer.snapshot_pending:
+            _finish_before_next_step(trainer)
+
+
+def _until_next_step(trainer: Any) -> list:
+    """The tensors that change only in an optimizer step (the parameters and the optimizers'
+    states): their snapshot copy may run while the next forward and backward do. Strategies
+    that step through an engine of their own (DeepSpeed) copy everything before returning."""
+    from ferrotrain.strategies.strategy import Strategy
+
+    if type(trainer.strategy).automatic_step is not Strategy.automatic_step or not trainer.optimizers:
+        return []
+    module = trainer.lightning_module
+    tensors = [p for p in module.parameters()]
+    for opt in trainer.optimizers:
+        for state in opt.state.values():
+            tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+    return tensors
+
+
+def _finish_before_next_step(trainer: Any) -> None:
+    """Make every optimizer of the run finish the pending snapshot before its next update: a
+    step pre-hook, which hands a closure on (torch's optimizers update only after calling it:
+    forward and backward overlap the copy) or else waits at once. The hooks stay (idle) until
+    the next save or the end of the run: torch does not allow removing one while it runs."""
+    _remove_step_hooks(trainer)
+    pending = [True]
+
+    def finish() -> None:
+        if pending[0]:
+            pending[0] = False
+            finish_snapshot(trainer)
+
+    def before_step(_opt: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+        if not pending[0]:
+            return None
+        # torch passes the call's arguments as they are: `args` starts with the optimizer.
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            finish()
+            return None
+
+        def closure_then_finish() -> Any:
+            try:
+                return closure()
+            finally:
+                finish()
+
+        return args[:1], dict(kwargs, closure=closure_then_finish)
+
+    trainer._snapshot_hooks = [opt.register_step_pre_hook(before_step) for opt in trainer.optimizers]
+
+
+def _remove_step_hooks(trainer: Any) -> None:
+    for handle in trainer.__dict__.pop("_snapshot_hooks", ()):
+        handle.remove()
+
+
+def finish_snapshot(trainer: Any) -> None:
+    """Wait for the copy of the checkpoint submitted last, if it still runs (it reads the
+    parameters and optimizer states until the next optimizer step): called before they are
+    modified in place outside an optimizer step (restores, weight averaging). Raises the
+    checkpoint's `CheckpointError` when its copy failed."""
+    writer = getattr(trainer, "_checkpoint_writer", None)
+    if writer is not None:
+        writer.finish_snapshot()
 
 
 def wait_for_writes(trainer: Any) -> None:
     """Block until the checkpoint in flight is durable (raising its error), then delete the
     files it replaced."""
+    finish_snapshot(trainer)
     writer = getattr(trainer, "_checkpoint_writer", None)
     if writer is not None:
         writer.wait()
@@ -209,6 +277,7 @@ def wait_for_writes(trainer: Any) -> None:
 
 def close_writer(trainer: Any) -> None:
     """End of a run: wait for the write in flight, delete what it replaced, release the buffer."""
+    _remove_step_hooks(trainer)
     writer = getattr(trainer, "_checkpoint_writer", None)
     if writer is not None:
         trainer._checkpoint_writer = None
@@ -385,6 +454,7 @@ def restore_weights(trainer: Any, ckpt_path: str, weights_only: Optional[bool] =
     path = resolve_path(trainer, ckpt_path, fn)
     if path is None:
         return
+    finish_snapshot(trainer)  # the weights are overwritten in place
     module = trainer.lightning_module
     strategy = trainer.strategy
     ckpt = strategy.load_checkpoint(path, trainer._device, weights_only)
@@ -425,6 +495,7 @@ def restore_state(trainer: Any, path: str, weights_only: Optional[bool] = None) 
 
 
 def _restore_modules_and_callbacks(trainer: Any, path: str, weights_only: Optional[bool]) -> Dict[str, Any]:
+    finish_snapshot(trainer)  # the weights are overwritten in place
     module = trainer.lightning_module
     strategy = trainer.strategy
     ckpt = strategy.load_checkpoint(path, trainer._device, weights_only)

@@ -37,6 +37,8 @@ struct InFlight {
     handle: JoinHandle<Result<(), CheckpointError>>,
     pid: u32,
     path: PathBuf,
+    /// For a held write: the gate and the slot the writer waits on before it finishes the file.
+    hold: Option<(Arc<Gate>, usize)>,
 }
 
 /// Writes checkpoints on a background thread, one at a time.
@@ -55,8 +57,30 @@ impl AsyncWriter {
         self.in_flight.is_some()
     }
 
+    /// True while a held write (see `submit_held`) waits for `commit` or `discard`.
+    pub fn held(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|j| j.hold.is_some())
+    }
+
+    /// Let a held write finish: its header is written and it is renamed into place.
+    pub fn commit(&mut self) {
+        if let Some((gate, slot)) = self.in_flight.as_mut().and_then(|j| j.hold.take()) {
+            gate.open(slot);
+        }
+    }
+
+    /// Give up a held write: its temporary file is removed and `path` is left as it was; the
+    /// next `wait` returns the error.
+    pub fn discard(&mut self) {
+        if let Some((gate, _)) = self.in_flight.as_mut().and_then(|j| j.hold.take()) {
+            gate.abort();
+        }
+    }
+
     /// Block until the write in flight (if any) is durable; return its error if it failed.
+    /// A held write is committed first (the caller had its chance to `discard` it).
     pub fn wait(&mut self) -> Result<(), CheckpointError> {
+        self.commit();
         let Some(job) = self.in_flight.take() else {
             return Ok(());
         };
@@ -112,9 +136,24 @@ impl AsyncWriter {
         &mut self,
         path: PathBuf,
         layout: L,
+        buffer: Box<dyn ByteSource>,
+        copies: &[(&[u8], u64)],
+        remove: Vec<PathBuf>,
+    ) -> Result<(), CheckpointError> {
+        self.submit_held(path, layout, buffer, copies, remove, false)
+    }
+
+    /// `submit_removing`; with `hold`, the file is written and fsynced but not completed
+    /// (header) nor renamed into place until `commit` (or `wait`), and `discard` drops it. For
+    /// a caller that checks, after the copy, that its sources did not change during it.
+    pub fn submit_held<L: FileLayout + Send + Sync + 'static>(
+        &mut self,
+        path: PathBuf,
+        layout: L,
         mut buffer: Box<dyn ByteSource>,
         copies: &[(&[u8], u64)],
         remove: Vec<PathBuf>,
+        hold: bool,
     ) -> Result<(), CheckpointError> {
         self.wait()?;
         let raw = buffer.raw();
@@ -125,7 +164,10 @@ impl AsyncWriter {
         }
         let pieces = parallel::pieces(layout.tensor_nbytes());
         let copy_of = match_copies(&layout, raw, copies)?;
-        let gate = Arc::new(Gate::new(pieces.len()));
+        // One slot per piece, and with `hold` one more that the writer waits on before the
+        // header and the rename (opened by `commit`).
+        let slot = pieces.len();
+        let gate = Arc::new(Gate::new(slot + usize::from(hold)));
         let mut to_copy = Vec::new();
         for (i, p) in pieces.iter().enumerate() {
             match copy_of.get(p.tensor).copied().flatten() {
@@ -144,6 +186,11 @@ impl AsyncWriter {
                 lower_priority();
                 let removed = remove_files(&remove);
                 write_atomic_with(&thread_path, &layout, |i, p| {
+                    if hold && i + 1 == slot {
+                        // The header is written only once every piece is: waiting in one
+                        // piece's fetch holds the file back until the commit.
+                        thread_gate.wait(slot)?;
+                    }
                     thread_gate.wait(i)?;
                     // SAFETY: the gate is open, so the copy of this piece is finished and
                     // nothing writes these bytes until the write is waited for.
@@ -158,6 +205,7 @@ impl AsyncWriter {
             handle,
             pid: std::process::id(),
             path,
+            hold: hold.then(|| (Arc::clone(&gate), slot)),
         });
         let copied = copy(&pieces, &to_copy, raw, &copy_offsets, &gate);
         if let Err(e) = copied {

@@ -467,3 +467,40 @@ fn submit_copies_while_writing_and_the_file_holds_the_snapshot() {
     assert!(!dir.join("bad.ckpt").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_held_write_reaches_its_name_only_when_committed_and_a_discarded_one_never() {
+    let dir = temp_dir("held");
+    let n = 2 * parallel::PIECE + 3;
+    let layout = Layout::new(vec![spec("w", Dtype::U8, &[n])], "{}", meta()).unwrap();
+    let old = bytes_for(1, n);
+    let new = bytes_for(5, n);
+    let path = dir.join("h.ckpt");
+    let mut w = AsyncWriter::new();
+    let buffer = || Box::new(vec![0u8; layout.data_len() as usize]);
+    w.submit_held(path.clone(), layout.clone(), buffer(), &[(&old, 0)], Vec::new(), true)
+        .unwrap();
+    assert!(w.held());
+    // The copy is done and the writer has had time to write every piece: it still waits.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!path.exists());
+    w.commit();
+    assert!(!w.held());
+    w.wait().unwrap();
+    let read = |p: &std::path::Path| {
+        let file = std::fs::read(p).unwrap();
+        let header = check_bytes(&file, true).unwrap();
+        file[header.data_start as usize..][..n as usize].to_vec()
+    };
+    assert_eq!(read(&path), old);
+    // Discarded: the error comes from the next wait, the file at `path` stays the old one,
+    // and no temporary file is left behind.
+    w.submit_held(path.clone(), layout.clone(), buffer(), &[(&new, 0)], Vec::new(), true)
+        .unwrap();
+    w.discard();
+    assert!(w.wait().is_err());
+    assert_eq!(read(&path), old);
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("h.ckpt")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
