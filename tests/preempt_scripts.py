@@ -83,12 +83,12 @@ class PauseAtEnd(Callback):
             self.model.on_pause()
 
 
-def make_trainer(root: str, devices: int, **kw) -> L.Trainer:
+def make_trainer(root: str, devices: int, log_version: int = 0, **kw) -> L.Trainer:
     ckpt = ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True)
     strategy = {"strategy": "ddp"} if devices > 1 else {}
     return L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=devices, default_root_dir=root,
                      val_check_interval=0.5, log_every_n_steps=2, enable_progress_bar=False,
-                     enable_model_summary=False, logger=CSVLogger(root, name="logs", version=0),
+                     enable_model_summary=False, logger=CSVLogger(root, name="logs", version=log_version),
                      callbacks=[ckpt] + kw.pop("callbacks", []), **strategy, **kw)
 
 
@@ -151,7 +151,7 @@ def finish(root: str, devices: int, ckpt_path) -> None:
     # this seed, as in Lightning); the RNG states the run goes on with are the checkpoint's.
     L.seed_everything(0)
     model = Model()
-    trainer = make_trainer(root, devices)
+    trainer = make_trainer(root, devices, log_version=1)  # its own log folder
     trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
     torch.save({"state_dict": model.state_dict(), "global_step": trainer.global_step, "ckpt_path": trainer.ckpt_path},
                os.path.join(root, f"final-rank{trainer.global_rank}.pt"))
