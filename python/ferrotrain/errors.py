@@ -54,6 +54,12 @@ class NonFiniteLossError(FerrotrainError, RuntimeError):
     message names the global step, the epoch and the batch."""
 
 
+class SIGTERMException(SystemExit):
+    """Raised by the fit loop once a SIGTERM-requested stop is done (the checkpoint written):
+    Lightning's exception, a `SystemExit`, so an uncaught one ends the process with status 0 after
+    the `on_exception` hooks ran. Catch it (or see it in `Callback.on_exception`) for custom logic."""
+
+
 class _TunerExitException(Exception):
     """Raised by a tuner callback run from `Tuner` once it is done: the `fit`/`validate`/... call
     that hosted it ends there, with the teardown hooks, and is not an error (Lightning's)."""

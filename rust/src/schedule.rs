@@ -76,6 +76,27 @@ impl PySchedule {
         self.inner.set_should_stop(value);
     }
 
+    /// A stop requested from outside the loop (preemption): the fit ends at the first batch
+    /// boundary at or after this `global_step` with no accumulation window open; None: none.
+    #[getter]
+    fn stop_at_step(&self) -> Option<u64> {
+        self.inner.stop_at_step()
+    }
+
+    #[setter]
+    fn set_stop_at_step(&mut self, step: Option<u64>) {
+        self.inner.set_stop_at_step(step);
+    }
+
+    fn stop_step_reached(&self) -> bool {
+        self.inner.stop_step_reached()
+    }
+
+    /// Whether the running epoch is over (its batches, a limit, a requested stop).
+    fn epoch_done(&self) -> bool {
+        self.inner.epoch_done()
+    }
+
     #[getter]
     fn global_step(&self) -> u64 {
         self.inner.progress().global_step

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 from typing import Optional
 
@@ -111,9 +112,29 @@ class TorchElasticEnvironment(ClusterEnvironment):
 
 
 class SLURMEnvironment(ClusterEnvironment):
-    """One process per SLURM task (`srun`); an interactive allocation (job name `bash`) is not."""
+    """One process per SLURM task (`srun`); an interactive allocation (job name `bash`) is not.
+
+    `auto_requeue` and `requeue_signal` are Lightning's: on `requeue_signal` (SIGUSR1 when None,
+    the signal `sbatch --signal` sends before the time limit) the fit writes its preemption
+    checkpoint and, with `auto_requeue`, asks SLURM to requeue the job (`scontrol requeue`). Pass
+    one as `Trainer(plugins=[SLURMEnvironment(auto_requeue=False)])` to change them."""
 
     name = "SLURM"
+
+    def __init__(self, auto_requeue: bool = True, requeue_signal: Optional[int] = None, *,
+                 num_devices: int = 1, num_nodes: int = 1) -> None:
+        super().__init__(num_devices, num_nodes)
+        if not isinstance(auto_requeue, bool):
+            raise MisconfigurationException(
+                f"`SLURMEnvironment(auto_requeue={auto_requeue!r})` must be True or False")
+        if requeue_signal is None:
+            requeue_signal = getattr(signal, "SIGUSR1", None)
+        elif not isinstance(requeue_signal, int) or requeue_signal not in signal.valid_signals():
+            raise MisconfigurationException(
+                f"`SLURMEnvironment(requeue_signal={requeue_signal!r})` must be a signal number such as "
+                "signal.SIGUSR1 or signal.SIGUSR2, or None (SIGUSR1)")
+        self.auto_requeue = auto_requeue
+        self.requeue_signal = requeue_signal
 
     @staticmethod
     def detect() -> bool:
@@ -163,5 +184,5 @@ def detect(num_devices: int, num_nodes: int) -> ClusterEnvironment:
     """torchrun first, then SLURM, else the plain environment."""
     for cls in (TorchElasticEnvironment, SLURMEnvironment):
         if cls.detect():
-            return cls(num_devices, num_nodes)
+            return cls(num_devices=num_devices, num_nodes=num_nodes)
     return ClusterEnvironment(num_devices, num_nodes)

@@ -147,6 +147,10 @@ class ParallelStrategy(Strategy):
         return with_distributed_sampler(loader, stage, self.world_size, self.global_rank)
 
     def on_exception(self, exc: BaseException) -> BaseException:
+        from ferrotrain.errors import SIGTERMException
+
+        if isinstance(exc, SIGTERMException):
+            return exc  # every rank agreed to stop at this step: the others end on their own
         if ERROR_FILE_VAR in os.environ:  # a child of our launcher: leave the traceback for rank 0
             record_failure("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         launcher = self.launcher

@@ -109,6 +109,9 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
         epoch_rng = getattr(trainer, "_epoch_start_rng", None)
         if epoch_rng is not None:
             ckpt["epoch_start_rng_states"] = epoch_rng
+        per_rank = _gather_rank_rng(trainer, ckpt["rng_states"], epoch_rng)
+        if per_rank is not None:
+            ckpt["rank_rng_states"] = per_rank
     if len(module.hparams):
         ckpt["hparams_name"] = getattr(module, "_hparams_name", None) or "kwargs"
         ckpt["hyper_parameters"] = dict(module.hparams)
@@ -127,6 +130,21 @@ def dump(trainer: Any, weights_only: bool) -> Dict[str, Any]:
     if is_overridden(module, LightningModule, "on_save_checkpoint"):
         module.on_save_checkpoint(ckpt)
     return ckpt
+
+
+def _gather_rank_rng(trainer: Any, now: Dict[str, Any], epoch_start: Any) -> Optional[list]:
+    """With several processes, every rank's RNG states (each rank draws its own dropout masks
+    and loader seeds), so each resumes with its own: [(now, at the epoch's start)] by rank.
+    Every rank builds the checkpoint dict, so this collective is met on all of them."""
+    if getattr(trainer, "world_size", 1) <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, (now, epoch_start))
+    return [list(pair) for pair in out]
 
 
 def _loops(trainer: Any, module: Any, progress: Dict[str, Any]) -> Dict[str, Any]:
@@ -350,11 +368,22 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
                 "it has not saved a best model yet; pass a checkpoint path instead"
             )
         return cb.best_model_path
+    if ckpt_path == "hpc":
+        from ferrotrain.trainer.preemption import hpc_resume_path
+
+        path = hpc_resume_path(os.fspath(trainer.default_root_dir))
+        if path is None:
+            raise ValueError(
+                f'`.{fn}(ckpt_path="hpc")` is set but no HPC checkpoint was found. Please pass an exact checkpoint '
+                f"path to `.{fn}(ckpt_path=...)`"
+            )
+        return path
     if ckpt_path == "last":
         cb = trainer.checkpoint_callback
         if cb is not None:
             wait_for_writes(trainer)
         path = (cb.last_model_path or _latest_in(cb.dirpath, cb.CHECKPOINT_NAME_LAST)) if cb is not None else ""
+        path = _newer_preemption_checkpoint(trainer, path)
         if not path:
             # As in Lightning: not an error, so "last" can be set before the first run.
             warnings.warn(
@@ -373,6 +402,35 @@ def resolve_path(trainer: Any, ckpt_path: str, fn: str) -> Optional[str]:
             )
         raise CheckpointNotFoundError(f"Checkpoint file not found: {path!r}")
     return path
+
+
+def fit_ckpt_path(trainer: Any, ckpt_path: Optional[str]) -> Optional[str]:
+    """Lightning's rule: a `fit()` without `ckpt_path` under SLURM resumes from the newest
+    preemption checkpoint (`hpc_ckpt_<n>.ckpt` in `default_root_dir`) when there is one, so a
+    requeued job goes on by itself."""
+    if ckpt_path is not None:
+        return ckpt_path
+    from ferrotrain.strategies.environment import SLURMEnvironment
+    from ferrotrain.trainer.preemption import hpc_resume_path
+
+    if SLURMEnvironment.detect() and hpc_resume_path(os.fspath(trainer.default_root_dir)) is not None:
+        return "hpc"
+    return None
+
+
+def _newer_preemption_checkpoint(trainer: Any, path: str) -> str:
+    """`path`, or the preemption checkpoint in `default_root_dir` when that one is newer: "last"
+    is the newest state the run saved, whatever wrote it."""
+    from ferrotrain.utilities.cloud_io import is_remote
+    from ferrotrain.trainer.preemption import hpc_resume_path
+
+    root = os.fspath(trainer.default_root_dir)
+    hpc = None if is_remote(root) else hpc_resume_path(root)
+    if hpc is None:
+        return path
+    if not path or is_remote(path) or not os.path.exists(path):
+        return hpc
+    return hpc if os.stat(hpc).st_mtime_ns >= os.stat(path).st_mtime_ns else path
 
 
 def _latest_in(folder: Optional[str], last_name: Optional[str] = None) -> str:
@@ -482,6 +540,10 @@ def restore_training_for_fit(trainer: Any) -> None:
     path, ckpt = pending
     _restore_training_state(trainer, path, ckpt)
     trainer._resume_rng = (ckpt.get("epoch_start_rng_states"), ckpt.get("rng_states"))
+    per_rank = ckpt.get("rank_rng_states")
+    if per_rank is not None and len(per_rank) == trainer.world_size:
+        now, epoch_start = per_rank[trainer.global_rank]
+        trainer._resume_rng = (epoch_start, now)
     trainer._ckpt_path = path
 
 

@@ -13,6 +13,11 @@ With several processes, `trainer.should_stop` is agreed on across ranks (`stop_s
 loop acts on it between batches: before the first epoch, after `on_train_epoch_start`, after
 validation and at each epoch's end. After a training batch it is read as set, with no round trip
 per step: a stop requested inside a batch must be requested on every rank, as in Lightning.
+
+A preemption signal (SIGTERM, SLURM's requeue signal; see `preemption`) stops the fit after the
+optimizer step under way: the native loop ends the epoch at that boundary, and the fit writes its
+checkpoint there and raises `SIGTERMException` instead of running the epoch's end. A signal during
+an epoch's last batch or its end stops the fit once that epoch's end has run, as in Lightning.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class FitLoop:
         self._sched_key: Any = None
         self._refresh_schedulers()
         self._last_batch_reached = False
+        self._preempt: Any = None  # the fit's Preemption, set by `run`
         # What train_batch and _after_batch call, looked up once (the loop profiler wraps them).
         self._transfer = trainer._transfer_batch
         self._step_schedulers = step_schedulers
@@ -106,7 +112,11 @@ class FitLoop:
         stop = self._stop
         if stop is not None:
             stop.now()  # set in setup / on_fit_start by one rank
+        preempt = trainer.__dict__.get("_preemption")  # None in a tuner's trial fit
+        self._preempt = preempt
         if trainer.num_training_batches == 0 or schedule.fit_done():
+            if preempt is not None and preempt.agreed():
+                preempt.stop()
             self._report_limit()
             return
         _warn_if_modules_in_eval_mode(trainer.lightning_module)
@@ -123,6 +133,8 @@ class FitLoop:
         min_limits_noted = False
         while not schedule.fit_done():
             self._run_epoch()
+            if preempt is not None and preempt.agreed():
+                preempt.stop()
             if schedule.should_stop and not min_limits_noted and not schedule.fit_done():
                 # Asked to stop, but `min_epochs`/`min_steps` keep it going: said once (Lightning).
                 min_limits_noted = True
@@ -182,11 +194,21 @@ class FitLoop:
                         break
                 if resume is not None and resume[1] is not None:
                     set_rng_states(resume[1])
-            _core.run_train_epoch(
-                schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds), self._timer
-            )
+            preempt = self._preempt
+            while True:
+                if preempt is not None:
+                    preempt.enter_loop()
+                _core.run_train_epoch(
+                    schedule, fetcher, self.train_batch, self._after_batch, bool(self.plateau_step_scheds), self._timer
+                )
+                # With several processes a signal ends the native loop early so the ranks agree
+                # on the stop step; the epoch then goes on up to it.
+                if preempt is None or not preempt.continue_epoch():
+                    break
         finally:
             self._close_fetcher(fetcher)
+        if self._preempt is not None and self._preempt.stops_mid_epoch():
+            self._preempt.stop()
         self._end_epoch()
 
     def _end_epoch(self) -> None:

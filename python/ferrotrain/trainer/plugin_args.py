@@ -7,16 +7,18 @@ from typing import Any, Dict, List, Optional
 from ferrotrain.errors import MisconfigurationException
 
 ALLOWED = ("a precision plugin (ferrotrain.plugins.precision), a CheckpointIO (ferrotrain.plugins.io), "
-           "TorchSyncBatchNorm, or a list of them")
+           "TorchSyncBatchNorm, a SLURMEnvironment, or a list of them")
 
 
 def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
-    """Set `args["precision"]` from a precision plugin; return the CheckpointIO given, if any.
+    """Set `args["precision"]` from a precision plugin and `args["_slurm_environment"]` from a
+    SLURMEnvironment (its signal settings); return the CheckpointIO given, if any.
     One plugin of each kind at most, and a precision plugin with a different explicit
     `precision=` is refused (Lightning's rule)."""
     from ferrotrain.plugins.io import CheckpointIO
     from ferrotrain.plugins.layer_sync import TorchSyncBatchNorm
     from ferrotrain.plugins.precision import Precision
+    from ferrotrain.strategies.environment import SLURMEnvironment
 
     given = args.get("plugins")
     if given is None:
@@ -25,13 +27,16 @@ def apply_plugins(args: Dict[str, Any]) -> Optional[Any]:
     precision = [p for p in plugins if isinstance(p, Precision)]
     io = [p for p in plugins if isinstance(p, CheckpointIO)]
     sync = [p for p in plugins if isinstance(p, TorchSyncBatchNorm)]
-    others = [p for p in plugins if not isinstance(p, (Precision, CheckpointIO, TorchSyncBatchNorm))]
+    slurm = [p for p in plugins if isinstance(p, SLURMEnvironment)]
+    others = [p for p in plugins if not isinstance(p, (Precision, CheckpointIO, TorchSyncBatchNorm, SLURMEnvironment))]
     if others:
         raise MisconfigurationException(f"`Trainer(plugins=...)` got {others[0]!r}: expected {ALLOWED}")
-    for kind, found in (("precision plugin", precision), ("CheckpointIO", io)):
+    for kind, found in (("precision plugin", precision), ("CheckpointIO", io), ("SLURMEnvironment", slurm)):
         if len(found) > 1:
             raise MisconfigurationException(
                 f"`Trainer(plugins=...)` got {len(found)} of kind {kind}: {found}. Expected one value for each kind")
+    if slurm:
+        args["_slurm_environment"] = slurm[0]
     if sync:
         args["sync_batchnorm"] = True  # the Trainer converts BatchNorm layers with torch's SyncBatchNorm
     if precision:

@@ -1,10 +1,12 @@
 """Signal handlers installed for the length of a fit, so that a scheduler's stop signal costs at
 most the current step.
 
-The handler only records the signal (a flag the loop reads at step boundaries): no work happens
-inside the handler, so it is safe whatever the interrupted code was doing. The user's own
-handlers are saved on entry and restored on exit, and each is still called after ours records
-the signal, so handlers installed before `fit` keep working.
+The handler only records the signal and calls `on_signal` (which sets the loop's stop request, a
+field the native loop reads at batch boundaries anyway): nothing else happens inside the handler,
+so it is safe whatever the interrupted code was doing. The user's own handlers are saved on entry
+and restored on exit, and each is still called after ours records the signal, so handlers
+installed before `fit` keep working. A second signal while the stop is under way is recorded
+as seen and otherwise ignored: the checkpoint being written is finished.
 
 Signals handled (Lightning 2.6's `_SignalConnector` semantics):
 - SIGTERM: request a stop after the current step.
@@ -40,17 +42,20 @@ def ignoring_sigint() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
+from ferrotrain.errors import SIGTERMException
 
-class SIGTERMException(SystemExit):
-    """Raised after a SIGTERM-requested stop, as Lightning raises it (exits the process)."""
+__all__ = ["SIGTERMException", "SignalFlags", "requeue_job", "slurm_requeue_signal"]
 
 
 class SignalFlags:
     """Which stop signals arrived since `install`. Read by the loop between steps."""
 
-    def __init__(self, requeue_signal: Optional[int] = None) -> None:
+    def __init__(self, requeue_signal: Optional[int] = None,
+                 on_signal: Optional[Callable[[int], None]] = None) -> None:
         self.received: Optional[int] = None  # the first stop signal seen
+        self.count = 0  # every stop signal seen, the first included
         self.requeue_signal = requeue_signal
+        self._on_signal = on_signal
         self._saved: dict[int, Any] = {}
 
     @property
@@ -62,8 +67,11 @@ class SignalFlags:
         return self.requeue_signal is not None and self.received == self.requeue_signal
 
     def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.count += 1
         if self.received is None:
             self.received = signum
+            if self._on_signal is not None:
+                self._on_signal(signum)
         previous = self._saved.get(signum)
         if callable(previous):
             previous(signum, frame)

@@ -90,6 +90,8 @@ class Trainer(TrainerViews):
         args = dict(locals())
         resolve_opt_outs(args)  # None until resolved, so `barebones=True` alone works
         checkpoint_io = apply_plugins(args)
+        # A SLURMEnvironment plugin: its signal settings (`auto_requeue`, `requeue_signal`).
+        self._slurm_environment = args.pop("_slurm_environment", None)
         logger = args["logger"]
         self._config = cfg.resolve(args)
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
@@ -168,7 +170,8 @@ class Trainer(TrainerViews):
     # ------------------------------------------------------------------ pickling (ddp_spawn)
     # What lives only while a run is going (native loop state, closures, writer threads) stays
     # behind; the loop progress travels as numbers and the rest is rebuilt on arrival.
-    _TRANSIENT = ("_fit_loop", "_hooks", "_checkpoint_writer", "_lightning_optimizers", "_checkpoint_removals")
+    _TRANSIENT = ("_fit_loop", "_hooks", "_checkpoint_writer", "_lightning_optimizers", "_checkpoint_removals",
+                  "_preemption")
 
     def __getstate__(self) -> Dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
@@ -450,6 +453,9 @@ class Trainer(TrainerViews):
                 pass
 
     def _teardown(self) -> None:
+        preemption = self.__dict__.pop("_preemption", None)
+        if preemption is not None:
+            preemption.close()
         for f in list(self._eval_fetchers):
             f.close()
         self._eval_fetchers.clear()
@@ -570,6 +576,7 @@ class Trainer(TrainerViews):
         if self._sync_batchnorm:
             self._convert_sync_batchnorm(model)
         self.__dict__.pop("_resume_ckpt", None)
+        ckpt_path = checkpointing.fit_ckpt_path(self, ckpt_path)
         restore_early = ckpt_path is not None and not self._strategy.restore_checkpoint_after_setup
         if restore_early:
             # Module and callback state first: Lightning restores them before configure_optimizers.
@@ -597,6 +604,11 @@ class Trainer(TrainerViews):
         # Optimizer, scheduler and loop state after `on_fit_start`, where callbacks such as
         # BackboneFinetuning rebuild the param groups those states belong to (Lightning's order).
         checkpointing.restore_training_for_fit(self)
+        from ferrotrain.trainer.preemption import Preemption
+
+        # Signal handlers from here to the fit's end (Lightning registers them after the restore
+        # too); the user's own come back in `_teardown`, however the fit ends.
+        self._preemption = Preemption(self).install()
         self._zero_grad_at_stage_start(model)
         self._run_sanity_check()
         # The training loader is asked for after the sanity check, as in Lightning.

@@ -156,6 +156,10 @@ pub struct Schedule {
     /// or an aborted batch (Lightning's `batch_progress.is_last_batch`).
     is_last_batch: bool,
     should_stop: bool,
+    /// A stop requested from outside the loop (a preemption signal): the fit ends at the first
+    /// batch boundary with `global_step` at least this and no accumulation window open,
+    /// whatever the minimums say. Not loop progress: never saved in a checkpoint.
+    stop_at_step: Option<u64>,
     phase: Phase,
 }
 
@@ -195,6 +199,7 @@ impl Schedule {
             num_training_batches: None,
             is_last_batch: false,
             should_stop: false,
+            stop_at_step: None,
             step_counted: false,
             phase: Phase::Idle,
         })
@@ -236,6 +241,23 @@ impl Schedule {
 
     pub fn set_should_stop(&mut self, value: bool) {
         self.should_stop = value;
+    }
+
+    pub fn stop_at_step(&self) -> Option<u64> {
+        self.stop_at_step
+    }
+
+    /// Request the stop of `stop_at_step` (None withdraws it).
+    pub fn set_stop_at_step(&mut self, step: Option<u64>) {
+        self.stop_at_step = step;
+    }
+
+    /// The requested stop is due: its step is reached and, between batches, no gradient
+    /// accumulation window is open (stopping there would lose the accumulated gradients).
+    pub fn stop_step_reached(&self) -> bool {
+        let due = matches!(self.stop_at_step, Some(s) if self.progress.global_step >= s);
+        let window_open = matches!(self.phase, Phase::InEpoch) && self.should_accumulate();
+        due && !window_open
     }
 
     /// Change when validation runs, once the train loader's length is known.
@@ -301,7 +323,7 @@ impl Schedule {
         if self.num_training_batches == Some(0) {
             return true;
         }
-        if self.max_steps_reached() {
+        if self.max_steps_reached() || self.stop_step_reached() {
             return true;
         }
         if matches!(self.cfg.max_epochs, Some(m) if self.progress.epochs_processed >= m) {
@@ -326,7 +348,7 @@ impl Schedule {
     /// Checked before each batch (Lightning's `_TrainingEpochLoop.done`).
     #[inline]
     pub fn epoch_done(&self) -> bool {
-        if self.max_steps_reached() || self.num_ready_batches_reached() {
+        if self.max_steps_reached() || self.num_ready_batches_reached() || self.stop_step_reached() {
             return true;
         }
         self.should_stop && self.can_stop_early()

@@ -120,6 +120,32 @@ fn should_stop_mid_epoch_stops_at_once_without_minimums() {
 }
 
 #[test]
+fn stop_at_step_ends_the_fit_at_a_closed_window_whatever_the_minimums() {
+    let mut s = Schedule::new(ScheduleConfig {
+        max_epochs: Some(10),
+        min_epochs: 5,
+        accumulate_grad_batches: 2,
+        ..cfg()
+    })
+    .unwrap();
+    s.begin_epoch(Some(10)).unwrap();
+    s.set_stop_at_step(Some(0)); // requested before the first optimizer step
+    assert!(s.epoch_done()); // between batches with no window open: it stops at once
+    s.set_stop_at_step(None);
+    s.begin_batch(false).unwrap();
+    s.set_stop_at_step(Some(0));
+    let out = s.end_batch().unwrap();
+    assert!(!out.epoch_done, "an open accumulation window is finished first");
+    s.begin_batch(false).unwrap();
+    let out = s.end_batch().unwrap();
+    assert!(out.epoch_done && s.stop_step_reached());
+    assert_eq!(s.progress().global_step, 1);
+    s.end_epoch().unwrap();
+    s.complete_epoch().unwrap();
+    assert!(s.fit_done(), "min_epochs does not hold a requested stop back");
+}
+
+#[test]
 fn out_of_order_calls_are_errors() {
     let mut s = Schedule::new(cfg()).unwrap();
     assert!(s.begin_batch(false).is_err());
