@@ -399,9 +399,9 @@ def _slope(fn: Callable[[int], None], short: int, long: int, steps_each: int, ru
 
 
 def measure(cases: List[Case], sizes: Sizes, repeats: int, with_lightning: bool, run: Run = Run(),
-            with_eval: bool = True) -> Dict[str, Dict[str, List[float]]]:
+            with_eval: bool = True, controls: bool = False) -> Dict[str, Dict[str, List[float]]]:
     """{row: {"raw": [slope...], "ferrotrain": [...], "lightning": [...], "ferrotrain syncs/step": [...]}},
-    seconds per step."""
+    seconds per step. `controls`: a raw-vs-raw control in every row, not only the first."""
     import ferrotrain
 
     logging.getLogger("ferrotrain").setLevel(logging.ERROR)
@@ -421,7 +421,7 @@ def measure(cases: List[Case], sizes: Sizes, repeats: int, with_lightning: bool,
             return (lambda n: fit(c, n, t, v, run)) if fit is raw_fit else (lambda n: fit(n, t, v))
 
         plan.append((case.name, "raw", bind(raw_fit), steps))
-        if case is cases[0]:
+        if case is cases[0] or controls:
             plan.append((case.name, "raw (control)", bind(raw_fit), steps))
         plan.append((case.name, "ferrotrain", bind(trainer_fit(ferrotrain, case, run)), steps))
         if case.lightning and L_ref is not None:
@@ -436,6 +436,8 @@ def measure(cases: List[Case], sizes: Sizes, repeats: int, with_lightning: bool,
                 return lambda n: fn(eval_data[sizes.eval_short if n == 0 else sizes.eval_long])
 
             plan.append((row, "raw", bind_eval(lambda d, k=kind: raw_eval(k, d)), per_eval))
+            if controls:
+                plan.append((row, "raw (control)", bind_eval(lambda d, k=kind: raw_eval(k, d)), per_eval))
             plan.append((row, "ferrotrain", bind_eval(trainer_eval(ferrotrain, kind)), per_eval))
             if L_ref is not None:
                 plan.append((row, "lightning", bind_eval(trainer_eval(L_ref, kind)), per_eval))
@@ -551,7 +553,8 @@ def write_matrix_chart(rows: List[MatrixRow], path: str, goal: float = 1.03) -> 
     ax.set_yticks(y, labels, fontsize=6)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.axvline(goal, color="tab:red", linewidth=0.8, linestyle="--", label=f"goal {goal:.2f}x")
-    ax.set_xlim(0.8, max([1.3] + [r.ratios.get("ferrotrain", 0.0) + 0.05 for r in rows]))
+    shown = [v for r in rows for k, v in r.ratios.items() if k != "lightning"]
+    ax.set_xlim(min([0.8] + [v - 0.05 for v in shown]), max([1.3] + [v + 0.05 for v in shown]))
     ax.invert_yaxis()
     ax.set_xlabel("per-step slope / the row's raw loop (median of interleaved repeats; lower is better)")
     ax.set_title("ferrotrain loop overhead matrix (one run)")
@@ -579,6 +582,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--sync-debug", default="", choices=("", "warn", "error"),
                     help="CUDA: 'warn' counts host-device syncs per step, 'error' makes any sync raise")
     ap.add_argument("--no-eval", action="store_true", help="skip the validate()/predict() rows (W7)")
+    ap.add_argument("--control-every-row", action="store_true",
+                    help="time each row's raw loop twice, so every row shows its own noise floor")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: measure, write JSON here
     args = ap.parse_args(argv)
     if args.repeats < 1:
@@ -596,7 +601,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.child:
         with contextlib.redirect_stderr(io.StringIO()):
             results = measure(cases, sizes, args.repeats, not args.no_lightning, run,
-                              not args.no_eval and (not wanted or any(w.upper().startswith("W7") for w in wanted)))
+                              not args.no_eval and (not wanted or any(w.upper().startswith("W7") for w in wanted)),
+                              args.control_every_row)
         with open(args.child, "w") as f:
             json.dump(results, f)
         return 0
@@ -623,6 +629,8 @@ def _child_args(args: Any) -> List[str]:
         out.append("--no-lightning")
     if args.no_eval:
         out.append("--no-eval")
+    if args.control_every_row:
+        out.append("--control-every-row")
     out += ["--device", args.device, "--precision", args.precision, "--sync-debug", args.sync_debug]
     return out
 

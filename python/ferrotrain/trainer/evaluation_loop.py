@@ -54,8 +54,12 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
     cb_batch_end = hooks.cb[f"on_{stage}_batch_end"]
     m_batch_start = mod[f"on_{stage}_batch_start"]
     m_batch_end = mod[f"on_{stage}_batch_end"]
-    transfer = trainer._transfer_batch
+    # Decided once, off the per-batch path: whether batches need the transfer hooks or a device
+    # copy, whether the precision wraps the step in a context, and the hook names.
+    transfer = trainer._transfer_batch if trainer._needs_transfer() else None
     precision = trainer._precision
+    step_context = precision.step_context if precision.has_step_context else None
+    fx_batch_start, fx_step, fx_batch_end = f"on_{stage}_batch_start", f"{stage}_step", f"on_{stage}_batch_end"
     prev_results = trainer._active_results
     trainer._active_results = results
     module._results = results
@@ -79,21 +83,24 @@ def run_evaluation(trainer: Any, stage: str, loaders: Sequence[Any], num_batches
                     item = fetcher.fetch()
                     if item is None:
                         break
-                    batch = transfer(item[0], dl_idx)
+                    batch = item[0] if transfer is None else transfer(item[0], dl_idx)
                     results.batch = batch
                     results._batch_size = None
                     results.dataloader_idx = dl_idx if multi else None
                     if cb_batch_start or m_batch_start is not None:
-                        set_fx("_current_fx_name", f"on_{stage}_batch_start")
+                        set_fx("_current_fx_name", fx_batch_start)
                         for f in cb_batch_start:
                             f(trainer, module, batch, batch_idx, *extra)
                         if m_batch_start is not None:
                             m_batch_start(batch, batch_idx, *extra)
-                    set_fx("_current_fx_name", f"{stage}_step")
-                    with precision.step_context():
+                    set_fx("_current_fx_name", fx_step)
+                    if step_context is None:
                         out = step_fn(batch, batch_idx, *extra)
+                    else:
+                        with step_context():
+                            out = step_fn(batch, batch_idx, *extra)
                     if cb_batch_end or m_batch_end is not None:
-                        set_fx("_current_fx_name", f"on_{stage}_batch_end")
+                        set_fx("_current_fx_name", fx_batch_end)
                         for f in cb_batch_end:
                             f(trainer, module, out, batch, batch_idx, *extra)
                         if m_batch_end is not None:
@@ -176,7 +183,8 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
     multi = len(loaders) > 1
     cb_start, cb_end = hooks.cb["on_predict_batch_start"], hooks.cb["on_predict_batch_end"]
     m_start, m_end = mod["on_predict_batch_start"], mod["on_predict_batch_end"]
-    transfer = trainer._transfer_batch
+    transfer = trainer._transfer_batch if trainer._needs_transfer() else None
+    step_context = trainer._precision.step_context if trainer._precision.has_step_context else None
     loop = trainer.predict_loop
     writers = [cb for cb in trainer.callbacks if isinstance(cb, BasePredictionWriter)]
     on_epoch = any(cb.interval.on_epoch for cb in writers)
@@ -208,7 +216,7 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                 item = fetcher.fetch()
                 if item is None:
                     break
-                batch = transfer(item[0], dl_idx)
+                batch = item[0] if transfer is None else transfer(item[0], dl_idx)
                 if writers:
                     seen = batch_indices_of(loader)
                     if seen is None:
@@ -229,8 +237,11 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
                 if m_start is not None:
                     m_start(batch, batch_idx, *extra)
                 module.__dict__["_current_fx_name"] = "predict_step"
-                with trainer._precision.step_context():
+                if step_context is None:
                     out = predict_step(batch, batch_idx, **kwargs)
+                else:
+                    with step_context():
+                        out = predict_step(batch, batch_idx, **kwargs)
                 module.__dict__["_current_fx_name"] = "on_predict_batch_end"
                 for f in cb_end:
                     f(trainer, module, out, batch, batch_idx, *extra)

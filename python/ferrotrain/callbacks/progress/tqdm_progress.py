@@ -345,7 +345,8 @@ class TQDMProgressBar(ProgressBar):
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.has_dataloader_changed(dataloader_idx):
+        # A new dataloader (or the first batch): one comparison on every other batch.
+        if dataloader_idx != self._current_eval_dataloader_idx and self.has_dataloader_changed(dataloader_idx):
             desc = self.sanity_check_description if trainer.sanity_checking else self.validation_description
             self._reset_eval_bar(self.total_val_batches_current_dataloader, desc, dataloader_idx)
 
@@ -378,7 +379,8 @@ class TQDMProgressBar(ProgressBar):
     def on_test_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.has_dataloader_changed(dataloader_idx):
+        # A new dataloader (or the first batch): one comparison on every other batch.
+        if dataloader_idx != self._current_eval_dataloader_idx and self.has_dataloader_changed(dataloader_idx):
             self._reset_eval_bar(self.total_test_batches_current_dataloader, self.test_description, dataloader_idx)
 
     def on_test_batch_end(
@@ -397,7 +399,8 @@ class TQDMProgressBar(ProgressBar):
     def on_predict_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.has_dataloader_changed(dataloader_idx):
+        # A new dataloader (or the first batch): one comparison on every other batch.
+        if dataloader_idx != self._current_eval_dataloader_idx and self.has_dataloader_changed(dataloader_idx):
             self._reset_eval_bar(
                 self.total_predict_batches_current_dataloader, self.predict_description, dataloader_idx
             )
