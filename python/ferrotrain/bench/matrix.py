@@ -34,6 +34,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ferrotrain.bench.workloads import lightning_module
+
 FEATURES, BATCH = 32, 32
 OUTPUTS = ("terminal", "redirected")
 
@@ -341,18 +343,6 @@ def trainer_eval(L: Any, kind: str) -> Callable[[Dataset], None]:  # noqa: N803
 
 
 # ---------------------------------------------------------------------- measuring (in the child)
-def _lightning() -> Any:
-    try:
-        warnings.filterwarnings("ignore")
-        import lightning
-
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        return lightning
-    except ImportError:
-        return None
-
-
 def _rich_available() -> bool:
     import importlib.util
 
@@ -405,7 +395,7 @@ def measure(cases: List[Case], sizes: Sizes, repeats: int, with_lightning: bool,
     import ferrotrain
 
     logging.getLogger("ferrotrain").setLevel(logging.ERROR)
-    L_ref = _lightning() if with_lightning else None  # noqa: N806
+    L_ref = lightning_module(logging.ERROR) if with_lightning else None  # noqa: N806
     torch.set_num_threads(1)
     if run.cuda and run.sync:
         torch.cuda.set_sync_debug_mode(run.sync)

@@ -57,15 +57,15 @@ class Row:
     baseline: Optional[str] = None  # config of the same workload this one is compared with
 
 
-def lightning_module() -> Any:
-    """`lightning` when importable (its warnings silenced), else None."""
+def lightning_module(log_level: int = logging.WARNING) -> Any:
+    """`lightning` when importable (its warnings silenced, its loggers at `log_level`), else None."""
     try:
         warnings.filterwarnings("ignore")
         import lightning
 
         # Its start-up banners go through `logging`, not through the redirected streams.
         for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(log_level)
         return lightning
     except ImportError:
         return None
