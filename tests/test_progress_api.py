@@ -79,3 +79,18 @@ def test_tqdm_miniters_raises_the_refresh_rate(rate, env, expected):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TQDM_MINITERS": env},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(expected)
+
+
+def test_tqdm_class_formats_numbers_as_the_bar_does_and_needs_tqdm_for_a_bar():
+    # Lightning's `callbacks.progress.tqdm_progress.Tqdm`: its `format_num` pads floats to 5 characters.
+    from ferrotrain.callbacks.progress.tqdm_progress import Tqdm
+
+    values = [1, 1.0, 0.1, 1e-3, 1e-5, "1.0", "10000", "abc"]
+    assert [Tqdm.format_num(v) for v in values] == ["1", "1.000", "0.100", "0.001", "1e-5", "1.000", "10000", "abc"]
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModuleNotFoundError, match="tqdm"):
+            Tqdm(total=3)
+    else:
+        assert Tqdm(total=3, disable=True).total == 3

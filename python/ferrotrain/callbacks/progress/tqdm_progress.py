@@ -28,7 +28,7 @@ import sys
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ferrotrain.callbacks.progress import clock
-from ferrotrain.callbacks.progress.formatting import format_postfix
+from ferrotrain.callbacks.progress.formatting import format_num, format_postfix
 from ferrotrain.callbacks.progress.progress_bar import ProgressBar
 from ferrotrain.callbacks.progress.terminal import (
     LINE_EVERY_FRACTION,
@@ -473,3 +473,35 @@ class TQDMProgressBar(ProgressBar):
         out.write("\r" + sep.join(map(str, args)) + end)
         for bar in bars:
             bar.draw()
+
+
+def _make_tqdm_class() -> type:
+    try:
+        from tqdm.auto import tqdm  # optional: Lightning's class is a tqdm subclass
+    except ImportError:
+        class Tqdm:  # without tqdm the number format still works; a bar cannot be built
+            """Lightning's `Tqdm`, whose bars need the `tqdm` package."""
+
+            format_num = staticmethod(format_num)
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                raise ModuleNotFoundError("`Tqdm` is a `tqdm.tqdm` and needs the `tqdm` package: pip install tqdm "
+                                          "(ferrotrain's TQDMProgressBar draws without it)", name="tqdm")
+    else:
+        class Tqdm(tqdm):  # type: ignore[no-redef, misc, valid-type]
+            """Lightning's `Tqdm`: tqdm with the bar's metric format (floats padded to 5 characters)."""
+
+            format_num = staticmethod(format_num)
+
+    Tqdm.__module__ = __name__
+    Tqdm.__qualname__ = "Tqdm"
+    return Tqdm
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first use: importing tqdm when the module loads would cost every `import ferrotrain`.
+    if name == "Tqdm":
+        cls = _make_tqdm_class()
+        globals()["Tqdm"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
