@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 import ferrotrain as L
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NotSupportedYetError
 from ferrotrain.strategies import DDPStrategy, SingleDeviceStrategy
-from ferrotrain.strategies.environment import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment, detect, find_free_port
+from ferrotrain.strategies.environment import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment, detect, find_free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "ddp_worker.py")
@@ -244,25 +244,28 @@ def test_environment_detection(monkeypatch) -> None:
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID",
               "SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_NAME"):
         monkeypatch.delenv(k, raising=False)
-    plain = detect(2, 1)
-    assert type(plain) is ClusterEnvironment and not plain.creates_processes_externally
-    assert (plain.world_size(), plain.global_rank()) == (2, 0)
+    plain = detect()
+    assert type(plain) is LightningEnvironment and not plain.creates_processes_externally
+    assert (plain.world_size(), plain.global_rank()) == (1, 0)  # until the strategy sets them
     monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_NNODES", "2")
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_LOCALID", "1")
     monkeypatch.setenv("SLURM_NODEID", "1")
     monkeypatch.setenv("SLURM_NODELIST", "gpu[07-08]")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    env = detect(2, 2)
+    env = detect()
     assert isinstance(env, SLURMEnvironment) and env.creates_processes_externally
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank(), env.main_address) == (4, 3, 1, 1, "gpu07")
-    env.validate()
-    with pytest.raises(MisconfigurationException, match="WORLD_SIZE=4"):
-        detect(1, 1).validate()
+    env.validate_settings(num_devices=2, num_nodes=2)
+    # Lightning checks SLURM's tasks per node and node count against `devices` and `num_nodes`.
+    with pytest.raises(ValueError, match="ntasks-per-node=2"):
+        detect().validate_settings(num_devices=1, num_nodes=1)
     for k, v in dict(TORCHELASTIC_RUN_ID="x", RANK="1", LOCAL_RANK="0", WORLD_SIZE="2", GROUP_RANK="1",
                      MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
         monkeypatch.setenv(k, v)
-    env = detect(1, 2)
+    env = detect()
     assert isinstance(env, TorchElasticEnvironment)
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (2, 1, 0, 1)
 

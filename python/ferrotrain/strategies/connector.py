@@ -6,7 +6,7 @@ constructor; every check about device counts lives here.
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -67,8 +67,11 @@ def _strategy_from_name(name: str, n_processes: int) -> Strategy:
     raise MisconfigurationException(f"Unknown strategy {name!r}")
 
 
-def resolve(accelerator: str, devices: Any, strategy: Any, num_nodes: int) -> Tuple[str, Strategy]:
-    """(accelerator name, configured strategy) for the Trainer's arguments."""
+def resolve(accelerator: str, devices: Any, strategy: Any, num_nodes: int,
+            cluster_environment: Optional[Any] = None) -> Tuple[str, Strategy]:
+    """(accelerator name, configured strategy) for the Trainer's arguments; `cluster_environment`
+    is the one from `Trainer(plugins=...)`. A one-process strategy has no cluster environment
+    and ignores it, as Lightning does."""
     from ferrotrain.strategies.single_device import SingleDeviceStrategy
 
     if isinstance(strategy, SingleDeviceStrategy) and accelerator == "auto":
@@ -77,6 +80,11 @@ def resolve(accelerator: str, devices: Any, strategy: Any, num_nodes: int) -> Tu
     name = resolve_accelerator(accelerator)
     devs = resolve_devices(name, devices)
     chosen = strategy if isinstance(strategy, Strategy) else _strategy_from_name(strategy, len(devs) * num_nodes)
+    if cluster_environment is not None and hasattr(chosen, "cluster_environment"):
+        if strategy is chosen and chosen.cluster_environment is not None:
+            raise MisconfigurationException(
+                "cluster_environment set through both strategy class and plugins, choose one")
+        chosen.cluster_environment = cluster_environment
     if isinstance(chosen, SingleDeviceStrategy):
         if len(devs) * num_nodes > 1:
             raise MisconfigurationException(

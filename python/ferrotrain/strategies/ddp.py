@@ -95,4 +95,5 @@ class DDPStrategy(ParallelStrategy):
         return wrapper.no_sync if wrapper is not None else None
 
     def teardown(self) -> None:
+        super().teardown()
         self._model = None

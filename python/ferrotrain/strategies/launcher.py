@@ -24,7 +24,7 @@ import time
 from typing import Dict, List, Optional
 
 from ferrotrain.errors import FerrotrainError
-from ferrotrain.strategies.environment import ClusterEnvironment, find_free_port
+from ferrotrain.strategies.environment import ClusterEnvironment
 
 # Set by the launcher in each child: where the child writes its traceback if it fails.
 ERROR_FILE_VAR = "FERROTRAIN_ERROR_FILE"
@@ -98,9 +98,10 @@ class SubprocessLauncher:
                 "`strategy='ddp'` with several devices re-runs your script in new processes, which needs a "
                 "script file (`python train.py`); from a notebook or `python -c`, use torchrun"
             )
-        addr = os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        port = os.environ.setdefault("MASTER_PORT", str(find_free_port()))
-        node_rank = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))
+        # Where rank zero listens and which node this is, from the environment (Lightning's launcher).
+        addr = os.environ["MASTER_ADDR"] = self.environment.main_address
+        port = os.environ["MASTER_PORT"] = str(self.environment.main_port)
+        node_rank = str(self.environment.node_rank())
         world = self.num_processes * self.num_nodes
         self._error_dir = tempfile.mkdtemp(prefix="ferrotrain-ranks-")
         cmd = _command()

@@ -64,8 +64,7 @@ class ParallelStrategy(Strategy):
     def _configure(self, accelerator: str, devices: list, num_nodes: int) -> None:
         super()._configure(accelerator, devices, num_nodes)
         if self.cluster_environment is None:
-            self.cluster_environment = env_mod.detect(len(devices), num_nodes)
-        self.cluster_environment.validate()
+            self.cluster_environment = env_mod.detect()
         if not self.cluster_environment.creates_processes_externally and (len(devices) > 1 or num_nodes > 1):
             self.launcher = self._make_launcher(len(devices), num_nodes)
         if self._process_group_backend is None:
@@ -81,6 +80,16 @@ class ParallelStrategy(Strategy):
                 f"This process has LOCAL_RANK={local}, but `Trainer(devices=...)` gives this node only {len(devices)} devices"
             )
         self._root_device = devices[local]
+        self.set_world_ranks()
+
+    def set_world_ranks(self) -> None:
+        """Tell the environment this process's rank and the world size (an environment whose
+        scheduler owns them, such as SLURM's, ignores it), as Lightning's DDP does."""
+        env = self.cluster_environment
+        if env is not None:
+            env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+            env.set_world_size(self.num_nodes * self.num_processes)
+        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
 
     def _make_launcher(self, num_processes: int, num_nodes: int) -> Any:
         assert self.cluster_environment is not None
@@ -112,11 +121,13 @@ class ParallelStrategy(Strategy):
 
     # ---------------------------------------------------------------- run life cycle
     def launch(self) -> None:
+        if self.cluster_environment is not None:
+            self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if self.launcher is not None:
             self.launcher.launch()
 
     def setup_environment(self) -> None:
-        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+        self.set_world_ranks()  # a spawned worker learns its local rank only now
         if self._root_device.type == "cuda":
             torch.cuda.set_device(self._root_device)
         if dist.is_initialized():
@@ -128,18 +139,18 @@ class ParallelStrategy(Strategy):
             return
         env = self.cluster_environment
         assert env is not None
-        os.environ.setdefault("MASTER_ADDR", env.main_address)
-        if "MASTER_PORT" not in os.environ:
-            port = env.main_port
-            if not port and self.world_size == 1:
-                port = env_mod.find_free_port()  # a one-process group (devices=1): nobody else to agree with
-            if not port:
-                raise MisconfigurationException("`MASTER_PORT` must be set to join the process group")
-            os.environ["MASTER_PORT"] = str(port)
+        # Every rank reads rank zero's address from its environment, as Lightning's `_init_dist_connection`.
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
         dist.init_process_group(
             self._process_group_backend, rank=self.global_rank, world_size=self.world_size, timeout=self._timeout
         )
         atexit.register(destroy_process_group_if_any)
+
+    def teardown(self) -> None:
+        if self.cluster_environment is not None:
+            self.cluster_environment.teardown()
+        super().teardown()
 
     def process_dataloader(self, loader: Any, stage: str) -> Any:
         from ferrotrain.strategies.sampler import with_distributed_sampler

@@ -27,7 +27,7 @@ from ferrotrain.trainer.data import (INF, Fetcher, _check_iterable, as_loader_li
 from ferrotrain.trainer.env_defaults import defaults_from_env
 from ferrotrain.trainer.hooks import HookTable
 from ferrotrain.trainer.optimization import LRSchedulerConfig, LightningOptimizer, parse_configure_optimizers
-from ferrotrain.trainer.plugin_args import apply_plugins, precision_plugin_given
+from ferrotrain.trainer.plugin_args import apply_plugins, cluster_environment_plugin, precision_plugin_given
 from ferrotrain.trainer.precision import Precision, resolve_for_accelerator
 from ferrotrain.trainer.results import Results
 from ferrotrain.trainer.signals import ignoring_sigint
@@ -109,7 +109,8 @@ class Trainer(TrainerViews):
         from ferrotrain.strategies.connector import resolve as resolve_strategy
 
         # The layout over devices and processes is decided once, here (see `ferrotrain.strategies`).
-        self.accelerator_name, self._strategy = resolve_strategy(c.accelerator, c.devices, c.strategy, c.num_nodes)
+        self.accelerator_name, self._strategy = resolve_strategy(
+            c.accelerator, c.devices, c.strategy, c.num_nodes, cluster_environment_plugin(plugins))
         self._strategy._attach(self)
         self._strategy.checkpoint_io = checkpoint_io
         as_given = precision_plugin_given(plugins) or self._strategy.runs_own_precision
