@@ -87,3 +87,13 @@ def caplog(caplog):
     caplog.set_level(logging.INFO, logger="ferrotrain")
     yield caplog
     logger.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_environment():
+    # A DDP launch in this process exports MASTER_PORT/MASTER_ADDR/rank variables, as Lightning's
+    # launcher does; a later test's processes would otherwise inherit a port chosen for an earlier run.
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
