@@ -35,11 +35,6 @@ def find_free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _fixed(cls_name: str, what: str) -> None:
-    # The scheduler owns the ranks: the strategy's setters are ignored, as in Lightning.
-    log.debug(f"{cls_name}.set_{what} was called, but the environment owns it. Ignored.")
-
-
 class ClusterEnvironment(ABC):
     """What the strategy asks the cluster: the ranks, the world size and where rank zero listens."""
 
@@ -92,6 +87,17 @@ class ClusterEnvironment(ABC):
 
     def teardown(self) -> None:
         """Undo what the environment set once the run is over."""
+
+
+class _SchedulerOwnsRanks(ClusterEnvironment):
+    """An environment whose scheduler or launcher (SLURM, torchelastic, MPI, XLA, ...) sets the ranks
+    and world size: the strategy's setters are ignored, as in Lightning."""
+
+    def set_world_size(self, size: int) -> None:
+        log.debug(f"{type(self).__name__}.set_world_size was called, but the environment owns it. Ignored.")
+
+    def set_global_rank(self, rank: int) -> None:
+        log.debug(f"{type(self).__name__}.set_global_rank was called, but the environment owns it. Ignored.")
 
 
 class LightningEnvironment(ClusterEnvironment):
@@ -148,7 +154,7 @@ class LightningEnvironment(ClusterEnvironment):
         os.environ.pop("WORLD_SIZE", None)
 
 
-class TorchElasticEnvironment(ClusterEnvironment):
+class TorchElasticEnvironment(_SchedulerOwnsRanks):
     """Started by `torchrun` / `python -m torch.distributed.run` (`TORCHELASTIC_RUN_ID` set)."""
 
     @property
@@ -176,14 +182,8 @@ class TorchElasticEnvironment(ClusterEnvironment):
     def world_size(self) -> int:
         return int(os.environ["WORLD_SIZE"])
 
-    def set_world_size(self, size: int) -> None:
-        _fixed(type(self).__name__, "world_size")
-
     def global_rank(self) -> int:
         return int(os.environ["RANK"])
-
-    def set_global_rank(self, rank: int) -> None:
-        _fixed(type(self).__name__, "global_rank")
 
     def local_rank(self) -> int:
         return int(os.environ["LOCAL_RANK"])
@@ -208,7 +208,7 @@ def _srun_used() -> bool:
     return "SLURM_NTASKS" in os.environ and not _slurm_interactive()
 
 
-class SLURMEnvironment(ClusterEnvironment):
+class SLURMEnvironment(_SchedulerOwnsRanks):
     """One process per SLURM task (`srun`); an interactive allocation (job name `bash` or
     `interactive`) is not detected. `MASTER_ADDR` / `MASTER_PORT` override the address (first host
     of `SLURM_NODELIST`) and the port (15000 + the last four digits of the job id).
@@ -277,14 +277,8 @@ class SLURMEnvironment(ClusterEnvironment):
     def world_size(self) -> int:
         return int(os.environ["SLURM_NTASKS"])
 
-    def set_world_size(self, size: int) -> None:
-        _fixed(type(self).__name__, "world_size")
-
     def global_rank(self) -> int:
         return int(os.environ["SLURM_PROCID"])
-
-    def set_global_rank(self, rank: int) -> None:
-        _fixed(type(self).__name__, "global_rank")
 
     def local_rank(self) -> int:
         return int(os.environ["SLURM_LOCALID"])
@@ -337,7 +331,7 @@ class SLURMEnvironment(ClusterEnvironment):
             )
 
 
-class KubeflowEnvironment(ClusterEnvironment):
+class KubeflowEnvironment(_SchedulerOwnsRanks):
     """A Kubeflow PyTorchJob: one process per pod, so the node rank is the global rank. Never
     detected: pass it as `Trainer(plugins=[KubeflowEnvironment()])`."""
 
@@ -360,14 +354,8 @@ class KubeflowEnvironment(ClusterEnvironment):
     def world_size(self) -> int:
         return int(os.environ["WORLD_SIZE"])
 
-    def set_world_size(self, size: int) -> None:
-        _fixed(type(self).__name__, "world_size")
-
     def global_rank(self) -> int:
         return int(os.environ["RANK"])
-
-    def set_global_rank(self, rank: int) -> None:
-        _fixed(type(self).__name__, "global_rank")
 
     def local_rank(self) -> int:
         return 0
@@ -386,7 +374,7 @@ def _jsm_int(name: str, what: str) -> int:
     return int(raw)
 
 
-class LSFEnvironment(ClusterEnvironment):
+class LSFEnvironment(_SchedulerOwnsRanks):
     """LSF's `jsrun`: ranks from `JSM_NAMESPACE_RANK` / `_LOCAL_RANK` / `_SIZE`; the hosts from the
     rank file `LSB_DJOB_RANKFILE` (its first line is the launch node; rank zero runs on the next);
     the port from `MASTER_PORT` or the job id `LSB_JOBID`. Sets `MASTER_ADDR` and `MASTER_PORT`."""
@@ -423,14 +411,8 @@ class LSFEnvironment(ClusterEnvironment):
     def world_size(self) -> int:
         return _jsm_int("JSM_NAMESPACE_SIZE", "world size")
 
-    def set_world_size(self, size: int) -> None:
-        _fixed(type(self).__name__, "world_size")
-
     def global_rank(self) -> int:
         return _jsm_int("JSM_NAMESPACE_RANK", "global rank")
-
-    def set_global_rank(self, rank: int) -> None:
-        _fixed(type(self).__name__, "global_rank")
 
     def local_rank(self) -> int:
         return _jsm_int("JSM_NAMESPACE_LOCAL_RANK", "local rank")
@@ -463,7 +445,7 @@ def _mpi4py_installed() -> bool:
     return importlib.util.find_spec("mpi4py") is not None
 
 
-class MPIEnvironment(ClusterEnvironment):
+class MPIEnvironment(_SchedulerOwnsRanks):
     """Processes started by `mpirun` / `mpiexec`; needs the `mpi4py` package. Rank zero's host
     and a free port on it are broadcast to all ranks; the node rank is the host's index."""
 
@@ -509,14 +491,8 @@ class MPIEnvironment(ClusterEnvironment):
     def world_size(self) -> int:
         return self._comm_world.Get_size()
 
-    def set_world_size(self, size: int) -> None:
-        _fixed(type(self).__name__, "world_size")
-
     def global_rank(self) -> int:
         return self._comm_world.Get_rank()
-
-    def set_global_rank(self, rank: int) -> None:
-        _fixed(type(self).__name__, "global_rank")
 
     def local_rank(self) -> int:
         if self._comm_local is None:
@@ -537,7 +513,7 @@ class MPIEnvironment(ClusterEnvironment):
         self._comm_local = self._comm_world.Split(color=self._node_rank)
 
 
-class XLAEnvironment(ClusterEnvironment):
+class XLAEnvironment(_SchedulerOwnsRanks):
     """A TPU pod (PyTorch/XLA). Exists so Lightning code imports; building one says what is missing."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -570,14 +546,8 @@ class XLAEnvironment(ClusterEnvironment):
     def world_size(self) -> int:
         raise NotImplementedError
 
-    def set_world_size(self, size: int) -> None:
-        _fixed(type(self).__name__, "world_size")
-
     def global_rank(self) -> int:
         raise NotImplementedError
-
-    def set_global_rank(self, rank: int) -> None:
-        _fixed(type(self).__name__, "global_rank")
 
     def local_rank(self) -> int:
         raise NotImplementedError
