@@ -61,7 +61,10 @@ def ferro_run(L, prefetch: str) -> Callable[[int, object], None]:  # noqa: N803
     cls = module_class(L)
 
     def run(epochs: int, ds) -> None:
-        from ferrotrain.trainer import fetching
+        try:  # the fetch module's home since the loops package; earlier trees for same-run comparisons
+            from ferrotrain.loops import fetch as fetching
+        except ImportError:
+            from ferrotrain.trainer import fetching
 
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

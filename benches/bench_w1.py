@@ -81,7 +81,10 @@ def trainer_run(L, quiet: bool, prefetch: str = "adaptive") -> Callable[[int, Te
         if prefetch == "off":
             trainer.prefetch_batches = 0
         elif prefetch == "forced":
-            from ferrotrain.trainer import fetching
+            try:  # the fetch module's home since the loops package; earlier trees for same-run comparisons
+                from ferrotrain.loops import fetch as fetching
+            except ImportError:
+                from ferrotrain.trainer import fetching
 
             probe, fetching.PROBE_BATCHES = fetching.PROBE_BATCHES, 0  # the prefetcher starts with batch 0
         try:

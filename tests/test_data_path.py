@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 import ferrotrain as L
 from ferrotrain.errors import ConfigTypeError, MisconfigurationException, NotSupportedYetError
 from ferrotrain.trainer import accelerators, device_feed
-from ferrotrain.trainer.fetching import PROBE_BATCHES, TrainFetcher
+from ferrotrain.loops.fetch import PROBE_BATCHES, TrainFetcher
 
 from .conftest import BoringModel, make_dataset
 

@@ -99,19 +99,20 @@ def test_script_trains_on_ferrotrain(tmp_path):
 
 
 def test_module_ferrotrain_lacks_is_an_import_error_naming_it(tmp_path):
-    proc = run(tmp_path, "import lightning.pytorch.loops\n")
+    # (`lightning.pytorch.overrides`: Lightning's DDP wrappers, which ferrotrain's strategies do without.)
+    proc = run(tmp_path, "import lightning.pytorch.overrides\n")
     assert proc.returncode == 1
-    assert "ModuleNotFoundError: No module named 'lightning.pytorch.loops'" in proc.stderr
-    assert "ferrotrain.loops" in proc.stderr
+    assert "ModuleNotFoundError: No module named 'lightning.pytorch.overrides'" in proc.stderr
+    assert "ferrotrain.overrides" in proc.stderr
     # Probing for a module (as libraries do before importing optional parts) answers, not crashes.
     proc = run(tmp_path, """
         import importlib.util
         try:
-            importlib.util.find_spec("pytorch_lightning.loops")
+            importlib.util.find_spec("pytorch_lightning.overrides")
         except ModuleNotFoundError as exc:
             print(exc.name)
     """)
-    assert proc.stdout.strip() == "pytorch_lightning.loops"
+    assert proc.stdout.strip() == "pytorch_lightning.overrides"
 
 
 def test_fabric_without_lightning_is_an_import_error_naming_it(tmp_path):

@@ -152,7 +152,7 @@ class SimpleProfiler(Profiler):
 
     def instrument_fit_loop(self, loop: Any) -> None:
         """Wrap the parts of a training step that the fit loop and its step object call."""
-        from ferrotrain.trainer.training_step import AutomaticStep
+        from ferrotrain.loops.train_batch import AutomaticStep
 
         wrap = self._wrap
         step = loop.step

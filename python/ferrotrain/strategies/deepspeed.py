@@ -506,7 +506,7 @@ def _consolidated(path: str) -> dict:
 
 
 def _make_step_class() -> Any:
-    from ferrotrain.trainer.training_step import STEP, ZERO_GRAD, AutomaticStep, _loss_from_output  # noqa: F401
+    from ferrotrain.loops.train_batch import STEP, ZERO_GRAD, AutomaticStep, _loss_from_output  # noqa: F401
 
     class DeepSpeedStep(AutomaticStep):
         """Automatic optimization through the engine: forward, `engine.backward`, `engine.step` on

@@ -563,7 +563,7 @@ class Trainer(TrainerViews):
 
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: Optional[LightningDataModule], ckpt_path: Optional[str]) -> None:
-        from ferrotrain.trainer.fit_loop import FitLoop
+        from ferrotrain.loops.fit import FitLoop
         from ferrotrain.trainer import checkpointing
 
         self._fit_sources = (train_dataloaders, val_dataloaders)
@@ -709,7 +709,7 @@ class Trainer(TrainerViews):
         """Batches come from the main thread or the native prefetcher (see `fetching`). With
         `deterministic=True` they are always read in the main thread, so random draws inside a
         dataset interleave with the step's exactly as in a hand-written loop."""
-        from ferrotrain.trainer.fetching import TrainFetcher
+        from ferrotrain.loops.fetch import TrainFetcher
 
         if "_first_epoch_iterator" in self.__dict__:  # started by the learning rate finder
             from ferrotrain.tuner._trial import take_first_epoch_iterator
@@ -787,7 +787,7 @@ class Trainer(TrainerViews):
         if self._config.fast_dev_run or steps == 0 or not self._has_validation:
             self.num_sanity_val_batches = []
             return
-        from ferrotrain.trainer.evaluation_loop import run_evaluation
+        from ferrotrain.loops.evaluation import run_evaluation
 
         # Lightning runs the sanity check inside `isolate_rng`: each evaluation loader's iterator
         # draws a seed from torch's global generator, which would shift training's shuffle.
@@ -807,7 +807,7 @@ class Trainer(TrainerViews):
         self._progress_bar_metrics.clear()
 
     def _run_validation_in_fit(self, log_step: int, stepped: bool) -> None:
-        from ferrotrain.trainer.evaluation_loop import run_evaluation
+        from ferrotrain.loops.evaluation import run_evaluation
 
         module = self.lightning_module
         if stepped:
@@ -829,7 +829,7 @@ class Trainer(TrainerViews):
                        datamodule: Optional[LightningDataModule], ckpt_path: Optional[str],
                        verbose: bool) -> List[Dict[str, float]]:
         from ferrotrain.trainer import checkpointing
-        from ferrotrain.trainer.evaluation_loop import run_evaluation
+        from ferrotrain.loops.evaluation import run_evaluation
 
         stage = "validation" if stage_fn == "validate" else "test"
         prefix = "val" if stage_fn == "validate" else "test"
@@ -878,7 +878,7 @@ class Trainer(TrainerViews):
     def _predict_impl(self, model: LightningModule, dataloaders: Any, datamodule: Optional[LightningDataModule],
                       return_predictions: bool, ckpt_path: Optional[str]) -> Optional[List[Any]]:
         from ferrotrain.trainer import checkpointing
-        from ferrotrain.trainer.evaluation_loop import run_predict
+        from ferrotrain.loops.evaluation import run_predict
 
         self._setup_run(model, datamodule, "predict")
         self._strategy.prepare_for_evaluation(model)
@@ -898,7 +898,7 @@ class Trainer(TrainerViews):
 
         if any(isinstance(cb, BasePredictionWriter) for cb in self.callbacks):
             # A prediction writer reads each batch's sample indices: record them (Lightning).
-            from ferrotrain.trainer.predict_loop import with_index_tracking
+            from ferrotrain.loops.predict import with_index_tracking
 
             loaders = [with_index_tracking(l) for l in loaders]
         self._eval_loaders["predict"] = loaders

@@ -79,7 +79,7 @@ class TrainerViews:
 
     @prefetch_batches.setter
     def prefetch_batches(self, value: int) -> None:
-        from ferrotrain.trainer.fetching import check_depth
+        from ferrotrain.loops.fetch import check_depth
 
         self._prefetch_batches = check_depth(value)
 
@@ -316,7 +316,7 @@ class TrainerViews:
         """The predict loop's state (Lightning's `trainer.predict_loop`): `predictions`,
         `epoch_batch_indices`, `current_batch_indices`, `return_predictions`."""
         if self._predict_loop is None:
-            from ferrotrain.trainer.predict_loop import PredictLoop
+            from ferrotrain.loops.predict import PredictLoop
 
             self._predict_loop = PredictLoop()
         return self._predict_loop

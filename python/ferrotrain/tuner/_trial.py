@@ -65,7 +65,7 @@ def run_fit_loop(trainer: Any, reload_data: bool, progress: Optional[dict] = Non
     limits. With `reload_data`, the validation loaders, and the training loader unless
     `reload_train` is False, are requested again (the batch size changed); otherwise the fit's
     validation loaders are kept under the trial's limit."""
-    from ferrotrain.trainer.fit_loop import FitLoop
+    from ferrotrain.loops.fit import FitLoop
 
     model = trainer.lightning_module
     dm = trainer.datamodule

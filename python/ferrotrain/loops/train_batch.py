@@ -22,7 +22,7 @@ from ferrotrain import _core
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.strategies.strategy import overrides_backward
 from ferrotrain.trainer.optimization import LightningOptimizer, clip_gradients
-from ferrotrain.trainer.step_signature import takes_batch_idx, without_batch_idx
+from ferrotrain.loops.step_signature import takes_batch_idx, without_batch_idx
 
 STEP = _core.FLAG_STEP
 ZERO_GRAD = _core.FLAG_ZERO_GRAD

@@ -29,7 +29,7 @@ from ferrotrain.trainer.checkpointing import rng_states, set_rng_states
 from ferrotrain.trainer.data import INF, set_sampler_epoch
 from ferrotrain.trainer.optimization import step_schedulers
 from ferrotrain.trainer.states import RunningStage
-from ferrotrain.trainer.training_step import AutomaticStep, ManualStep, SkipBackwardStep
+from ferrotrain.loops.train_batch import AutomaticStep, ManualStep, SkipBackwardStep
 from ferrotrain.trainer.views import _as_tensors
 from ferrotrain.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from ferrotrain.utilities.warnings import PossibleUserWarning

@@ -19,7 +19,7 @@ import torch
 from ferrotrain.errors import MisconfigurationException
 from ferrotrain.trainer.data import INF, Fetcher, set_sampler_epoch
 from ferrotrain.trainer.results import Results
-from ferrotrain.trainer.step_signature import check_dataloader_idx, takes_batch_idx, without_batch_idx
+from ferrotrain.loops.step_signature import check_dataloader_idx, takes_batch_idx, without_batch_idx
 from ferrotrain.utilities.apply_func import move_data_to_device
 
 _CPU = torch.device("cpu")
@@ -175,7 +175,7 @@ def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Unio
     indices are looked up (`trainer.predict_loop`), and predictions are kept for an epoch-level
     writer even when `return_predictions=False`; without one, nothing extra runs per batch."""
     from ferrotrain.callbacks.prediction_writer import BasePredictionWriter
-    from ferrotrain.trainer.predict_loop import batch_indices_of
+    from ferrotrain.loops.predict import batch_indices_of
 
     module = trainer.lightning_module
     hooks = trainer._hooks
