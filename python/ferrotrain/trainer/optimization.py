@@ -1,6 +1,6 @@
 """Optimizers and schedulers: reading `configure_optimizers`, the `LightningOptimizer` wrapper that
 manual optimization uses, scheduler stepping, and gradient clipping. The per-batch automatic step
-lives in `training_step.py`; this module holds what it calls."""
+lives in `loops/train_batch.py`; this module holds what it calls."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ CPU runs as "bf16-mixed" with Lightning's warning (`resolve_for_accelerator`); f
 with a CPU GradScaler runs only when asked for with the plugin, `MixedPrecision("16-mixed",
 "cpu")`, as in Lightning (and is a clear error on a torch build without it).
 
-It does not own the loops: `training_step.py` and `trainer.py` call `step_context`,
+It does not own the loops: `loops/train_batch.py` and `trainer.py` call `step_context`,
 `optimizer_step` and `backward_loss`; `checkpointing.py` calls `state_dict`/`load_state_dict`.
 """
 
