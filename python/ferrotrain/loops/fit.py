@@ -112,7 +112,7 @@ class FitLoop:
         stop = self._stop
         if stop is not None:
             stop.now()  # set in setup / on_fit_start by one rank
-        preempt = trainer.__dict__.get("_preemption")  # None in a tuner's trial fit
+        preempt = trainer._preemption  # None in a tuner's trial fit
         self._preempt = preempt
         if trainer.num_training_batches == 0 or schedule.fit_done():
             if preempt is not None and preempt.agreed():

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -94,6 +94,8 @@ class Trainer(TrainerViews):
         self._slurm_environment = args.pop("_slurm_environment", None)
         logger = args["logger"]
         self._config = cfg.resolve(args)
+        # False until a fit resolves `max_epochs`/`min_epochs` (the views report the defaults before).
+        self._epoch_limits_resolved = False
         from ferrotrain.profilers.profiler import resolve as _resolve_profiler
 
         self.profiler = _resolve_profiler(cfg.check_profiler(profiler))
@@ -138,7 +140,6 @@ class Trainer(TrainerViews):
         self.optimizers: List[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: List[LRSchedulerConfig] = []
         self._schedule: Any = None
-        self._hooks: Optional[HookTable] = None
         self._train_results = Results(training=True)
         self._val_results = Results(training=False)
         self._active_results: Optional[Results] = None
@@ -157,7 +158,6 @@ class Trainer(TrainerViews):
         self._ckpt_path: Optional[str] = None
         self._resume_rng: Any = None
         self._epoch_start_rng: Any = None
-        self._fit_loop: Any = None
         self._val_check_batch: Union[int, float] = INF
         self._val_source_defined = False
         # The loaders of the last `test`/`predict` call, by stage (`test_dataloaders`, ...).
@@ -166,7 +166,33 @@ class Trainer(TrainerViews):
         # The running call's `weights_only` (how a torch-pickled `ckpt_path` may be read).
         self._ckpt_weights_only: Optional[bool] = None
         self._prefetch_batches = DEFAULT_PREFETCH_BATCHES
+        # Set by each fit: the loaders it was given (the tuner and `estimated_stepping_batches`
+        # set the training data up from them), whether it validates, the step validation logs at.
+        self._fit_sources: Tuple[Any, Any] = (None, None)
+        self._has_validation = False
+        self._eval_log_step = 0
+        # The validation loaders' reload state (`val_reload`).
+        self._val_given: Any = None
+        self._val_requested = False
+        self._last_val_reload_epoch = float("-inf")
+        # The learning rate finder's first-epoch iterator, taken by the fit's first epoch.
+        self._first_epoch_iterator: Any = None
+        # Checkpoint state: the restore pending after setup, ModelCheckpoint's one-call async flag,
+        # the optimizer hooks that snapshot before a step.
+        self._resume_ckpt: Any = None
+        self._checkpoint_async = False
+        self._snapshot_hooks: List[Any] = []
+        self._reset_transient()
         self._new_schedule(has_validation=False, automatic=True)
+
+    def _reset_transient(self) -> None:
+        """What lives only while a run is going (`_TRANSIENT`), in its idle state."""
+        self._fit_loop: Any = None
+        self._hooks: Optional[HookTable] = None
+        self._checkpoint_writer: Any = None  # the background writer session (checkpointing)
+        self._checkpoint_removals: List[Any] = []  # folders and files waiting for the writer
+        self._lightning_optimizers: List[LightningOptimizer] = []
+        self._preemption: Any = None  # the fit's signal handling, None outside a fit
 
     # ------------------------------------------------------------------ pickling (ddp_spawn)
     # What lives only while a run is going (native loop state, closures, writer threads) stays
@@ -186,8 +212,7 @@ class Trainer(TrainerViews):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         progress, should_stop = state.pop("_schedule_state")
         self.__dict__.update(state)
-        self._fit_loop = None
-        self._hooks = None
+        self._reset_transient()
         self._train_results = Results(training=True)
         self._val_results = Results(training=False)
         self._schedule = None
@@ -454,7 +479,7 @@ class Trainer(TrainerViews):
                 pass
 
     def _teardown(self) -> None:
-        preemption = self.__dict__.pop("_preemption", None)
+        preemption, self._preemption = self._preemption, None
         if preemption is not None:
             preemption.close()
         for f in list(self._eval_fetchers):
@@ -570,13 +595,13 @@ class Trainer(TrainerViews):
         self._warn_if_max_epochs_defaulted()
         self._epoch_limits_resolved = True  # `max_epochs`/`min_epochs` now report the fit's values
         self._train_loader = None
-        self.__dict__.pop("_first_epoch_iterator", None)
+        self._first_epoch_iterator = None
         # Known before the `setup` hooks, as in Lightning, whose data is attached before them.
         self._note_val_source(val_dataloaders, datamodule, model)
         self._setup_run(model, datamodule, "fit")
         if self._sync_batchnorm:
             self._convert_sync_batchnorm(model)
-        self.__dict__.pop("_resume_ckpt", None)
+        self._resume_ckpt = None
         ckpt_path = checkpointing.fit_ckpt_path(self, ckpt_path)
         restore_early = ckpt_path is not None and not self._strategy.restore_checkpoint_after_setup
         if restore_early:
@@ -645,7 +670,7 @@ class Trainer(TrainerViews):
     def strategy_optimizers(self, use_pl_optimizer: bool) -> List[Any]:
         if not use_pl_optimizer:
             return list(self.optimizers)
-        if not hasattr(self, "_lightning_optimizers") or [o.optimizer for o in self._lightning_optimizers] != self.optimizers:
+        if not self._lightning_optimizers or [o.optimizer for o in self._lightning_optimizers] != self.optimizers:
             self._lightning_optimizers = [LightningOptimizer(o, self) for o in self.optimizers]
         return list(self._lightning_optimizers)
 
@@ -711,7 +736,7 @@ class Trainer(TrainerViews):
         dataset interleave with the step's exactly as in a hand-written loop."""
         from ferrotrain.loops.fetch import TrainFetcher
 
-        if "_first_epoch_iterator" in self.__dict__:  # started by the learning rate finder
+        if self._first_epoch_iterator is not None:  # started by the learning rate finder
             from ferrotrain.tuner._trial import take_first_epoch_iterator
 
             loader = take_first_epoch_iterator(self, loader)
@@ -1078,7 +1103,9 @@ class Trainer(TrainerViews):
             )
         # ModelCheckpoint's saves (flagged by it for this one call) go to the background writer;
         # any other call returns once the file is durable.
-        sync = not self.__dict__.pop("_checkpoint_async", False)
+        # (ModelCheckpoint clears its flag by deleting it, hence the default.)
+        sync = not self.__dict__.get("_checkpoint_async", False)
+        self._checkpoint_async = False
         checkpointing.save(self, os.fspath(filepath), weights_only, sync=sync)
 
 

@@ -33,7 +33,7 @@ class TrainerViews:
         """None while left to its default and no fit has resolved it (1000, or -1 when
         `max_steps`/`max_time` bound the fit), as Lightning reports it."""
         c = self._config
-        if c.max_epochs_unset and not self.__dict__.get("_epoch_limits_resolved", False):
+        if c.max_epochs_unset and not self._epoch_limits_resolved:
             return None
         return c.max_epochs
 
@@ -41,7 +41,7 @@ class TrainerViews:
     def min_epochs(self) -> Optional[int]:
         """None while left to its default and no fit has resolved it (0, or 1 with `min_steps`)."""
         c = self._config
-        if c.min_epochs_unset and not self.__dict__.get("_epoch_limits_resolved", False):
+        if c.min_epochs_unset and not self._epoch_limits_resolved:
             return None
         return c.min_epochs
 

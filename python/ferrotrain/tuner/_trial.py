@@ -158,7 +158,7 @@ def start_first_epoch_iterator(trainer: Any) -> None:
 
 def take_first_epoch_iterator(trainer: Any, loader: Any) -> Any:
     """The loader to read the epoch from: the iterator started ahead for `loader`, if any."""
-    started = trainer.__dict__.pop("_first_epoch_iterator", None)
+    started, trainer._first_epoch_iterator = trainer._first_epoch_iterator, None
     if started is not None and started[0] is loader:
         return started[1]
     return loader
