@@ -79,7 +79,7 @@ class FitLoop:
         profiler = trainer._loop_profiler
         self._timer = None if profiler is None else profiler.timer
         if profiler is not None:
-            profiler.instrument_fit_loop(self)
+            self._time_with(profiler.wrap)
         # None with one process: nothing to agree on, nothing on the per-step path.
         self._stop: Any = None
         if trainer.world_size > 1:
@@ -87,6 +87,17 @@ class FitLoop:
 
             self._stop = StopSync(trainer)
         self.train_batch = self._build_train_batch()
+
+    def _time_with(self, wrap: Any) -> None:
+        """Time this loop's parts and its step's as profiler phases (`wrap(name, fn)`), named as
+        Lightning's profiler names them."""
+        self._transfer = wrap("[Strategy]batch_to_device", self._transfer)
+        self._step_schedulers = wrap("[Strategy]lr_scheduler_step", self._step_schedulers)
+        self._log_step_metrics = wrap("[Trainer]log_to_loggers", self._log_step_metrics)
+        self._validate = wrap("[Trainer]validation_loop", self._validate)
+        self._make_fetcher = wrap("[loop] start data fetcher", self._make_fetcher)
+        self._close_fetcher = wrap("[loop] close data fetcher", self._close_fetcher)
+        self.step.time_with(wrap)
 
     def _refresh_schedulers(self) -> None:
         """Sort `trainer.lr_scheduler_configs` by interval. Callbacks may swap schedulers in

@@ -180,11 +180,23 @@ class AutomaticStep:
         no_sync = self._no_sync
         self.accumulate_closure = self.closure if no_sync is None else self._closure_without_sync(no_sync)
 
-    def time_parts(self) -> None:
-        """The profiler wraps `_zero_grad`, `_backward` and `after_closure` to time them: the
-        step then goes through each of them."""
+    def time_with(self, wrap: Any) -> None:
+        """Time the step's parts as profiler phases (`wrap(name, fn)`). Instance attributes shadow
+        the methods, so the step's own calls go through the timed ones; the plain closure, which
+        runs the parts inline, is then not used."""
+        self.training_step = wrap(f"[LightningModule]{type(self.module).__name__}.training_step", self.training_step)
+        self._zero_grad = wrap("[Strategy]zero_grad", self._zero_grad)  # type: ignore[method-assign]
+        self._backward = wrap("[Strategy]backward", self._backward)  # type: ignore[method-assign]
+        self.after_closure = wrap("[Strategy]clip_gradients", self.after_closure)  # type: ignore[method-assign]
         self._parts_timed = True
         self._select_closures()
+        run, stepping = self.run, wrap("[Strategy]optimizer_step", self.run)
+
+        def run_timed(batch: Any, batch_idx: int, flags: int) -> Any:
+            # The optimizer step's phase covers the batches that step; the others run untimed.
+            return stepping(batch, batch_idx, flags) if flags & STEP else run(batch, batch_idx, flags)
+
+        self.run = run_timed  # type: ignore[method-assign]
 
     def _plain_closure(self) -> Optional[torch.Tensor]:
         """`closure_then_hooks` when there is nothing between its parts (`_select_closures`)."""
@@ -352,8 +364,13 @@ class ManualStep:
     def __init__(self, trainer: Any) -> None:
         module = trainer.lightning_module
         self.fx = module.__dict__
+        self.module = module
         self.training_step = _training_step_of(module, trainer)
         self.precision = trainer._precision
+
+    def time_with(self, wrap: Any) -> None:
+        """Time `training_step` as a profiler phase (`wrap(name, fn)`); the user's code does the rest."""
+        self.training_step = wrap(f"[LightningModule]{type(self.module).__name__}.training_step", self.training_step)
 
     def run(self, batch: Any, batch_idx: int, flags: int) -> Dict[str, Any]:
         self.fx["_current_fx_name"] = "training_step"

@@ -7,9 +7,9 @@ How it is wired (all at plan time, and only when this profiler is on):
 - `instrument_hooks` replaces each bound hook in the Trainer's hook table with a timing wrapper,
   named as Lightning names them (`[Callback]EarlyStopping.on_train_epoch_end`,
   `[LightningModule]Model.on_train_batch_end`);
-- `instrument_fit_loop` wraps the step's parts: batch transfer, `training_step`, zero_grad,
-  backward, clipping (with the before-step hooks nested inside), the optimizer step, scheduler
-  steps, logging and validation.
+- `wrap` is what the fit loop and its step time their own parts with (`FitLoop.__init__`,
+  `AutomaticStep.time_with`): batch transfer, `training_step`, zero_grad, backward, clipping (with
+  the before-step hooks nested inside), the optimizer step, scheduler steps, logging and validation.
 
 Time is exclusive (a hook inside the closure inside `optimizer.step` is not counted in the
 optimizer step), so the phases of a step plus the loop's own overhead add up to the step exactly.
@@ -25,7 +25,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from ferrotrain import _core
 from ferrotrain.profilers.profiler import Profiler
 
-STEP = _core.FLAG_STEP
 DATA_WAIT = _core.PHASE_DATA_WAIT
 OVERHEAD = "[loop] own overhead"
 
@@ -150,38 +149,6 @@ class SimpleProfiler(Profiler):
                     owner = "LightningDataModule" if f.__self__ is not hooks.module else "LightningModule"
                     table[hook] = wrap(f"[{owner}]{type(f.__self__).__name__}.{hook}", f)
 
-    def instrument_fit_loop(self, loop: Any) -> None:
-        """Wrap the parts of a training step that the fit loop and its step object call."""
-        from ferrotrain.loops.train_batch import AutomaticStep
-
-        wrap = self._wrap
-        step = loop.step
-        module_name = type(loop.trainer.lightning_module).__name__
-        step.training_step = wrap(f"[LightningModule]{module_name}.training_step", step.training_step)
-        loop._transfer = wrap("[Strategy]batch_to_device", loop._transfer)
-        loop._step_schedulers = wrap("[Strategy]lr_scheduler_step", loop._step_schedulers)
-        loop._log_step_metrics = wrap("[Trainer]log_to_loggers", loop._log_step_metrics)
-        loop._validate = wrap("[Trainer]validation_loop", loop._validate)
-        loop._make_fetcher = wrap("[loop] start data fetcher", loop._make_fetcher)
-        loop._close_fetcher = wrap("[loop] close data fetcher", loop._close_fetcher)
-        if isinstance(step, AutomaticStep):
-            # Instance attributes shadow the methods: the step's own calls go through them.
-            step._zero_grad = wrap("[Strategy]zero_grad", step._zero_grad)
-            step._backward = wrap("[Strategy]backward", step._backward)
-            step.after_closure = wrap("[Strategy]clip_gradients", step.after_closure)
-            step.time_parts()
-            run = step.run
-            phase = self.timer.phase("[Strategy]optimizer_step")
-            enter, leave = self.timer.enter, self.timer.exit
-
-            @functools.wraps(run)
-            def run_timed(batch: Any, batch_idx: int, flags: int) -> Any:
-                if not flags & STEP:
-                    return run(batch, batch_idx, flags)
-                enter(phase)
-                try:
-                    return run(batch, batch_idx, flags)
-                finally:
-                    leave()
-
-            step.run = run_timed
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` timed as phase `name`: what the loops time their parts with."""
+        return self._wrap(name, fn)
