@@ -1,7 +1,7 @@
 """`BasePredictionWriter`: the base class for callbacks that write predictions out, per batch,
 once at the end of the predict epoch, or both (Lightning's `write_interval`).
 
-The predict loop (`ferrotrain.loops.evaluation.run_predict`) records each batch's sample
+The predict loop (`ferrotrain.loops.predict.run_predict`) records each batch's sample
 indices in `trainer.predict_loop` when a writer is attached, and keeps the predictions for an
 epoch-level writer even with `trainer.predict(..., return_predictions=False)`.
 """

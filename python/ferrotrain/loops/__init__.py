@@ -27,8 +27,8 @@ the batch loop itself is the native core's, which calls back into Python for eac
           on_train_epoch_end, plateau schedulers, epoch metrics       FitLoop._end_epoch
         on_train_end
     Trainer.validate / test                      evaluation.py        run_evaluation
-    Trainer.predict                              evaluation.py        run_predict (predict.py: the
-                                                                      loop's state, batch indices)
+    Trainer.predict                              predict.py           run_predict (and the loop's
+                                                                      state, batch indices)
 
 `step_signature` holds how a step's `batch_idx`/`dataloader_idx` arguments are read, shared by the
 training and evaluation steps. The schedule's rules (when to step, log, validate, stop) live in the

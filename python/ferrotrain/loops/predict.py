@@ -1,8 +1,8 @@
 """`trainer.predict_loop`: what Lightning's `_PredictionLoop` exposes to callbacks (the cached
 predictions, the sample indices of each batch), and the loader rewrite that records those indices.
 
-The batches themselves run in `evaluation_loop.run_predict`; this module only owns the state a
-`BasePredictionWriter` reads. Sample indices are recorded, as in Lightning, by putting a
+`run_predict` runs the batches (Lightning's predict loop, on the evaluation loop's helpers);
+the rest is the state a `BasePredictionWriter` reads. Sample indices are recorded, as in Lightning, by putting a
 recording wrapper around the predict loader's batch sampler (the loader is rebuilt with it, and
 with `drop_last=False` so every sample is predicted). The rebuild only happens when a prediction
 writer is attached: nothing else reads the indices.
@@ -11,7 +11,11 @@ writer is attached: nothing else reads the indices.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Sequence, Union
+
+from ferrotrain.loops.evaluation import _CPU, _call_fx, _model_mode_hook, _no_grad
+from ferrotrain.trainer.data import Fetcher, set_sampler_epoch
+from ferrotrain.utilities.apply_func import move_data_to_device
 
 
 class IndexBatchSampler:
@@ -113,3 +117,98 @@ class PredictLoop:
 def batch_indices_of(loader: Any) -> Optional[List[List[int]]]:
     sampler = getattr(loader, "batch_sampler", None)
     return sampler.seen_batch_indices if isinstance(sampler, IndexBatchSampler) else None
+
+
+def run_predict(trainer: Any, loaders: Sequence[Any], num_batches: Sequence[Union[int, float]],
+                return_predictions: bool) -> Optional[List[Any]]:
+    """Lightning's predict loop. With a `BasePredictionWriter` attached, each batch's sample
+    indices are looked up (`trainer.predict_loop`), and predictions are kept for an epoch-level
+    writer even when `return_predictions=False`; without one, nothing extra runs per batch."""
+    # Callbacks sit above the loops (the layers): imported at call time until the writer's
+    # hooks are read through the hook table instead.
+    from ferrotrain.callbacks.prediction_writer import BasePredictionWriter
+
+    module = trainer.lightning_module
+    hooks = trainer._hooks
+    mod = hooks.mod
+    multi = len(loaders) > 1
+    cb_start, cb_end = hooks.cb["on_predict_batch_start"], hooks.cb["on_predict_batch_end"]
+    m_start, m_end = mod["on_predict_batch_start"], mod["on_predict_batch_end"]
+    transfer = trainer._transfer_batch if trainer._needs_transfer() else None
+    step_context = trainer._precision.step_context if trainer._precision.has_step_context else None
+    loop = trainer.predict_loop
+    writers = [cb for cb in trainer.callbacks if isinstance(cb, BasePredictionWriter)]
+    on_epoch = any(cb.interval.on_epoch for cb in writers)
+    on_batch = any(cb.interval.on_batch for cb in writers)
+    keep = return_predictions or on_epoch
+    to_cpu = trainer._device.type != "cpu"
+    loop.return_predictions = return_predictions
+    loop._num_dataloaders = len(loaders)
+    loop.max_batches = list(num_batches)
+    loop.epoch_batch_indices = [[] for _ in loaders]
+    loop._predictions = [[] for _ in loaders]
+    loop.current_batch_indices = []
+    warned = False
+    predict_step = trainer.strategy.step_fn(module, "predict_step")
+    with _no_grad(trainer):
+        modes = _model_mode_hook(trainer, "on_predict_model_eval")
+        _call_fx(trainer, "on_predict_start", hooks)
+        _call_fx(trainer, "on_predict_epoch_start", hooks)
+        for dl_idx, (loader, n) in enumerate(zip(loaders, num_batches)):
+            preds = loop._predictions[dl_idx]
+            if n == 0:
+                continue
+            extra = (dl_idx,) if multi else ()
+            kwargs = {"dataloader_idx": dl_idx} if multi else {}
+            set_sampler_epoch(loader, trainer.current_epoch)
+            fetcher = Fetcher(loader, n)
+            batch_idx = 0
+            while True:
+                item = fetcher.fetch()
+                if item is None:
+                    break
+                batch = item[0] if transfer is None else transfer(item[0], dl_idx)
+                if writers:
+                    seen = batch_indices_of(loader)
+                    if seen is None:
+                        if not warned:  # Lightning's WarningCache: said once per run
+                            warned = True
+                            from ferrotrain.utilities.rank_zero import rank_zero_warn
+
+                            rank_zero_warn(f"Couldn't infer the batch indices fetched from your dataloader: "
+                                           f"`{type(loader).__name__}`")
+                    else:
+                        if on_epoch:
+                            loop.epoch_batch_indices[dl_idx].append(seen[batch_idx])
+                        if on_batch:
+                            loop.current_batch_indices = seen[batch_idx]
+                module.__dict__["_current_fx_name"] = "on_predict_batch_start"
+                for f in cb_start:
+                    f(trainer, module, batch, batch_idx, *extra)
+                if m_start is not None:
+                    m_start(batch, batch_idx, *extra)
+                module.__dict__["_current_fx_name"] = "predict_step"
+                if step_context is None:
+                    out = predict_step(batch, batch_idx, **kwargs)
+                else:
+                    with step_context():
+                        out = predict_step(batch, batch_idx, **kwargs)
+                module.__dict__["_current_fx_name"] = "on_predict_batch_end"
+                for f in cb_end:
+                    f(trainer, module, out, batch, batch_idx, *extra)
+                if m_end is not None:
+                    m_end(out, batch, batch_idx, *extra)
+                if keep:
+                    # Lightning keeps predictions on the CPU.
+                    preds.append(move_data_to_device(out, _CPU) if to_cpu else out)
+                batch_idx += 1
+        _call_fx(trainer, "on_predict_epoch_end", hooks)
+        result = loop.predictions if return_predictions else None
+        # Lightning drops what it kept only for the writers before `on_predict_end`.
+        if not return_predictions:
+            loop._predictions = []
+        loop.epoch_batch_indices = []
+        _call_fx(trainer, "on_predict_end", hooks)
+        # Lightning has no `on_predict_model_train` hook: the captured modes come back.
+        _model_mode_hook(trainer, "on_predict_model_train", modes)
+    return result

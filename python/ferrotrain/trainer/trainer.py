@@ -903,7 +903,7 @@ class Trainer(TrainerViews):
     def _predict_impl(self, model: LightningModule, dataloaders: Any, datamodule: Optional[LightningDataModule],
                       return_predictions: bool, ckpt_path: Optional[str]) -> Optional[List[Any]]:
         from ferrotrain.trainer import checkpointing
-        from ferrotrain.loops.evaluation import run_predict
+        from ferrotrain.loops.predict import run_predict
 
         self._setup_run(model, datamodule, "predict")
         self._strategy.prepare_for_evaluation(model)
