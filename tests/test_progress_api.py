@@ -94,3 +94,32 @@ def test_tqdm_class_formats_numbers_as_the_bar_does_and_needs_tqdm_for_a_bar():
             Tqdm(total=3)
     else:
         assert Tqdm(total=3, disable=True).total == 3
+
+
+@pytest.mark.parametrize(("max_epochs", "every", "expected"), [(1, 2, [0]), (4, 2, [0, 2, 0, 2]), (3, 1, [2, 2, 2])])
+def test_total_val_batches_is_zero_on_epochs_that_skip_validation(tmp_path, max_epochs, every, expected):
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(trainer.progress_bar_callback.total_val_batches)
+
+    ds = make_dataset(32)
+    trainer = L.Trainer(default_root_dir=str(tmp_path), callbacks=[Watch()], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, max_epochs=max_epochs, num_sanity_val_steps=0,
+                        limit_val_batches=2, check_val_every_n_epoch=every)
+    trainer.fit(BoringModel(), DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8))
+    assert seen == expected
+
+
+def test_total_val_batches_is_zero_when_validation_is_off(tmp_path):
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(trainer.progress_bar_callback.total_val_batches)
+
+    trainer = L.Trainer(default_root_dir=str(tmp_path), callbacks=[Watch()], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, max_epochs=1, limit_val_batches=0)
+    trainer.fit(BoringModel(), DataLoader(make_dataset(32), batch_size=8), DataLoader(make_dataset(32), batch_size=8))
+    assert seen == [0]

@@ -75,8 +75,15 @@ class ProgressBar(Callback):
 
     @property
     def total_val_batches(self) -> Union[int, float]:
-        """Validation batches over all validation dataloaders."""
-        batches = self.trainer.num_val_batches
+        """Validation batches over all validation dataloaders this epoch: 0 on an epoch that
+        `check_val_every_n_epoch` (or a disabled validation) skips, as in Lightning."""
+        trainer = self.trainer
+        every = getattr(trainer, "check_val_every_n_epoch", None)
+        if not getattr(trainer, "enable_validation", True) or (
+            every is not None and (trainer.current_epoch + 1) % every != 0
+        ):
+            return 0
+        batches = trainer.num_val_batches
         return sum(batches) if isinstance(batches, list) else batches
 
     def has_dataloader_changed(self, dataloader_idx: int) -> bool:
