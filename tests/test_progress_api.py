@@ -123,3 +123,16 @@ def test_total_val_batches_is_zero_when_validation_is_off(tmp_path):
                         enable_model_summary=False, max_epochs=1, limit_val_batches=0)
     trainer.fit(BoringModel(), DataLoader(make_dataset(32), batch_size=8), DataLoader(make_dataset(32), batch_size=8))
     assert seen == [0]
+
+
+def test_a_turned_off_bar_keeps_its_references_and_totals_and_prints_nothing(tmp_path, capsys):
+    ds = make_dataset(32)
+    bar = TQDMProgressBar(refresh_rate=0)
+    trainer = _trainer(tmp_path, bar, max_epochs=2, num_sanity_val_steps=2)
+    trainer.fit(BoringModel(), DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=16))
+    trainer.test(BoringModel(), DataLoader(ds, batch_size=4))
+    assert bar.is_disabled
+    assert bar.train_progress_bar.total == 4 and bar.train_progress_bar.disable
+    assert bar.val_progress_bar.total == 2
+    assert bar.test_progress_bar.total == 8
+    assert "Epoch" not in capsys.readouterr().out

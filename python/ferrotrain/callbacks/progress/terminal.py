@@ -29,10 +29,12 @@ class Bar:
 
     __slots__ = (
         "desc", "total", "n", "file", "tty", "unicode", "position", "leave", "start", "due", "milestone",
-        "quiet_until", "_last_len", "postfix", "mark_n", "mark_t",
+        "quiet_until", "_last_len", "postfix", "mark_n", "mark_t", "disable",
     )
 
-    def __init__(self, desc: str, file: TextIO, position: int, leave: bool) -> None:
+    def __init__(self, desc: str, file: TextIO, position: int, leave: bool, disable: bool = False) -> None:
+        # A disabled bar (tqdm's `disable`) keeps its totals and counts and writes nothing.
+        self.disable = disable
         self.desc = desc
         self.file = file
         self.tty = _is_tty(file)
@@ -83,6 +85,8 @@ class Bar:
 
     def draw(self) -> None:
         """Terminal: redraw in place. Otherwise: print one line."""
+        if self.disable:
+            return
         if self.tty:
             self._write_in_place(self.text())
         else:
@@ -96,6 +100,8 @@ class Bar:
 
     def close(self) -> None:
         """Leave the final line (`leave`) or wipe it."""
+        if self.disable:
+            return
         if self.tty:
             if self.leave:
                 self._write_in_place(self.text())

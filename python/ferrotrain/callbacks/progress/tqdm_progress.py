@@ -161,9 +161,9 @@ class TQDMProgressBar(ProgressBar):
     # -- bar construction (override these to customise) --
 
     def _new_bar(self, desc: str, offset: int, leave: bool) -> Optional[Bar]:
-        if not self.is_enabled:
-            return None
-        return Bar(desc, sys.stdout, 2 * self._process_position + offset, leave)
+        # A turned-off bar is still made (disabled, as Lightning's): its references and totals are
+        # there to read; the batch hooks never look at it (its gate is closed).
+        return Bar(desc, sys.stdout, 2 * self._process_position + offset, leave, disable=not self.is_enabled)
 
     def init_sanity_bar(self) -> Optional[Bar]:
         return self._new_bar(self.sanity_check_description, 0, leave=False)
@@ -207,7 +207,7 @@ class TQDMProgressBar(ProgressBar):
 
     def _first_gate(self, bar: Bar) -> Tuple[float, float, float]:
         """(next, force, due) for a bar that was just reset."""
-        if not self.is_enabled:
+        if not self.is_enabled or bar.disable:
             return NEVER, NEVER, 0.0
         force = bar.force
         return min(self._refresh_rate, force), force, bar.due
@@ -264,7 +264,7 @@ class TQDMProgressBar(ProgressBar):
 
     def _refresh_train_postfix(self, trainer: Any, pl_module: Any) -> None:
         bar = self._train_bar
-        if bar is not None:
+        if bar is not None and not bar.disable:
             bar.postfix = format_postfix(self.get_metrics(trainer, pl_module))
 
     # -- sanity check --
@@ -454,7 +454,7 @@ class TQDMProgressBar(ProgressBar):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Move past a half-drawn line so the traceback starts on its own line.
         for bar in (self._eval_bar, self._train_bar):
-            if bar is not None and bar.tty and bar._last_len:
+            if bar is not None and bar.tty and bar._last_len and not bar.disable:
                 bar.file.write("\n" * (bar.position + 1))
                 bar.file.flush()
                 break
@@ -463,7 +463,7 @@ class TQDMProgressBar(ProgressBar):
 
     def print(self, *args: Any, sep: str = " ", end: str = "\n", **kwargs: Any) -> None:
         """Print a message above the bars without breaking them."""
-        bars = [b for b in (self._train_bar, self._eval_bar) if b is not None and b.tty]
+        bars = [b for b in (self._train_bar, self._eval_bar) if b is not None and b.tty and not b.disable]
         if not bars:
             print(*args, sep=sep, end=end, **kwargs)
             return
