@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test dev rust-test rust-memcheck py-test bench wheel clean
+.PHONY: quickstart test dev rust-test rust-memcheck import-layers py-test bench wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ quickstart: $(PY)
 dev: $(PY)
 	$(PY) -m pip install -e ".[test]"
 
-test: dev rust-test rust-memcheck py-test
+test: dev rust-test rust-memcheck import-layers py-test
 
 # Lints first (no unwrap/expect/panic on reachable paths: see [lints.clippy] in rust/Cargo.toml),
 # then the Rust tests (the checkpoint reader's fuzz target included).
@@ -29,6 +29,10 @@ rust-test:
 # The Rust tests that touch tensor memory, under valgrind's memcheck (about a minute).
 rust-memcheck:
 	scripts/memcheck.sh
+
+# The import layers (.importlinter): no package imports from a layer above it.
+import-layers:
+	$(PY) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 
 py-test:
 	$(PY) -m pytest
