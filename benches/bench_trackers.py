@@ -23,7 +23,10 @@ Each run also reads back, with the tracker's own reader, how many `train_loss` p
 so a tracker that skips work cannot look fast (`points`, the same for every configuration; -1
 where no reader is used).
 
-    python benches/bench_trackers.py [--repeats 5] [--epochs 13] [--skip 3]
+`--progress-bar` turns the Trainer's bar on (W1's defaults): a tracker that captures the console
+(W&B, Comet) then sees every bar write.
+
+    python benches/bench_trackers.py [--repeats 5] [--epochs 13] [--skip 3] [--progress-bar]
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def _tree_cpu_s() -> float:
     return total
 
 
-def _worker(name: str, epochs: int, skip: int) -> None:
+def _worker(name: str, epochs: int, skip: int, progress_bar: bool = False) -> None:
     """One fit with `name` as the logger; prints the timings as one JSON line."""
     from torch.utils.data import DataLoader
 
@@ -140,7 +143,7 @@ def _worker(name: str, epochs: int, skip: int) -> None:
         clock = Clock()
         logger = _make_logger(name, root)
         trainer = L.Trainer(max_epochs=epochs, logger=logger, default_root_dir=root, callbacks=[clock],
-                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                            enable_progress_bar=progress_bar, enable_model_summary=False, enable_checkpointing=False,
                             num_sanity_val_steps=0)
         loader = DataLoader(w1_data(N), batch_size=W1_BATCH, shuffle=False)
         t0 = time.perf_counter()
@@ -160,8 +163,9 @@ def _worker(name: str, epochs: int, skip: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _run_worker(name: str, epochs: int, skip: int) -> Dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--worker", name, "--epochs", str(epochs), "--skip", str(skip)],
+def _run_worker(name: str, epochs: int, skip: int, progress_bar: bool) -> Dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--worker", name, "--epochs", str(epochs), "--skip", str(skip)]
+                         + (["--progress-bar"] if progress_bar else []),
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"{name} run failed:\n{out.stdout}\n{out.stderr}")
@@ -173,18 +177,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=13)
     parser.add_argument("--skip", type=int, default=3, help="epochs before the loop figure starts")
+    parser.add_argument("--progress-bar", action="store_true", help="the Trainer's progress bar on (W1's defaults)")
     parser.add_argument("--worker", choices=_ALL, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 0 < args.skip < args.epochs:
         parser.error(f"--skip {args.skip}: expected 0 < skip < epochs ({args.epochs})")
     if args.worker:
-        return _worker(args.worker, args.epochs, args.skip)
+        return _worker(args.worker, args.epochs, args.skip, args.progress_bar)
     names = [n for n in _ALL if n not in _CLIENT or importlib.util.find_spec(_CLIENT[n])]
     runs: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
     for round_ in range(args.repeats):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:  # interleaved: the machine's drift hits each alike
-            runs[name].append(_run_worker(name, args.epochs, args.skip))
+            runs[name].append(_run_worker(name, args.epochs, args.skip, args.progress_bar))
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])

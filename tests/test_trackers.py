@@ -261,6 +261,36 @@ print(logger.version)
     assert [(m["step"], m["epoch"]) for m in losses] == [(1, 0), (3, 0), (5, 0), (7, 0), (9, 1), (11, 1), (13, 1), (15, 1)]
 
 
+def test_comet_queued_metrics_reach_the_archive_before_direct_client_calls(tmp_path):
+    # log_metrics only queues (the client call runs on the sender thread); using `experiment`
+    # sends what is queued first, and finalize sends the rest before the archive is written
+    pytest.importorskip("comet_ml")
+    import zipfile
+
+    script = r"""
+import threading
+from ferrotrain.loggers import CometLogger
+logger = CometLogger(project="proj", online=False)
+for step in range(5):
+    logger.log_metrics({"queued": float(step)}, step=step)
+logger.experiment.log_metric("direct", 1.0, step=5)
+logger.log_metrics({"queued": 5.0, "epoch": 2}, step=6)
+logger.finalize("success")
+assert not any(t.name == "CometLogger-sender" for t in threading.enumerate())
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COMET_OFFLINE_DIRECTORY": str(tmp_path / "offline")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path), env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    archive, = (tmp_path / "offline").glob("*.zip")
+    with zipfile.ZipFile(archive) as zf:
+        messages = [json.loads(line) for line in zf.read("messages.json").decode().splitlines() if line.strip()]
+    metrics = [m["payload"]["metric"] for m in messages if m["type"] == "metric_msg"
+               and m["payload"]["metric"]["metricName"] in ("queued", "direct")]
+    assert [(m["metricName"], m["step"]) for m in metrics] == [("queued", s) for s in range(5)] + [("direct", 5), ("queued", 6)]
+    assert metrics[-1]["epoch"] == 2
+
+
 # --- BackgroundSender (the thread MLFlowLogger and WandbLogger send from) ---------------------------
 
 
