@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+# Re-exported at its public path; it lives in the bottom layer, where strategies can read it.
+from ferrotrain.utilities.model_helpers import is_overridden  # noqa: F401
+
 
 class Callback:
     @property
@@ -59,18 +62,3 @@ class Callback:
     def on_after_backward(self, trainer, pl_module) -> None: ...
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None: ...
     def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None: ...
-
-
-def is_overridden(obj: Any, base: type, name: str) -> bool:
-    """True when `obj`'s class (or the instance itself) replaces `base.name`."""
-    inst = getattr(obj, "__dict__", {})
-    if name in inst:
-        # `model.validation_step = None` switches the hook off, as in Lightning.
-        return inst[name] is not None
-    impl = getattr(type(obj), name, None)
-    default = getattr(base, name, None)
-    if impl is None:
-        return False
-    if default is None:
-        return True
-    return getattr(impl, "__code__", impl) is not getattr(default, "__code__", default)

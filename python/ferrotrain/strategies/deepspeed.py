@@ -36,6 +36,7 @@ import torch
 from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException, NotSupportedYetError
 from ferrotrain.strategies import environment as env_mod
 from ferrotrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, forward_redirection
+from ferrotrain.utilities.model_helpers import is_overridden
 
 _STAGES = {
     "deepspeed": (2, False), "deepspeed_stage_1": (1, False), "deepspeed_stage_2": (2, False),
@@ -295,7 +296,6 @@ class DeepSpeedStrategy(ParallelStrategy):
             )
         if isinstance(trainer.optimizers[0], torch.optim.LBFGS):
             raise MisconfigurationException("DeepSpeed and the LBFGS optimizer are not compatible.")
-        from ferrotrain.callbacks.callback import is_overridden
         from ferrotrain.core.module import LightningModule
 
         if is_overridden(module, LightningModule, "optimizer_step"):
