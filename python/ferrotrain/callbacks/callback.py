@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 # Re-exported at its public path; it lives in the bottom layer, where strategies can read it.
-from ferrotrain.utilities.model_helpers import is_overridden  # noqa: F401
+from ferrotrain.utilities._overrides import is_overridden  # noqa: F401
 
 
 class Callback:

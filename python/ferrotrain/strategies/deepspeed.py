@@ -36,7 +36,7 @@ import torch
 from ferrotrain.errors import CheckpointError, ConfigTypeError, MisconfigurationException, NotSupportedYetError
 from ferrotrain.strategies import environment as env_mod
 from ferrotrain.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, forward_redirection
-from ferrotrain.utilities.model_helpers import is_overridden
+from ferrotrain.utilities._overrides import is_overridden
 
 _STAGES = {
     "deepspeed": (2, False), "deepspeed_stage_1": (1, False), "deepspeed_stage_2": (2, False),

@@ -1,5 +1,6 @@
 """Whether a user's class replaces a base-class hook: read by the Trainer, the strategies and the callbacks,
-so it sits in the bottom layer (Lightning keeps it in `utilities.model_helpers` too)."""
+so it sits in the bottom layer. Private: Lightning's public `utilities.model_helpers.is_overridden` takes
+`(method_name, instance, parent)`, and a name at Lightning's path must keep Lightning's signature."""
 
 from typing import Any
 
