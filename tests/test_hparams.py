@@ -210,3 +210,18 @@ def test_mixin_on_plain_classes_and_datamodules():
     check(scenario, [{"hparams": {"alpha": 2}, "initial": {"alpha": 2}, "name": "kwargs"},
                      {"hparams": {"batch_size": 4, "root": "data"}, "initial": {"batch_size": 4, "root": "data"},
                       "name": "kwargs"}])
+
+
+def test_tags_csv_round_trips_hyperparameters_as_literals(tmp_path):
+    from argparse import Namespace
+
+    from ferrotrain.core.saving import load_hparams_from_tags_csv, save_hparams_to_tags_csv
+
+    path = tmp_path / "tags.csv"
+    save_hparams_to_tags_csv(path, Namespace(lr=0.01, layers=3, name="mlp", use_bn=True, dims=[4, 8]))
+    assert path.read_text().splitlines()[0] == "key,value"
+    assert load_hparams_from_tags_csv(path) == {"lr": 0.01, "layers": 3, "name": "mlp", "use_bn": True, "dims": [4, 8]}
+    with pytest.warns(RuntimeWarning, match="Missing Tags"):
+        assert load_hparams_from_tags_csv(tmp_path / "absent.csv") == {}
+    with pytest.raises(RuntimeError, match="Missing folder"):
+        save_hparams_to_tags_csv(tmp_path / "no" / "tags.csv", {"a": 1})

@@ -2,6 +2,7 @@
 the loggers write, which `load_from_checkpoint(hparams_file=...)` reads)."""
 
 import ast
+import csv
 import os
 from argparse import Namespace
 from typing import Any, Dict, Union
@@ -10,7 +11,10 @@ from ferrotrain.loggers.utilities import save_hparams_to_yaml as _save_yaml
 from ferrotrain.utilities.cloud_io import get_filesystem
 from ferrotrain.utilities.rank_zero import rank_zero_warn
 
-__all__ = ["load_hparams_from_yaml", "save_hparams_to_yaml", "update_hparams", "convert"]
+__all__ = [
+    "load_hparams_from_yaml", "save_hparams_to_yaml", "load_hparams_from_tags_csv", "save_hparams_to_tags_csv",
+    "update_hparams", "convert",
+]
 
 
 def load_hparams_from_yaml(config_yaml: Union[str, "os.PathLike[str]"], use_omegaconf: bool = True) -> Dict[str, Any]:
@@ -67,3 +71,30 @@ def convert(val: str) -> Union[int, float, bool, str]:
         return ast.literal_eval(val)
     except (ValueError, SyntaxError):
         return val
+
+
+def load_hparams_from_tags_csv(tags_csv: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """The hyperparameters in a `key,value` tags file (the older format next to `hparams.yaml`), each
+    value read back as the literal it spells; an empty dict, with a warning, when the file does not exist."""
+    fs = get_filesystem(tags_csv)
+    if not fs.exists(tags_csv):
+        rank_zero_warn(f"Missing Tags: {tags_csv}.", category=RuntimeWarning)
+        return {}
+    with fs.open(tags_csv, "r", newline="") as fp:
+        rows = list(csv.reader(fp, delimiter=","))
+    return {row[0]: convert(row[1]) for row in rows[1:]}
+
+
+def save_hparams_to_tags_csv(tags_csv: Union[str, "os.PathLike[str]"], hparams: Union[Dict[str, Any], Namespace]) -> None:
+    """Write `hparams` as a `key,value` tags file; its folder must exist."""
+    fs = get_filesystem(tags_csv)
+    folder = os.path.dirname(str(tags_csv))
+    if not fs.isdir(folder):
+        raise RuntimeError(f"Missing folder: {folder}.")
+    if isinstance(hparams, Namespace):
+        hparams = vars(hparams)
+    with fs.open(tags_csv, "w", newline="") as fp:
+        writer = csv.writer(fp)
+        writer.writerow(["key", "value"])
+        for key, value in hparams.items():
+            writer.writerow([key, value])
